@@ -1,0 +1,75 @@
+// Package ipam delegates address management to the IPAM plugin a config
+// names, by executing it from CNI_PATH as the spec's delegation describes.
+package ipam
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// Add runs the IPAM plugin's ADD for the current attachment (the CNI_*
+// environment) and returns its result in the current spec version.
+func Add(ctx context.Context, plugin string, netconf []byte) (*current.Result, error) {
+	r, err := invoke.DelegateAdd(ctx, plugin, netconf, nil)
+	if err != nil {
+		return nil, fmt.Errorf("ipam %s add: %w", plugin, err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		return nil, fmt.Errorf("ipam %s add: convert result: %w", plugin, err)
+	}
+	return res, nil
+}
+
+// Del releases the current attachment's addresses.
+func Del(ctx context.Context, plugin string, netconf []byte) error {
+	if err := invoke.DelegateDel(ctx, plugin, netconf, nil); err != nil {
+		return fmt.Errorf("ipam %s del: %w", plugin, err)
+	}
+	return nil
+}
+
+// Check asks the IPAM plugin to verify the current attachment.
+func Check(ctx context.Context, plugin string, netconf []byte) error {
+	if err := invoke.DelegateCheck(ctx, plugin, netconf, nil); err != nil {
+		return fmt.Errorf("ipam %s check: %w", plugin, err)
+	}
+	return nil
+}
+
+// Status asks the IPAM plugin whether it can serve ADDs.
+func Status(ctx context.Context, plugin string, netconf []byte) error {
+	if err := invoke.DelegateStatus(ctx, plugin, netconf, nil); err != nil {
+		return fmt.Errorf("ipam %s status: %w", plugin, err)
+	}
+	return nil
+}
+
+// GC passes a GC (with the valid attachments in netconf) to the IPAM plugin.
+func GC(ctx context.Context, plugin string, netconf []byte) error {
+	if err := invoke.DelegateGC(ctx, plugin, netconf, nil); err != nil {
+		return fmt.Errorf("ipam %s gc: %w", plugin, err)
+	}
+	return nil
+}
+
+// ReleaseFor runs the IPAM plugin's DEL on behalf of another attachment
+// (a stale one found by GC): same config, that attachment's container ID
+// and interface name, no netns.
+func ReleaseFor(ctx context.Context, plugin string, netconf []byte, containerID, ifName string) error {
+	cniPath := os.Getenv("CNI_PATH")
+	path, err := invoke.FindInPath(plugin, filepath.SplitList(cniPath))
+	if err != nil {
+		return fmt.Errorf("ipam %s: %w", plugin, err)
+	}
+	args := &invoke.Args{Command: "DEL", ContainerID: containerID, IfName: ifName, Path: cniPath}
+	if err := invoke.ExecPluginWithoutResult(ctx, path, netconf, args, nil); err != nil {
+		return fmt.Errorf("ipam %s del for %s/%s: %w", plugin, containerID, ifName, err)
+	}
+	return nil
+}

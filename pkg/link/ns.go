@@ -1,0 +1,59 @@
+package link
+
+import (
+	"errors"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/cnierr"
+)
+
+func nsHandle(fd int) netns.NsHandle { return netns.NsHandle(fd) }
+
+// ErrNetnsGone is wrapped by OpenContainerNS when the path no longer names a
+// namespace: DEL treats it as "nothing left inside".
+var ErrNetnsGone = errors.New("network namespace is gone")
+
+// OpenContainerNS opens the container's namespace from CNI_NETNS. It refuses
+// the plugin's own namespace: configuring the host as if it were a
+// container would break the host.
+func OpenContainerNS(path string) (ns.NetNS, error) {
+	if path == "" {
+		return nil, cnierr.Env("CNI_NETNS", path, ErrNetnsGone, "a network namespace path is required")
+	}
+	n, err := ns.GetNS(path)
+	if err != nil {
+		var gone ns.NSPathNotExistErr
+		if errors.As(err, &gone) {
+			return nil, cnierr.Env("CNI_NETNS", path, errors.Join(ErrNetnsGone, err), "no such network namespace")
+		}
+		return nil, cnierr.Env("CNI_NETNS", path, err, "not a network namespace")
+	}
+	var self, other unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/net", &self) == nil && unix.Fstat(int(n.Fd()), &other) == nil &&
+		self.Dev == other.Dev && self.Ino == other.Ino {
+		n.Close()
+		return nil, cnierr.Env("CNI_NETNS", path, nil, "is the plugin's own (host) namespace")
+	}
+	return n, nil
+}
+
+// LinkExistsIn reports whether the container's namespace has a link named
+// name.
+func LinkExistsIn(n ns.NetNS, name string) (bool, error) {
+	h, err := netlinkHandleIn(n)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	if _, err := h.LinkByName(name); err != nil {
+		if IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+

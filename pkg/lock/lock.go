@@ -1,0 +1,76 @@
+// Package lock serialises changes to host state shared between containers
+// (a bridge, nftables tables, attachment records) with flock(2) on files
+// under /run/berth/lock.
+package lock
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Dir holds the lock files. It is a variable only so that unprivileged unit
+// tests can point it at a temporary directory; plugins never change it.
+var Dir = "/run/berth/lock"
+
+// ErrTimeout is returned (wrapped) when a lock could not be taken in time;
+// the plugin boundary reports it as CNI code 11, "try again later".
+var ErrTimeout = errors.New("timed out waiting for lock")
+
+// Lock is a held exclusive lock. Release it with Unlock.
+type Lock struct {
+	f *os.File
+}
+
+// Acquire takes the exclusive lock named name (a file in Dir), waiting at
+// most timeout. The name must be a plain file name.
+//
+// Equivalent: flock -w $timeout /run/berth/lock/$name
+func Acquire(name string, timeout time.Duration) (*Lock, error) {
+	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
+		return nil, fmt.Errorf("lock name %q is not a plain file name", name)
+	}
+	if err := os.MkdirAll(Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create lock dir %s: %w", Dir, err)
+	}
+	path := filepath.Join(Dir, name)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	deadline := time.Now().Add(timeout)
+	delay := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return &Lock{f: f}, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("flock %s: %w", path, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s after %s: %w", path, timeout, ErrTimeout)
+		}
+		time.Sleep(delay)
+		if delay < 5*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// Unlock releases the lock. Closing the descriptor drops the flock; the file
+// stays so that waiters keep contending on the same inode.
+func (l *Lock) Unlock() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
+}

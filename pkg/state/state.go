@@ -1,0 +1,132 @@
+// Package state keeps one record per attachment in files under
+// <dataDir>/<network>/ (default /var/lib/berth). A record is written before
+// the ADD creates anything, so a plugin killed mid-ADD leaves a record that
+// DEL and GC find; it is removed last by DEL.
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Record is what berth remembers of one attachment.
+type Record struct {
+	Network     string   `json:"network"`
+	ContainerID string   `json:"containerID"`
+	IfName      string   `json:"ifName"`
+	Netns       string   `json:"netns,omitempty"`
+	HostVeth    string   `json:"hostVeth,omitempty"`
+	IPs         []string `json:"ips,omitempty"` // CIDR notation, as assigned
+	Complete    bool     `json:"complete"`      // the ADD finished
+}
+
+// Store is the records of one network.
+type Store struct {
+	dir string
+}
+
+// Open returns the store of network under dataDir. Both are validated by
+// the caller (config): the network name cannot escape dataDir.
+func Open(dataDir, network string) Store {
+	return Store{dir: filepath.Join(dataDir, network)}
+}
+
+// Dir is the directory holding the records.
+func (s Store) Dir() string { return s.dir }
+
+func (s Store) path(containerID, ifName string) string {
+	sum := sha256.Sum256([]byte(containerID + "\x00" + ifName))
+	return filepath.Join(s.dir, hex.EncodeToString(sum[:10])+".json")
+}
+
+// Put writes r atomically (temp file, fsync, rename).
+//
+// Equivalent: echo "$json" > $dir/$hash.json
+func (s Store) Put(r Record) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	dst := s.path(r.ContainerID, r.IfName)
+	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write record: %w", err)
+	}
+	_, werr := tmp.Write(b)
+	serr := tmp.Sync()
+	cerr := tmp.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write record %s: %w", dst, err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write record %s: %w", dst, err)
+	}
+	return nil
+}
+
+// Get reads the record of an attachment; ok is false if there is none.
+func (s Store) Get(containerID, ifName string) (r Record, ok bool, err error) {
+	b, err := os.ReadFile(s.path(containerID, ifName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Record{}, false, nil
+	}
+	if err != nil {
+		return Record{}, false, fmt.Errorf("read record: %w", err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Record{}, false, fmt.Errorf("decode record %s: %w", s.path(containerID, ifName), err)
+	}
+	return r, true, nil
+}
+
+// Delete removes an attachment's record; a missing one is not an error.
+func (s Store) Delete(containerID, ifName string) error {
+	err := os.Remove(s.path(containerID, ifName))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove record: %w", err)
+	}
+	return nil
+}
+
+// List returns every record of the network. Unreadable files are reported
+// in the error but do not hide the others.
+func (s Store) List() ([]Record, error) {
+	entries, err := os.ReadDir(s.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list records: %w", err)
+	}
+	var out []Record
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal(b, &r); err != nil {
+			errs = append(errs, fmt.Errorf("decode record %s: %w", e.Name(), err))
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, errors.Join(errs...)
+}
