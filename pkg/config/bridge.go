@@ -57,7 +57,6 @@ type Bridge struct {
 	Vlans    []int            `json:"-"` // trunk VLANs, sorted, unique
 }
 
-
 // VlanTrunk is one entry of vlanTrunk: an id, or a minID..maxID range.
 type VlanTrunk struct {
 	MinID *int `json:"minID,omitempty"`

@@ -56,4 +56,3 @@ func LinkExistsIn(n ns.NetNS, name string) (bool, error) {
 	}
 	return true, nil
 }
-
