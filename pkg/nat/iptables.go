@@ -1,0 +1,203 @@
+package nat
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+)
+
+// IPTablesCommands names the programs the iptables backend runs, looked up
+// in PATH at each call.
+type IPTablesCommands struct {
+	Restore4, Save4 string // iptables-restore, iptables-save
+	Restore6, Save6 string // ip6tables-restore, ip6tables-save
+}
+
+// DefaultIPTablesCommands are whatever "iptables" is on this host (legacy or
+// nf_tables flavoured), so that berth's rules show where the operator looks.
+var DefaultIPTablesCommands = IPTablesCommands{
+	Restore4: "iptables-restore", Save4: "iptables-save",
+	Restore6: "ip6tables-restore", Save6: "ip6tables-save",
+}
+
+// LegacyIPTablesCommands force the legacy xtables flavour.
+var LegacyIPTablesCommands = IPTablesCommands{
+	Restore4: "iptables-legacy-restore", Save4: "iptables-legacy-save",
+	Restore6: "ip6tables-legacy-restore", Save6: "ip6tables-legacy-save",
+}
+
+// NewIPTables returns the iptables backend running cmds. It does not look
+// for them: a missing program is reported (wrapping exec.ErrNotFound) by
+// the first call that needs it.
+func NewIPTables(cmds IPTablesCommands) Backend { return iptBackend{cmds: cmds} }
+
+type iptBackend struct{ cmds IPTablesCommands }
+
+func (b iptBackend) restoreCmd(f family) string {
+	if f == v6 {
+		return b.cmds.Restore6
+	}
+	return b.cmds.Restore4
+}
+
+func (b iptBackend) saveCmd(f family) string {
+	if f == v6 {
+		return b.cmds.Save6
+	}
+	return b.cmds.Save4
+}
+
+// Ensure writes m's POSTROUTING rules and the network chain, one restore
+// payload per address family that changes.
+//
+// Equivalent: iptables-restore --noflush -w <<< '*nat
+// :BERTH-MASQ-$h - [0:0] … -A POSTROUTING -s 10.22.0.5/32 -m comment --comment "…" -j BERTH-MASQ-$h
+// COMMIT'
+func (b iptBackend) Ensure(m Masq) error {
+	want, err := validateMasq(m)
+	if err != nil {
+		return err
+	}
+	owner := StoredOwner(m.Owner)
+	return withLock(func() error {
+		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, owner) })
+	})
+}
+
+// Delete removes o's POSTROUTING rules, and the network chain when no
+// container of the network is left.
+//
+// Equivalent: iptables-restore --noflush -w <<< '*nat
+// -D POSTROUTING -s 10.22.0.5/32 -m comment --comment "…" -j BERTH-MASQ-$h
+// COMMIT'
+func (b iptBackend) Delete(o Owner) error {
+	if err := validateOwner(o); err != nil {
+		return err
+	}
+	owner := StoredOwner(o)
+	return withLock(func() error {
+		return b.change(o.Network, func(cur []entry) change { return planDelete(cur, owner) })
+	})
+}
+
+// List reads the network's POSTROUTING rules of both families, under the
+// lock so that the two families are one snapshot.
+//
+// Equivalent: iptables-save -t nat; ip6tables-save -t nat
+func (b iptBackend) List(network string) ([]Masq, error) {
+	if network == "" {
+		return nil, errors.New("iptables: list needs a network name")
+	}
+	var all []entry
+	err := withLock(func() error {
+		for _, f := range families {
+			st, err := b.read(network, f)
+			if err != nil {
+				return err
+			}
+			all = append(all, st.Entries...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return group(network, all), nil
+}
+
+// Check compares m with the saved nat tables.
+//
+// Equivalent: iptables-save -t nat; ip6tables-save -t nat
+func (b iptBackend) Check(m Masq) error {
+	want, err := validateMasq(m)
+	if err != nil {
+		return err
+	}
+	return withLock(func() error {
+		for _, f := range families {
+			if len(ofFamily(want, f)) == 0 {
+				continue
+			}
+			st, err := b.read(m.Owner.Network, f)
+			if err != nil {
+				return err
+			}
+			if err := checkIPT(m.Owner.Network, f, st, want); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// change reads both families, plans once over all of the network's entries
+// and restores what changed; the caller holds the lock.
+func (b iptBackend) change(network string, plan func(cur []entry) change) error {
+	var sts [2]iptState
+	var cur []entry
+	for _, f := range families {
+		st, err := b.read(network, f)
+		if err != nil {
+			return err
+		}
+		sts[f] = st
+		cur = append(cur, st.Entries...)
+	}
+	c := plan(cur)
+	var errs []error
+	for _, f := range families {
+		if p := planIPT(network, f, sts[f], c).payload(); p != "" {
+			if err := b.restore(f, p); err != nil {
+				errs = append(errs, fmt.Errorf("update network %q: %w", network, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// read saves family f's nat table and selects network's part.
+//
+// Equivalent: iptables-save -t nat
+func (b iptBackend) read(network string, f family) (iptState, error) {
+	out, err := run(b.saveCmd(f), "", "-t", "nat")
+	if err != nil {
+		return iptState{}, err
+	}
+	nt, err := parseSave(out)
+	if err != nil {
+		return iptState{}, fmt.Errorf("%s: %w", b.saveCmd(f), err)
+	}
+	return iptNetwork(network, f, nt), nil
+}
+
+// restore applies one payload atomically; -w waits for the xtables lock
+// that other iptables users hold.
+//
+// Equivalent: iptables-restore --noflush -w < payload
+func (b iptBackend) restore(f family, payload string) error {
+	_, err := run(b.restoreCmd(f), payload, "--noflush", "-w")
+	return err
+}
+
+// run executes name (from PATH) with args and stdin, in the calling
+// thread's network namespace (a child inherits the thread's namespaces).
+func run(name, stdin string, args ...string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("iptables backend: %s not found in PATH: %w", name, err)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if stdin != "" {
+			msg += "; input:\n" + stdin
+		}
+		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+	}
+	return stdout.String(), nil
+}

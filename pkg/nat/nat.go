@@ -1,0 +1,170 @@
+// Package nat programs source NAT (masquerade) for container addresses, the
+// bridge plugin's ipMasq, in the network namespace of the calling thread.
+//
+// Two backends share one model. nftables talks netlink in-process (no nft
+// binary): one table "inet berth-nat", and per network two sets and one rule
+// per address family, so a packet's cost does not grow with the number of
+// containers. iptables writes the nat table through iptables-restore
+// --noflush: a chain per network and a POSTROUTING rule per container
+// address. Each Ensure or Delete is one transaction (one netlink batch, or
+// one restore payload per address family), taken under the flock
+// /run/berth/lock/nat so that concurrent plugin processes never lose or
+// duplicate an entry. It touches netfilter state (nftables over netlink, or
+// the iptables programs) of the calling thread's network namespace and that
+// lock file, nothing else.
+//
+// Every kernel object carries its owner: set elements and POSTROUTING rules
+// carry "berth p=<bits> if=<ifname> id=<container>" comments, network rules
+// and chains carry "berth net=<network>". The pure parts (tags, names,
+// plans, iptables-save parsing) are plain functions over plain values.
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/berth-cni/berth/pkg/lock"
+)
+
+// Owner identifies one attachment; every kernel object berth writes carries it.
+type Owner struct{ Network, ContainerID, IfName string }
+
+// Masq asks that traffic from each Addr's address to anything outside Addr's
+// prefix (the container's subnet) and not multicast (224.0.0.0/4, ff00::/8)
+// be masqueraded. An Addr is an address with its subnet length, for example
+// 10.22.0.5/16.
+type Masq struct {
+	Owner Owner
+	Addrs []netip.Prefix
+}
+
+// Backend programs masquerade state in the calling thread's network namespace.
+type Backend interface {
+	// Ensure makes o's state equal to m: m's addresses are masqueraded,
+	// addresses m.Owner held before and m no longer lists are dropped.
+	// Re-running it gives the same kernel state.
+	Ensure(m Masq) error
+	// Delete removes exactly o's state; when there is none it returns nil.
+	Delete(o Owner) error
+	// List reports what exists for network, one Masq per owner, sorted.
+	// Owners are in stored form (see StoredOwner).
+	List(network string) ([]Masq, error)
+	// Check returns nil when m is fully in place, else an error naming the
+	// first thing missing.
+	Check(m Masq) error
+}
+
+// Backend names accepted by New.
+const (
+	NFTables = "nftables"
+	IPTables = "iptables"
+)
+
+// lockName is the flock (under /run/berth/lock) every writer of NAT state
+// holds; both backends share it so that a switch of backend cannot race.
+const lockName = "nat"
+
+// lockTimeout bounds the wait for lockName; a timeout wraps lock.ErrTimeout.
+const lockTimeout = 10 * time.Second
+
+// New returns the backend called name: "nftables" (also for ""), or
+// "iptables". It does not touch the kernel; a missing iptables binary is
+// reported by the first call that needs it.
+func New(name string) (Backend, error) {
+	switch name {
+	case "", NFTables:
+		return nftBackend{}, nil
+	case IPTables:
+		return NewIPTables(DefaultIPTablesCommands), nil
+	}
+	return nil, fmt.Errorf("nat backend %q: must be %q or %q", name, NFTables, IPTables)
+}
+
+// ipTablesNames lists the legacy xtables tables of the calling thread's
+// network namespace (thread-self, not self: /proc/self/net is the namespace
+// of the main thread, which may differ from a locked goroutine's).
+const ipTablesNames = "/proc/thread-self/net/ip_tables_names"
+
+// Detect returns "iptables" when the calling thread's network namespace
+// already does NAT through legacy xtables (ip_tables_names lists "nat") and
+// iptables-restore is on PATH; else "nftables". Mixing a legacy nat table
+// with nftables nat chains works, but an operator reading one tool's output
+// would miss the other's rules.
+//
+// Equivalent: grep -qx nat /proc/net/ip_tables_names && command -v iptables-restore
+func Detect() string {
+	b, err := os.ReadFile(ipTablesNames)
+	if err != nil || !slices.Contains(strings.Fields(string(b)), "nat") {
+		return NFTables
+	}
+	if _, err := exec.LookPath(DefaultIPTablesCommands.Restore4); err != nil {
+		return NFTables
+	}
+	return IPTables
+}
+
+// validateOwner checks the fields every tag needs. The plugin has validated
+// them already (pkg/config); this guards against a caller that did not.
+func validateOwner(o Owner) error {
+	switch {
+	case o.Network == "":
+		return errors.New("owner has no network name")
+	case o.ContainerID == "":
+		return fmt.Errorf("owner in network %q has no container id", o.Network)
+	case o.IfName == "" || len(o.IfName) > maxIfName:
+		return fmt.Errorf("owner %s: interface name %q must be 1 to %d bytes", o.ContainerID, o.IfName, maxIfName)
+	}
+	return nil
+}
+
+// validateMasq checks m and returns its entries in stored form, one per
+// address; a repeated address is an error.
+func validateMasq(m Masq) ([]entry, error) {
+	if err := validateOwner(m.Owner); err != nil {
+		return nil, err
+	}
+	o := StoredOwner(m.Owner)
+	out := make([]entry, 0, len(m.Addrs))
+	for _, p := range m.Addrs {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("masquerade for %s/%s: invalid address %v", o.ContainerID, o.IfName, p)
+		}
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			if !p.IsValid() {
+				return nil, fmt.Errorf("masquerade for %s/%s: invalid address %v", o.ContainerID, o.IfName, p)
+			}
+		}
+		if p.Addr().Zone() != "" {
+			return nil, fmt.Errorf("masquerade for %s/%s: address %v has a zone", o.ContainerID, o.IfName, p)
+		}
+		for _, e := range out {
+			if e.Addr.Addr() == p.Addr() {
+				return nil, fmt.Errorf("masquerade for %s/%s: address %v given twice", o.ContainerID, o.IfName, p.Addr())
+			}
+		}
+		out = append(out, entry{Owner: o, Addr: p})
+	}
+	return out, nil
+}
+
+// withLock runs fn holding the NAT flock.
+//
+// Equivalent: flock -w 10 /run/berth/lock/nat …
+func withLock(fn func() error) error {
+	l, err := lock.Acquire(lockName, lockTimeout)
+	if err != nil {
+		return fmt.Errorf("nat: %w", err)
+	}
+	err = fn()
+	if uerr := l.Unlock(); uerr != nil {
+		err = errors.Join(err, fmt.Errorf("nat: release lock: %w", uerr))
+	}
+	return err
+}

@@ -1,0 +1,387 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// nftBackend programs table inet berth-nat over netlink, in-process.
+type nftBackend struct{}
+
+// Ensure makes m's addresses masqueraded: one netlink transaction adding
+// the table, chain, the network's sets and rule where missing, m's elements
+// and the recomputed subnet set.
+//
+// Equivalent: nft -f - <<< 'add table inet berth-nat; add chain …;
+// add element inet berth-nat src4-$h { 10.22.0.5 comment "berth p=16 if=eth0 id=$id" }; …'
+func (nftBackend) Ensure(m Masq) error {
+	want, err := validateMasq(m)
+	if err != nil {
+		return err
+	}
+	owner := StoredOwner(m.Owner)
+	return withLock(func() error {
+		return nftChange(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, owner) })
+	})
+}
+
+// Delete removes o's elements, and the network's sets and rules or the
+// whole table when nothing else is left, in one transaction.
+//
+// Equivalent: nft delete element inet berth-nat src4-$h { 10.22.0.5 }; …
+func (nftBackend) Delete(o Owner) error {
+	if err := validateOwner(o); err != nil {
+		return err
+	}
+	owner := StoredOwner(o)
+	return withLock(func() error {
+		return nftChange(o.Network, func(cur []entry) change { return planDelete(cur, owner) })
+	})
+}
+
+// List reads network's address sets. Reads take the lock too: a netlink
+// dump that a concurrent write interrupts is not reported as such by
+// google/nftables, so only a snapshot no berth writer can cut is trusted.
+//
+// Equivalent: nft list set inet berth-nat src4-$h; nft list set inet berth-nat src6-$h
+func (nftBackend) List(network string) ([]Masq, error) {
+	if network == "" {
+		return nil, errors.New("nftables: list needs a network name")
+	}
+	var out []Masq
+	err := withLock(func() error {
+		return withConn(func(c *nftables.Conn) error {
+			st, err := readNFT(c, network)
+			out = group(network, st.Src)
+			return err
+		})
+	})
+	return out, err
+}
+
+// Check compares m with the network's sets and rules.
+//
+// Equivalent: nft list table inet berth-nat
+func (nftBackend) Check(m Masq) error {
+	want, err := validateMasq(m)
+	if err != nil {
+		return err
+	}
+	return withLock(func() error {
+		return withConn(func(c *nftables.Conn) error {
+			st, err := readNFT(c, m.Owner.Network)
+			if err != nil {
+				return err
+			}
+			return checkNFT(m.Owner.Network, st, want)
+		})
+	})
+}
+
+// withConn runs fn with one netlink socket opened in the calling thread's
+// network namespace.
+func withConn(fn func(c *nftables.Conn) error) error {
+	c, err := nftables.New(nftables.AsLasting())
+	if err != nil {
+		return fmt.Errorf("nftables: open netlink: %w", err)
+	}
+	err = fn(c)
+	if cerr := c.CloseLasting(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("nftables: close netlink: %w", cerr))
+	}
+	return err
+}
+
+// nftChange reads network's state, plans, and applies the plan as one
+// transaction; the caller holds the lock.
+func nftChange(network string, plan func(cur []entry) change) error {
+	return withConn(func(c *nftables.Conn) error {
+		st, err := readNFT(c, network)
+		if err != nil {
+			return err
+		}
+		ops, err := planNFT(network, st, plan(st.Src))
+		if err != nil || ops.empty() {
+			return err
+		}
+		if err := applyNFT(c, network, ops); err != nil {
+			return fmt.Errorf("nftables: update network %q in table inet %s: %w", network, nftTable, err)
+		}
+		return nil
+	})
+}
+
+var natTable = &nftables.Table{Name: nftTable, Family: nftables.TableFamilyINet}
+
+// readNFT reads network's part of table inet berth-nat.
+func readNFT(c *nftables.Conn, network string) (st nftState, err error) {
+	// google/nftables decodes element comments with a TLV reader that
+	// panics on malformed kernel data; report that as an error instead.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("nftables: decode table inet %s: %v", nftTable, r)
+		}
+	}()
+	return readNFTState(c, network)
+}
+
+func readNFTState(c *nftables.Conn, network string) (nftState, error) {
+	var st nftState
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return st, fmt.Errorf("nftables: list tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == nftTable }) {
+		return st, nil
+	}
+	st.Table = true
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return st, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	st.Chain = slices.ContainsFunc(chains, func(ch *nftables.Chain) bool {
+		return ch.Table.Name == nftTable && ch.Name == nftChain
+	})
+	sets, err := c.GetSets(natTable)
+	if err != nil {
+		return st, fmt.Errorf("nftables: list sets of table inet %s: %w", nftTable, err)
+	}
+	for _, s := range sets {
+		st.Sets = append(st.Sets, s.Name)
+	}
+	names := namesFor(network)
+	for _, f := range families {
+		var elems []nftables.SetElement
+		if slices.Contains(st.Sets, names.Src[f]) {
+			if elems, err = c.GetSetElements(&nftables.Set{Table: natTable, Name: names.Src[f]}); err != nil {
+				return st, fmt.Errorf("nftables: list set %s: %w", names.Src[f], err)
+			}
+			es, foreign := srcEntries(network, elems)
+			st.Src = append(st.Src, es...)
+			st.Foreign = append(st.Foreign, foreign...)
+		}
+		if slices.Contains(st.Sets, names.Dst[f]) {
+			if elems, err = c.GetSetElements(&nftables.Set{Table: natTable, Name: names.Dst[f]}); err != nil {
+				return st, fmt.Errorf("nftables: list set %s: %w", names.Dst[f], err)
+			}
+			ies := make([]intervalElem, len(elems))
+			for i, e := range elems {
+				ies[i] = intervalElem{Key: e.Key, End: e.IntervalEnd}
+			}
+			if st.Dst[f], err = elemRanges(ies, addrLen(f)); err != nil {
+				return st, fmt.Errorf("nftables: set %s: %w", names.Dst[f], err)
+			}
+		}
+	}
+	sortEntries(st.Src)
+	if !st.Chain {
+		return st, nil
+	}
+	rules, err := c.GetRules(natTable, &nftables.Chain{Name: nftChain, Table: natTable})
+	if err != nil {
+		return st, fmt.Errorf("nftables: list chain %s: %w", nftChain, err)
+	}
+	for _, r := range rules {
+		nr := nftRule{Handle: r.Handle, Tag: tag{Bits: -1}}
+		if s, ok := ruleComment(r.UserData); ok {
+			if t, err := parseTag(s); err == nil && t.Network != "" {
+				nr.Tag = t
+			}
+		}
+		st.Rules = append(st.Rules, nr)
+	}
+	return st, nil
+}
+
+// srcEntries decodes an address set's elements. Elements without a berth
+// owner comment cannot be attributed; their addresses are returned apart so
+// that an Ensure of the same address replaces them.
+func srcEntries(network string, elems []nftables.SetElement) (es []entry, foreign []netip.Addr) {
+	for _, e := range elems {
+		a, ok := netip.AddrFromSlice(e.Key)
+		if !ok {
+			continue
+		}
+		t, err := parseTag(e.Comment)
+		if err != nil || !t.hasOwner() || t.Network != "" || t.Bits > a.BitLen() {
+			foreign = append(foreign, a)
+			continue
+		}
+		es = append(es, entry{
+			Owner: Owner{Network: network, ContainerID: t.ContainerID, IfName: t.IfName},
+			Addr:  netip.PrefixFrom(a, t.Bits),
+		})
+	}
+	return es, foreign
+}
+
+// ruleComment reads the comment (NFTNL_UDATA_RULE_COMMENT, a NUL-terminated
+// string) from a rule's userdata TLVs, checking every length.
+func ruleComment(ud []byte) (string, bool) {
+	for len(ud) >= 2 {
+		typ, n := ud[0], int(ud[1])
+		if len(ud) < 2+n {
+			return "", false
+		}
+		if typ == byte(userdata.TypeComment) {
+			v := ud[2 : 2+n]
+			if len(v) == 0 || v[len(v)-1] != 0 {
+				return "", false
+			}
+			return string(v[:len(v)-1]), true
+		}
+		ud = ud[2+n:]
+	}
+	return "", false
+}
+
+func addrLen(f family) int {
+	if f == v6 {
+		return 16
+	}
+	return 4
+}
+
+// nftSets returns the network's two sets of family f, as AddSet wants them.
+func nftSets(network string, f family) (src, dst *nftables.Set) {
+	names := namesFor(network)
+	key := nftables.TypeIPAddr
+	if f == v6 {
+		key = nftables.TypeIP6Addr
+	}
+	comment := networkTag(network, "").String()
+	src = &nftables.Set{Table: natTable, Name: names.Src[f], KeyType: key,
+		KeyByteOrder: binaryutil.BigEndian, Comment: comment}
+	dst = &nftables.Set{Table: natTable, Name: names.Dst[f], KeyType: key, Interval: true,
+		KeyByteOrder: binaryutil.BigEndian, Comment: comment}
+	return src, dst
+}
+
+// applyNFT queues ops and sends them as one batch.
+func applyNFT(c *nftables.Conn, network string, ops nftOps) error {
+	if ops.DropTable {
+		c.DelTable(natTable)
+		return c.Flush()
+	}
+	chain := &nftables.Chain{Name: nftChain, Table: natTable}
+	if ops.AddBase {
+		c.AddTable(natTable)
+		accept := nftables.ChainPolicyAccept
+		c.AddChain(&nftables.Chain{Name: nftChain, Table: natTable, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
+	}
+	for _, f := range families {
+		fo := ops.Fam[f]
+		src, dst := nftSets(network, f)
+		if fo.AddSrc {
+			if err := c.AddSet(src, nil); err != nil {
+				return fmt.Errorf("add set %s: %w", src.Name, err)
+			}
+		}
+		if fo.AddDst {
+			if err := c.AddSet(dst, nil); err != nil {
+				return fmt.Errorf("add set %s: %w", dst.Name, err)
+			}
+		}
+		if len(fo.DelElems) > 0 {
+			if err := c.SetDeleteElements(src, srcElems("", fo.DelElems)); err != nil {
+				return fmt.Errorf("delete elements of %s: %w", src.Name, err)
+			}
+		}
+		if len(fo.AddElems) > 0 {
+			if err := c.SetAddElements(src, srcElems(network, fo.AddElems)); err != nil {
+				return fmt.Errorf("add elements to %s: %w", src.Name, err)
+			}
+		}
+		if fo.WriteDst {
+			c.FlushSet(dst)
+			if err := c.SetAddElements(dst, dstElems(fo.Dst)); err != nil {
+				return fmt.Errorf("add elements to %s: %w", dst.Name, err)
+			}
+		}
+		if fo.AddRule {
+			c.AddRule(masqRule(network, f, src, dst))
+		}
+		if fo.DelRule != 0 {
+			if err := c.DelRule(&nftables.Rule{Table: natTable, Chain: chain, Handle: fo.DelRule}); err != nil {
+				return fmt.Errorf("delete rule %d: %w", fo.DelRule, err)
+			}
+		}
+		if fo.DelSrc {
+			c.DelSet(src)
+		}
+		if fo.DelDst {
+			c.DelSet(dst)
+		}
+	}
+	return c.Flush()
+}
+
+// srcElems are address set elements; with a network name they carry their
+// owner comment (deletion needs only the key).
+func srcElems(network string, es []entry) []nftables.SetElement {
+	out := make([]nftables.SetElement, len(es))
+	for i, e := range es {
+		out[i].Key = e.Addr.Addr().AsSlice()
+		if network != "" {
+			out[i].Comment = ownerTag("", e).String()
+		}
+	}
+	return out
+}
+
+func dstElems(rs []addrRange) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, ie := range rangeElems(rs) {
+		out = append(out, nftables.SetElement{Key: ie.Key, IntervalEnd: ie.End})
+	}
+	return out
+}
+
+// masqRule is the network's one rule for family f:
+//
+//	ip saddr @src4-$h ip daddr != @dst4-$h ip daddr != 224.0.0.0/4 masquerade comment "berth net=$net fam=ip"
+//	ip6 saddr @src6-$h ip6 daddr != @dst6-$h ip6 daddr != ff00::/8 masquerade comment "berth net=$net fam=ip6"
+//
+// The multicast tests are encoded as nft encodes them, so that nft lists
+// them as written above: a masked 4-byte compare for the /4, a 1-byte
+// compare for the /8.
+func masqRule(network string, f family, src, dst *nftables.Set) *nftables.Rule {
+	proto, saddr, daddr, n := byte(unix.NFPROTO_IPV4), uint32(12), uint32(16), uint32(4)
+	mcast := []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{0xf0, 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0xe0, 0, 0, 0}},
+	}
+	if f == v6 {
+		proto, saddr, daddr, n = byte(unix.NFPROTO_IPV6), 8, 24, 16
+		mcast = []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0xff}},
+		}
+	}
+	exprs := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: saddr, Len: n},
+		&expr.Lookup{SourceRegister: 1, SetName: src.Name, SetID: src.ID},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: n},
+		&expr.Lookup{SourceRegister: 1, SetName: dst.Name, SetID: dst.ID, Invert: true},
+	}
+	exprs = append(exprs, mcast...)
+	exprs = append(exprs, &expr.Masq{})
+	return &nftables.Rule{
+		Table:    natTable,
+		Chain:    &nftables.Chain{Name: nftChain, Table: natTable},
+		Exprs:    exprs,
+		UserData: userdata.AppendString(nil, userdata.TypeComment, networkTag(network, f.String()).String()),
+	}
+}

@@ -1,0 +1,449 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/ipam"
+	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/lock"
+	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/plan"
+	"github.com/berth-cni/berth/pkg/spoof"
+	"github.com/berth-cni/berth/pkg/state"
+	"github.com/berth-cni/berth/pkg/undo"
+)
+
+// lockWait bounds how long an ADD waits for the bridge lock before it
+// answers "try again later" (code 11).
+const lockWait = 30 * time.Second
+
+// load parses the config and the runtime arguments every command needs.
+func load(args *skel.CmdArgs) (*config.Bridge, link.Owner, error) {
+	conf, err := config.ParseBridge(args.StdinData, args.Args)
+	if err != nil {
+		return nil, link.Owner{}, err
+	}
+	if err := config.ValidateContainerID(args.ContainerID); err != nil {
+		return nil, link.Owner{}, err
+	}
+	if err := config.ValidateIfName(args.IfName); err != nil {
+		return nil, link.Owner{}, err
+	}
+	return conf, link.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
+}
+
+func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
+	conf, owner, err := load(args)
+	if err != nil {
+		return err
+	}
+	var masq nat.Backend
+	if conf.IPMasq {
+		if masq, err = nat.New(backendName(conf)); err != nil {
+			return err
+		}
+	}
+	netns, err := link.OpenContainerNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+	if taken, err := link.LinkExistsIn(netns, args.IfName); err != nil {
+		return err
+	} else if taken {
+		return cnierr.Env("CNI_IFNAME", args.IfName, nil, "an interface of that name already exists in container namespace %s", args.Netns)
+	}
+
+	var steps undo.Stack
+	defer steps.OnError(&err)
+
+	store := state.Open(conf.DataDir, conf.Name)
+	rec := state.Record{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName,
+		Netns: args.Netns, HostVeth: link.HostVethName(owner)}
+	if err := store.Put(rec); err != nil {
+		return err
+	}
+	steps.Push("attachment record", func() error { return store.Delete(args.ContainerID, args.IfName) })
+
+	br, veth, err := attach(conf, owner, netns, &steps)
+	if err != nil {
+		return err
+	}
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			br,
+			{Name: veth.HostName, Mac: veth.HostMAC.String()},
+			{Name: args.IfName, Mac: veth.ContainerMAC.String(), Sandbox: args.Netns},
+		},
+	}
+	if conf.IPAMConf.Type == "" {
+		if !conf.DisableContainerInterface {
+			err = link.ConfigureContainer(netns, link.ContainerSpec{IfName: args.IfName, Up: true})
+		}
+		return finish(err, res, conf, store, rec, out)
+	}
+
+	ipres, err := ipam.Add(ctx, conf.IPAMConf.Type, args.StdinData)
+	if err != nil {
+		return err
+	}
+	steps.Push("ipam", func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) })
+	res.IPs, res.Routes, res.DNS = ipres.IPs, ipres.Routes, ipres.DNS
+	l3, err := plan.PlanL3(res, plan.Gateway{IsGW: conf.IsGW, IsDefaultGW: conf.IsDefaultGW}, 2)
+	if err != nil {
+		return err
+	}
+	spec := link.ContainerSpec{IfName: args.IfName, Addrs: l3.Addrs, Routes: l3.Routes, DAD: conf.EnableDad}
+	if err := link.ConfigureContainer(netns, spec); err != nil {
+		return err
+	}
+	if err := ensureGateways(conf, l3.Gateways); err != nil {
+		return err
+	}
+	if masq != nil {
+		m := nat.Masq{Owner: natOwner(owner), Addrs: l3.Addrs}
+		if err := masq.Ensure(m); err != nil {
+			return err
+		}
+		steps.Push("masquerade", func() error { return masq.Delete(m.Owner) })
+	}
+	for _, p := range l3.Addrs {
+		rec.IPs = append(rec.IPs, p.String())
+	}
+	return finish(nil, res, conf, store, rec, out)
+}
+
+// finish records the completed attachment and prints the result in the
+// config's version.
+func finish(err error, res *current.Result, conf *config.Bridge, store state.Store, rec state.Record, out io.Writer) error {
+	if err != nil {
+		return err
+	}
+	if conf.DNS.Nameservers != nil || conf.DNS.Search != nil || conf.DNS.Options != nil || conf.DNS.Domain != "" {
+		res.DNS = conf.DNS
+	}
+	rec.Complete = true
+	if err := store.Put(rec); err != nil {
+		return err
+	}
+	vres, err := res.GetAsVersion(conf.CNIVersion)
+	if err != nil {
+		return fmt.Errorf("convert result to %s: %w", conf.CNIVersion, err)
+	}
+	return vres.PrintTo(out)
+}
+
+// attach ensures the bridge and creates the container's veth on it. Both
+// happen under the bridge's lock, so concurrent ADDs on a new bridge do
+// not race and a failed ADD can remove a bridge it created without
+// pulling it from under another container.
+func attach(conf *config.Bridge, owner link.Owner, netns ns.NetNS, steps *undo.Stack) (*current.Interface, link.Veth, error) {
+	l, err := lock.Acquire("bridge-"+conf.BrName, lockWait)
+	if err != nil {
+		return nil, link.Veth{}, err
+	}
+	defer l.Unlock()
+	br, created, err := link.EnsureBridge(link.BridgeSpec{Name: conf.BrName, MTU: conf.MTU, Promisc: conf.PromiscMode, VlanFiltering: conf.VlanFiltering()})
+	if err != nil {
+		return nil, link.Veth{}, err
+	}
+	if created {
+		steps.Push("bridge", func() error { return removeBridgeIfUnused(conf.BrName) })
+	}
+	veth, err := link.AddVeth(link.VethSpec{
+		Owner: owner, Bridge: br, ContainerNS: int(netns.Fd()), MTU: conf.MTU, MAC: conf.MAC,
+		Hairpin: conf.HairpinMode, Isolated: conf.PortIsolation,
+		Vlan: conf.Vlan, Trunk: conf.Vlans, PreserveVID: conf.PreserveDefaultVlan,
+	})
+	if err != nil {
+		return nil, link.Veth{}, err
+	}
+	steps.Push("veth", func() error { return link.DeleteHostVeth(veth.HostName) })
+	if conf.MacSpoofChk {
+		g := spoof.Guard{Owner: spoofOwner(owner), HostVeth: veth.HostName, MAC: veth.ContainerMAC}
+		if err := spoof.Ensure(g); err != nil {
+			return nil, link.Veth{}, err
+		}
+		steps.Push("macspoofchk", func() error { return spoof.Delete(g.Owner) })
+	}
+	return &current.Interface{Name: br.Name, Mac: br.HardwareAddr.String()}, veth, nil
+}
+
+func removeBridgeIfUnused(name string) error {
+	l, err := lock.Acquire("bridge-"+name, lockWait)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	return link.DeleteBridgeIfUnused(name)
+}
+
+// ensureGateways puts the gateway addresses on the bridge and turns on
+// forwarding, under the bridge's lock (forceAddress replaces addresses).
+func ensureGateways(conf *config.Bridge, gws []netip.Prefix) error {
+	if len(gws) == 0 {
+		return nil
+	}
+	l, err := lock.Acquire("bridge-"+conf.BrName, lockWait)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	br, _, err := link.EnsureBridge(link.BridgeSpec{Name: conf.BrName})
+	if err != nil {
+		return err
+	}
+	for _, gw := range gws {
+		if err := link.EnsureGatewayAddr(br, gw, conf.ForceAddress); err != nil {
+			return err
+		}
+		if err := link.EnableForwarding(gw.Addr()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func del(ctx context.Context, args *skel.CmdArgs) error {
+	conf, owner, err := load(args)
+	if err != nil {
+		return err
+	}
+	// Every step runs even if an earlier one fails, so one failure does
+	// not leak the rest; a missing object is success at every step. None
+	// needs the container's namespace: the host veth name is derived from
+	// the owner, and masquerade state is tagged with it.
+	errs := []error{link.DeleteHostVeth(link.HostVethName(owner))}
+	if conf.IPAMConf.Type != "" {
+		errs = append(errs, ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData))
+	}
+	errs = append(errs, deleteMasq(conf, natOwner(owner)))
+	if conf.MacSpoofChk {
+		errs = append(errs, spoof.Delete(spoofOwner(owner)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return state.Open(conf.DataDir, conf.Name).Delete(args.ContainerID, args.IfName)
+}
+
+// deleteMasq removes the owner's masquerade state from every backend it
+// may be in: the config's backend may have changed since the ADD.
+func deleteMasq(conf *config.Bridge, o nat.Owner) error {
+	var errs []error
+	for _, name := range []string{"nftables", "iptables"} {
+		if !nat.Available(name) {
+			continue
+		}
+		b, err := nat.New(name)
+		if err == nil {
+			err = b.Delete(o)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func check(ctx context.Context, args *skel.CmdArgs) error {
+	conf, owner, err := load(args)
+	if err != nil {
+		return err
+	}
+	prev, err := prevResult(conf)
+	if err != nil {
+		return err
+	}
+	netns, err := link.OpenContainerNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+	if conf.IPAMConf.Type != "" {
+		if err := ipam.Check(ctx, conf.IPAMConf.Type, args.StdinData); err != nil {
+			return err
+		}
+	}
+	if err := link.CheckHostVeth(link.HostVethName(owner), conf.BrName); err != nil {
+		return err
+	}
+	spec := link.ContainerSpec{IfName: args.IfName, Up: !conf.DisableContainerInterface}
+	for _, iface := range prev.Interfaces {
+		if iface.Sandbox != "" && iface.Name == args.IfName && iface.Mac != "" {
+			mac, err := config.ParseMAC("prevResult.interfaces.mac", iface.Mac)
+			if err != nil {
+				return err
+			}
+			spec.MAC = mac
+		}
+	}
+	spec.Addrs = plan.ResultPrefixes(prev)
+	for _, r := range prev.Routes {
+		dst, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		route := link.Route{Dst: netip.PrefixFrom(dst.Unmap(), ones)}
+		if gw, ok := netip.AddrFromSlice(r.GW); ok {
+			route.GW = gw.Unmap()
+		}
+		spec.Routes = append(spec.Routes, route)
+	}
+	if err := link.CheckContainer(netns, spec); err != nil {
+		return err
+	}
+	if conf.MacSpoofChk {
+		if ok, err := spoof.Has(spoofOwner(owner)); err != nil {
+			return err
+		} else if !ok {
+			return fmt.Errorf("macspoofchk rule for %s missing from table bridge berth-spoof", link.HostVethName(owner))
+		}
+	}
+	if conf.IPMasq {
+		b, err := nat.New(backendName(conf))
+		if err != nil {
+			return err
+		}
+		return b.Check(nat.Masq{Owner: natOwner(owner), Addrs: spec.Addrs})
+	}
+	return nil
+}
+
+func prevResult(conf *config.Bridge) (*current.Result, error) {
+	if conf.RawPrevResult == nil {
+		return nil, fmt.Errorf("CHECK needs prevResult in the config")
+	}
+	if err := parsePrev(&conf.NetConf); err != nil {
+		return nil, err
+	}
+	return current.NewResultFromResult(conf.PrevResult)
+}
+
+func status(ctx context.Context, args *skel.CmdArgs) error {
+	conf, err := config.ParseBridge(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	if conf.IPMasq {
+		b, err := nat.New(backendName(conf))
+		if err != nil {
+			return notAvailable(err)
+		}
+		if _, err := b.List(conf.Name); err != nil {
+			return notAvailable(err)
+		}
+	}
+	if conf.IPAMConf.Type != "" {
+		if err := ipam.Status(ctx, conf.IPAMConf.Type, args.StdinData); err != nil {
+			return notAvailable(err)
+		}
+	}
+	return nil
+}
+
+func backendName(conf *config.Bridge) string {
+	if conf.IPMasqBackend != nil {
+		return *conf.IPMasqBackend
+	}
+	return nat.Detect()
+}
+
+func spoofOwner(o link.Owner) spoof.Owner {
+	return spoof.Owner{Network: o.Network, ContainerID: o.ContainerID, IfName: o.IfName}
+}
+
+func natOwner(o link.Owner) nat.Owner {
+	return nat.Owner{Network: o.Network, ContainerID: o.ContainerID, IfName: o.IfName}
+}
+
+// notAvailable marks a STATUS failure with the spec's code 50.
+func notAvailable(err error) error {
+	return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("bridge cannot serve ADD: %w", err))
+}
+
+func parsePrev(conf *types.NetConf) error {
+	if err := version.ParsePrevResult(conf); err != nil {
+		return cnierr.Field("prevResult", "", "%v", err)
+	}
+	return nil
+}
+
+// gc removes every attachment of this network that is not in
+// cni.dev/valid-attachments: its host veth, its addresses (through the IPAM
+// plugin's DEL on its behalf), its masquerade state and its record. Stale
+// attachments are found in all three places berth tags: records, host veth
+// aliases and masquerade element comments, so a half-done ADD is found too.
+func gc(ctx context.Context, args *skel.CmdArgs) error {
+	conf, err := config.ParseBridge(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	valid := map[link.Owner]bool{}
+	for _, a := range conf.ValidAttachments {
+		o := link.Owner{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}
+		valid[o] = true
+		// nat.List reports over-long container IDs in their stored
+		// (shortened) form: a valid attachment must match either form.
+		so := nat.StoredOwner(natOwner(o))
+		valid[link.Owner{Network: conf.Name, ContainerID: so.ContainerID, IfName: so.IfName}] = true
+	}
+	store := state.Open(conf.DataDir, conf.Name)
+	stale := map[link.Owner]bool{}
+	var errs []error
+	recs, err := store.List()
+	errs = append(errs, err)
+	for _, r := range recs {
+		stale[link.Owner{Network: conf.Name, ContainerID: r.ContainerID, IfName: r.IfName}] = true
+	}
+	veths, err := link.ListHostVeths(conf.Name)
+	errs = append(errs, err)
+	for _, v := range veths {
+		stale[v.Owner] = true
+	}
+	for _, name := range []string{"nftables", "iptables"} {
+		if !nat.Available(name) {
+			continue
+		}
+		b, err := nat.New(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ms, err := b.List(conf.Name)
+		errs = append(errs, err)
+		for _, m := range ms {
+			stale[link.Owner{Network: conf.Name, ContainerID: m.Owner.ContainerID, IfName: m.Owner.IfName}] = true
+		}
+	}
+	for o := range stale {
+		if valid[o] {
+			continue
+		}
+		errs = append(errs, link.DeleteHostVeth(link.HostVethName(o)))
+		if conf.IPAMConf.Type != "" {
+			errs = append(errs, ipam.ReleaseFor(ctx, conf.IPAMConf.Type, args.StdinData, o.ContainerID, o.IfName))
+		}
+		if conf.MacSpoofChk {
+			errs = append(errs, spoof.Delete(spoofOwner(o)))
+		}
+		errs = append(errs, deleteMasq(conf, natOwner(o)), store.Delete(o.ContainerID, o.IfName))
+	}
+	if conf.IPAMConf.Type != "" {
+		errs = append(errs, ipam.GC(ctx, conf.IPAMConf.Type, args.StdinData))
+	}
+	return errors.Join(errs...)
+}
