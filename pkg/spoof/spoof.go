@@ -153,4 +153,3 @@ func withConn(fn func(*nftables.Conn, *nftables.Table, *nftables.Chain) error) e
 	}
 	return fn(c, t, ch)
 }
-
