@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
@@ -258,81 +256,6 @@ func deleteMasq(conf *config.Bridge, o nat.Owner) error {
 	return errors.Join(errs...)
 }
 
-func check(ctx context.Context, args *skel.CmdArgs) error {
-	conf, owner, err := load(args)
-	if err != nil {
-		return err
-	}
-	prev, err := prevResult(conf)
-	if err != nil {
-		return err
-	}
-	netns, err := link.OpenContainerNS(args.Netns)
-	if err != nil {
-		return err
-	}
-	defer netns.Close()
-	if conf.IPAMConf.Type != "" {
-		if err := ipam.Check(ctx, conf.IPAMConf.Type, args.StdinData); err != nil {
-			return err
-		}
-	}
-	if err := link.CheckHostVeth(link.HostVethName(owner), conf.BrName); err != nil {
-		return err
-	}
-	spec := link.ContainerSpec{IfName: args.IfName, Up: !conf.DisableContainerInterface}
-	for _, iface := range prev.Interfaces {
-		if iface.Sandbox != "" && iface.Name == args.IfName && iface.Mac != "" {
-			mac, err := config.ParseMAC("prevResult.interfaces.mac", iface.Mac)
-			if err != nil {
-				return err
-			}
-			spec.MAC = mac
-		}
-	}
-	spec.Addrs = plan.ResultPrefixes(prev)
-	for _, r := range prev.Routes {
-		dst, ok := netip.AddrFromSlice(r.Dst.IP)
-		if !ok {
-			continue
-		}
-		ones, _ := r.Dst.Mask.Size()
-		route := link.Route{Dst: netip.PrefixFrom(dst.Unmap(), ones)}
-		if gw, ok := netip.AddrFromSlice(r.GW); ok {
-			route.GW = gw.Unmap()
-		}
-		spec.Routes = append(spec.Routes, route)
-	}
-	if err := link.CheckContainer(netns, spec); err != nil {
-		return err
-	}
-	if conf.MacSpoofChk {
-		if ok, err := spoof.Has(spoofOwner(owner)); err != nil {
-			return err
-		} else if !ok {
-			return fmt.Errorf("macspoofchk rule for %s missing from table bridge berth-spoof", link.HostVethName(owner))
-		}
-	}
-	if conf.IPMasq {
-		b, err := nat.New(backendName(conf))
-		if err != nil {
-			return err
-		}
-		return b.Check(nat.Masq{Owner: natOwner(owner), Addrs: spec.Addrs})
-	}
-	return nil
-}
-
-func prevResult(conf *config.Bridge) (*current.Result, error) {
-	if conf.RawPrevResult == nil {
-		return nil, fmt.Errorf("CHECK needs prevResult in the config")
-	}
-	if err := parsePrev(&conf.NetConf); err != nil {
-		return nil, err
-	}
-	return current.NewResultFromResult(conf.PrevResult)
-}
-
 func status(ctx context.Context, args *skel.CmdArgs) error {
 	conf, err := config.ParseBridge(args.StdinData, args.Args)
 	if err != nil {
@@ -373,77 +296,4 @@ func natOwner(o link.Owner) nat.Owner {
 // notAvailable marks a STATUS failure with the spec's code 50.
 func notAvailable(err error) error {
 	return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("bridge cannot serve ADD: %w", err))
-}
-
-func parsePrev(conf *types.NetConf) error {
-	if err := version.ParsePrevResult(conf); err != nil {
-		return cnierr.Field("prevResult", "", "%v", err)
-	}
-	return nil
-}
-
-// gc removes every attachment of this network that is not in
-// cni.dev/valid-attachments: its host veth, its addresses (through the IPAM
-// plugin's DEL on its behalf), its masquerade state and its record. Stale
-// attachments are found in all three places berth tags: records, host veth
-// aliases and masquerade element comments, so a half-done ADD is found too.
-func gc(ctx context.Context, args *skel.CmdArgs) error {
-	conf, err := config.ParseBridge(args.StdinData, args.Args)
-	if err != nil {
-		return err
-	}
-	valid := map[link.Owner]bool{}
-	for _, a := range conf.ValidAttachments {
-		o := link.Owner{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}
-		valid[o] = true
-		// nat.List reports over-long container IDs in their stored
-		// (shortened) form: a valid attachment must match either form.
-		so := nat.StoredOwner(natOwner(o))
-		valid[link.Owner{Network: conf.Name, ContainerID: so.ContainerID, IfName: so.IfName}] = true
-	}
-	store := state.Open(conf.DataDir, conf.Name)
-	stale := map[link.Owner]bool{}
-	var errs []error
-	recs, err := store.List()
-	errs = append(errs, err)
-	for _, r := range recs {
-		stale[link.Owner{Network: conf.Name, ContainerID: r.ContainerID, IfName: r.IfName}] = true
-	}
-	veths, err := link.ListHostVeths(conf.Name)
-	errs = append(errs, err)
-	for _, v := range veths {
-		stale[v.Owner] = true
-	}
-	for _, name := range []string{"nftables", "iptables"} {
-		if !nat.Available(name) {
-			continue
-		}
-		b, err := nat.New(name)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		ms, err := b.List(conf.Name)
-		errs = append(errs, err)
-		for _, m := range ms {
-			stale[link.Owner{Network: conf.Name, ContainerID: m.Owner.ContainerID, IfName: m.Owner.IfName}] = true
-		}
-	}
-	for o := range stale {
-		if valid[o] {
-			continue
-		}
-		errs = append(errs, link.DeleteHostVeth(link.HostVethName(o)))
-		if conf.IPAMConf.Type != "" {
-			errs = append(errs, ipam.ReleaseFor(ctx, conf.IPAMConf.Type, args.StdinData, o.ContainerID, o.IfName))
-		}
-		if conf.MacSpoofChk {
-			errs = append(errs, spoof.Delete(spoofOwner(o)))
-		}
-		errs = append(errs, deleteMasq(conf, natOwner(o)), store.Delete(o.ContainerID, o.IfName))
-	}
-	if conf.IPAMConf.Type != "" {
-		errs = append(errs, ipam.GC(ctx, conf.IPAMConf.Type, args.StdinData))
-	}
-	return errors.Join(errs...)
 }
