@@ -1,0 +1,131 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// UpstreamPlugins are built from the pinned containernetworking/plugins
+// module next to berth's own, so the output directory alone is a complete
+// CNI_PATH (as `make build` does for bin/).
+var UpstreamPlugins = []string{
+	"github.com/containernetworking/plugins/plugins/ipam/host-local",
+	"github.com/containernetworking/plugins/plugins/ipam/static",
+	"github.com/containernetworking/plugins/plugins/main/loopback",
+}
+
+// CNIToolPkg is the cnitool of the pinned cni module (a tool in go.mod).
+const CNIToolPkg = "github.com/containernetworking/cni/cnitool"
+
+// Binaries is a directory of built plugins and what failed to build.
+type Binaries struct {
+	Dir  string
+	Errs map[string]error // binary name → build error
+}
+
+// Need returns an error naming each of names that did not build.
+func (b *Binaries) Need(names ...string) error {
+	var errs []error
+	for _, n := range names {
+		if err, ok := b.Errs[n]; ok {
+			errs = append(errs, fmt.Errorf("plugin %s did not build: %w", n, err))
+		} else if _, err := os.Stat(filepath.Join(b.Dir, n)); err != nil {
+			errs = append(errs, fmt.Errorf("plugin %s: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BerthPlugins lists the plugin packages under root/plugins (directories
+// holding Go files), as "./plugins/NAME".
+func BerthPlugins(root string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(root, "plugins"))
+	if err != nil {
+		return nil, err
+	}
+	var pkgs []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		gofiles, _ := filepath.Glob(filepath.Join(root, "plugins", e.Name(), "*.go"))
+		if len(gofiles) > 0 {
+			pkgs = append(pkgs, "./plugins/"+e.Name())
+		}
+	}
+	sort.Strings(pkgs)
+	return pkgs, nil
+}
+
+// Build builds berth's plugins and the upstream IPAM/meta plugins into dir
+// (without -race, CGO off, as the Makefile does). A package that fails to
+// build is recorded in Errs; the others are still built.
+//
+// Equivalent: go build -o $dir ./plugins/... && go build -o $dir $UpstreamPlugins
+func Build(ctx context.Context, root, dir string) (*Binaries, error) {
+	pkgs, err := BerthPlugins(root)
+	if err != nil {
+		return nil, err
+	}
+	b := &Binaries{Dir: dir, Errs: map[string]error{}}
+	for _, group := range [][]string{pkgs, UpstreamPlugins} {
+		if len(group) == 0 {
+			continue
+		}
+		if err := goBuild(ctx, root, dir, group...); err == nil {
+			continue
+		}
+		// Build one at a time to learn which failed.
+		for _, p := range group {
+			if err := goBuild(ctx, root, dir, p); err != nil {
+				b.Errs[filepath.Base(p)] = err
+			}
+		}
+	}
+	return b, nil
+}
+
+// BuildCNITool builds cnitool into dir and returns its path.
+func BuildCNITool(ctx context.Context, root, dir string) (string, error) {
+	if err := goBuild(ctx, root, dir, CNIToolPkg); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "cnitool"), nil
+}
+
+func goBuild(ctx context.Context, root, dir string, pkgs ...string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	args := append([]string{"build", "-o", dir + "/"}, pkgs...)
+	cmd := exec.CommandContext(ctx, goTool(), args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// goTool returns the go command of the running toolchain when it is there
+// (tests run under `go test`), else "go" from PATH.
+func goTool() string {
+	if goroot := os.Getenv("GOROOT"); goroot != "" {
+		if p := filepath.Join(goroot, "bin", "go"); fileExists(p) {
+			return p
+		}
+	}
+	return "go"
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

@@ -1,0 +1,95 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRefusesMachineNamespace(t *testing.T) {
+	RequireRoot(t)
+	if len(machineNS) == 0 {
+		t.Fatal("machine namespace unknown")
+	}
+	self := &NS{Name: "machine", Path: "/proc/self/ns/net", id: machineNS[0]}
+	err := self.Do(func() error { return nil })
+	if !errors.Is(err, ErrMachineNamespace) {
+		t.Fatalf("Do in the machine's namespace: got %v, want ErrMachineNamespace", err)
+	}
+	if err := self.Start(exec.Command("true")); !errors.Is(err, ErrMachineNamespace) {
+		t.Fatalf("Start in the machine's namespace: got %v, want ErrMachineNamespace", err)
+	}
+}
+
+func TestWorld(t *testing.T) {
+	w := NewTestWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	t.Run("ping", func(t *testing.T) {
+		for _, dst := range []netip.Prefix{OutsideUplink4, OutsideUplink6} {
+			start := time.Now()
+			if err := w.Host.PingWithin(ctx, dst.Addr(), 5*time.Second); err != nil {
+				t.Error(err)
+			}
+			t.Logf("ping %s: %v", dst.Addr(), time.Since(start))
+		}
+		// Nothing answers here: the ping must fail, not hang.
+		if err := w.Outside.PingWithin(ctx, HostUplink4.Addr().Next().Next(), time.Second); err == nil {
+			t.Error("ping to an absent address succeeded")
+		}
+	})
+	t.Run("tcp", func(t *testing.T) {
+		ln, err := w.Outside.ListenTCP(netip.AddrPortFrom(OutsideUplink4.Addr(), 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		line, err := w.Host.DialTCP(ctx, ln.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		remote, err := ln.Accepted(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if remote.Addr() != HostUplink4.Addr() || !strings.Contains(line, remote.Addr().String()) {
+			t.Errorf("outside saw %s (line %q), want %s", remote, line, HostUplink4.Addr())
+		}
+	})
+	t.Run("sysctl per namespace", func(t *testing.T) {
+		if err := w.Host.WriteSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := w.Outside.ReadSysctl("net/ipv6/conf/all/forwarding"); err != nil || v != "0" {
+			t.Errorf("outside forwarding = %q, %v; want 0 (sysctl leaked across namespaces)", v, err)
+		}
+		if v, err := w.Host.ReadSysctl("net/ipv6/conf/all/forwarding"); err != nil || v != "1" {
+			t.Errorf("host forwarding = %q, %v; want 1", v, err)
+		}
+	})
+	t.Run("nft netlink dump", func(t *testing.T) {
+		if _, err := w.Host.NftDumpNetlink(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("routes", func(t *testing.T) {
+		rs, err := w.Host.Routes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var defaults int
+		for _, r := range rs {
+			if r.Dst.Bits() == 0 {
+				defaults++
+			}
+		}
+		if defaults != 2 {
+			t.Errorf("host has %d default routes, want 2: %+v", defaults, rs)
+		}
+	})
+}

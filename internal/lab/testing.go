@@ -1,0 +1,50 @@
+package lab
+
+import (
+	"context"
+	"os"
+	"testing"
+)
+
+// RequireRoot skips tb when not root, stating why, unless the environment
+// variable CI is set: there a skipped root test is a failure, so that a
+// green CI means the root tests ran.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if IsRoot() {
+		return
+	}
+	const why = "needs root: creates network namespaces and runs CNI plugins in them"
+	if os.Getenv("CI") != "" {
+		tb.Fatal(why + " (CI is set, so a skip would hide the test)")
+	}
+	tb.Skip(why)
+}
+
+// NewTestWorld makes a World named "blab-…" and deletes it in tb.Cleanup.
+func NewTestWorld(tb testing.TB) *World {
+	tb.Helper()
+	RequireRoot(tb)
+	w, err := NewWorld(context.Background(), "blab")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			tb.Errorf("lab cleanup: %v", err)
+		}
+		if left, err := w.Leftovers(); err != nil || len(left) > 0 {
+			tb.Errorf("lab cleanup: namespaces left: %v (%v)", left, err)
+		}
+	})
+	return w
+}
+
+// TestLog is an io.Writer that logs each write through tb.Logf.
+type TestLog struct{ TB testing.TB }
+
+func (l TestLog) Write(p []byte) (int, error) {
+	l.TB.Helper()
+	l.TB.Logf("%s", p)
+	return len(p), nil
+}
