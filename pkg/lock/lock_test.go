@@ -1,0 +1,59 @@
+package lock
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The tests change Dir, so they do not run in parallel with each other.
+
+func TestExclusive(t *testing.T) {
+	Dir = t.TempDir()
+	var inside, most int32
+	var wg sync.WaitGroup
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := Acquire("x", 5*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			n := atomic.AddInt32(&inside, 1)
+			for {
+				m := atomic.LoadInt32(&most)
+				if n <= m || atomic.CompareAndSwapInt32(&most, m, n) {
+					break
+				}
+			}
+			time.Sleep(2 * time.Millisecond)
+			atomic.AddInt32(&inside, -1)
+			l.Unlock()
+		}()
+	}
+	wg.Wait()
+	if most != 1 {
+		t.Fatalf("%d holders at once", most)
+	}
+}
+
+func TestTimeoutAndNames(t *testing.T) {
+	Dir = t.TempDir()
+	l, err := Acquire("y", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if _, err := Acquire("y", 20*time.Millisecond); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("second Acquire = %v, want ErrTimeout", err)
+	}
+	for _, bad := range []string{"", "..", "a/b", "../x"} {
+		if _, err := Acquire(bad, time.Millisecond); err == nil {
+			t.Errorf("Acquire(%q) accepted", bad)
+		}
+	}
+}
