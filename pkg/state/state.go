@@ -24,6 +24,7 @@ type Record struct {
 	Netns       string   `json:"netns,omitempty"`
 	HostVeth    string   `json:"hostVeth,omitempty"`
 	IPs         []string `json:"ips,omitempty"` // CIDR notation, as assigned
+	MasqBackend string   `json:"masqBackend,omitempty"` // nat backend holding its masquerade state
 	Complete    bool     `json:"complete"`      // the ADD finished
 }
 
@@ -46,7 +47,9 @@ func (s Store) path(containerID, ifName string) string {
 	return filepath.Join(s.dir, hex.EncodeToString(sum[:10])+".json")
 }
 
-// Put writes r atomically (temp file, fsync, rename).
+// Put writes r atomically (temp file, rename). There is no fsync: the
+// records guard against a killed plugin, not a lost disk cache, and an
+// fsync per ADD costs more than the rest of the record keeping.
 //
 // Equivalent: echo "$json" > $dir/$hash.json
 func (s Store) Put(r Record) error {
@@ -63,9 +66,8 @@ func (s Store) Put(r Record) error {
 		return fmt.Errorf("write record: %w", err)
 	}
 	_, werr := tmp.Write(b)
-	serr := tmp.Sync()
 	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
+	if err := errors.Join(werr, cerr); err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("write record %s: %w", dst, err)
 	}

@@ -49,8 +49,10 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 		return err
 	}
 	var masq nat.Backend
+	masqName := ""
 	if conf.IPMasq {
-		if masq, err = nat.New(backendName(conf)); err != nil {
+		masqName = backendName(conf)
+		if masq, err = nat.New(masqName); err != nil {
 			return err
 		}
 	}
@@ -70,7 +72,7 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 
 	store := state.Open(conf.DataDir, conf.Name)
 	rec := state.Record{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName,
-		Netns: args.Netns, HostVeth: link.HostVethName(owner)}
+		Netns: args.Netns, HostVeth: link.HostVethName(owner), MasqBackend: masqName}
 	if err := store.Put(rec); err != nil {
 		return err
 	}
@@ -229,31 +231,46 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	if conf.IPAMConf.Type != "" {
 		errs = append(errs, ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData))
 	}
-	errs = append(errs, deleteMasq(conf, natOwner(owner)))
+	store := state.Open(conf.DataDir, conf.Name)
+	rec, found, err := store.Get(args.ContainerID, args.IfName)
+	errs = append(errs, err)
+	if found {
+		// The record names the backend the ADD used: no need to sweep
+		// (and fork iptables-save for) the others.
+		if rec.MasqBackend != "" {
+			errs = append(errs, deleteMasqIn(rec.MasqBackend, natOwner(owner)))
+		}
+	} else {
+		errs = append(errs, deleteMasq(conf, natOwner(owner)))
+	}
 	if conf.MacSpoofChk {
 		errs = append(errs, spoof.Delete(spoofOwner(owner)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return state.Open(conf.DataDir, conf.Name).Delete(args.ContainerID, args.IfName)
+	return store.Delete(args.ContainerID, args.IfName)
 }
 
 // deleteMasq removes the owner's masquerade state from every backend it
-// may be in: the config's backend may have changed since the ADD.
+// may be in, for when no record says which: the config's backend may have
+// changed since the ADD.
 func deleteMasq(conf *config.Bridge, o nat.Owner) error {
 	var errs []error
-	for _, name := range []string{"nftables", "iptables"} {
-		if !nat.Available(name) {
-			continue
+	for _, name := range []string{nat.NFTables, nat.IPTables} {
+		if nat.Available(name) {
+			errs = append(errs, deleteMasqIn(name, o))
 		}
-		b, err := nat.New(name)
-		if err == nil {
-			err = b.Delete(o)
-		}
-		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+func deleteMasqIn(backend string, o nat.Owner) error {
+	b, err := nat.New(backend)
+	if err != nil {
+		return err
+	}
+	return b.Delete(o)
 }
 
 func status(ctx context.Context, args *skel.CmdArgs) error {

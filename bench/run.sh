@@ -1,0 +1,405 @@
+#!/usr/bin/env bash
+# bench/run.sh: time a bridge + host-local chain through cnitool, berth's
+# plugins (bin/) against the upstream reference plugins (the version pinned in
+# go.mod), in one run. See bench/README.md.
+#
+# Everything runs inside network namespaces this script creates
+# (bbench-host-PID, bbench-c-PID-*) and removes on exit; the machine's own
+# network namespace is never touched.
+set -euo pipefail
+
+usage() {
+	cat <<'EOF'
+usage: bench/run.sh [-n N] [-p] [-P COUNT]
+
+  -n N      containers in the sequential ADD/DEL runs (default 50; env N)
+  -p        also time COUNT concurrent ADDs, then COUNT concurrent DELs,
+            wall clock, per implementation (env PAR=1)
+  -P COUNT  concurrency of -p (default 20; env P); implies -p
+  -h        this help
+
+Environment: BERTH_BIN (berth's plugins, default <repo>/bin), GO (default go).
+Run as root, after `make build`. Raw per-call timings go to bench/out/.
+EOF
+}
+
+die() {
+	printf 'bench: %s\n' "$*" >&2
+	exit 1
+}
+log() { printf '# %s\n' "$*" >&2; }
+
+N=${N:-50}
+P=${P:-20}
+PAR=${PAR:-0}
+GO=${GO:-go}
+while getopts ':n:pP:h' opt; do
+	case $opt in
+	n) N=$OPTARG ;;
+	p) PAR=1 ;;
+	P)
+		P=$OPTARG
+		PAR=1
+		;;
+	h)
+		usage
+		exit 0
+		;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+done
+shift $((OPTIND - 1))
+if (($# > 0)); then
+	usage >&2
+	exit 2
+fi
+[[ $N =~ ^[1-9][0-9]{0,3}$ ]] || die "-n wants an integer in 1..9999, got '$N'"
+[[ $P =~ ^[1-9][0-9]{0,3}$ ]] || die "-P wants an integer in 1..9999, got '$P'"
+[[ $PAR == 0 || $PAR == 1 ]] || die "PAR must be 0 or 1, got '$PAR'"
+
+[[ $(id -u) == 0 ]] || die "run as root: it creates network namespaces"
+command -v ip >/dev/null || die "needs ip (iproute2)"
+command -v "$GO" >/dev/null || die "needs go ($GO)"
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=$ROOT/bench/out
+BERTH_BIN=${BERTH_BIN:-$ROOT/bin}
+UP_BIN=$OUT/upstream-bin
+CNITOOL=$OUT/cnitool
+BENCHTIME=$OUT/benchtime
+UPMOD=github.com/containernetworking/plugins
+HOSTNS=bbench-host-$$
+CPFX=bbench-c-$$-
+# libcni caches ADD results here (cnitool has no knob to move it); DEL
+# removes each entry, the exit trap removes any left by a failed run.
+RESULTS_DIR=/var/lib/cni/results
+STAMP=$(date +%Y%m%d-%H%M%S)-$$
+CSV=$OUT/timings-$STAMP.csv
+SUMMARY=$OUT/summary-$STAMP.txt
+
+IMPLS=(upstream berth)
+declare -A TAG=([upstream]=u [berth]=b)
+declare -A NET=([upstream]=bbench-up-$$ [berth]=bbench-be-$$)
+declare -A BINDIR=([upstream]=$UP_BIN [berth]=$BERTH_BIN)
+declare -A FAILED=()   # impl -> why it has no (complete) numbers
+declare -A BACKEND=()  # impl -> masquerade backend seen
+declare -A PARWALL=()  # impl,op -> wall-clock ns of the concurrent run
+
+TMP=""
+MADE_CNI_DIRS=()
+
+cleanup() {
+	local rc=$? ns d
+	local -a all=()
+	set +e
+	trap - EXIT INT TERM
+	# Only our own namespaces, by exact name or our PID-scoped prefix. List
+	# first, then delete.
+	mapfile -t all < <(ip netns list 2>/dev/null | awk '{ print $1 }')
+	for ns in "${all[@]}"; do
+		case $ns in
+		"$HOSTNS" | "$CPFX"*) ip netns del "$ns" 2>/dev/null || log "could not delete netns $ns" ;;
+		esac
+	done
+	rm -f "$RESULTS_DIR/${NET[upstream]}-"* "$RESULTS_DIR/${NET[berth]}-"*
+	for d in "${MADE_CNI_DIRS[@]}"; do rmdir "$d" 2>/dev/null; done
+	[[ -n $TMP ]] && rm -rf "$TMP"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p "$OUT" "$UP_BIN"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/bbench.XXXXXX")
+for d in /var/lib/cni "$RESULTS_DIR"; do
+	[[ -d $d ]] || MADE_CNI_DIRS=("$d" "${MADE_CNI_DIRS[@]}")
+done
+
+# --- build: upstream plugins, cnitool, the timing wrapper -------------------
+
+cd "$ROOT"
+UPVER=$("$GO" list -m -f '{{.Version}}' "$UPMOD")
+log "building upstream $UPMOD $UPVER (bridge, host-local) into ${UP_BIN#"$ROOT"/}"
+upbuild=(build -trimpath -ldflags '-s -w' -o "$UP_BIN/" "$UPMOD/plugins/main/bridge" "$UPMOD/plugins/ipam/host-local")
+if ! CGO_ENABLED=0 "$GO" "${upbuild[@]}" 2>"$TMP/build.err"; then
+	grep -q 'missing go.sum entry' "$TMP/build.err" || {
+		cat "$TMP/build.err" >&2
+		die "building the upstream plugins failed"
+	}
+	# go.sum lacks hashes the upstream bridge needs (it imports packages berth
+	# does not). Build with a private copy of go.mod/go.sum under bench/out:
+	# same pinned versions, and the repo's go.mod/go.sum stay untouched.
+	log "go.sum lacks entries upstream bridge needs; building with a copy of go.mod/go.sum in bench/out"
+	cp go.mod "$OUT/upstream.mod"
+	cp go.sum "$OUT/upstream.sum"
+	UPVER2=$("$GO" list -modfile="$OUT/upstream.mod" -m -f '{{.Version}}' "$UPMOD")
+	[[ $UPVER2 == "$UPVER" ]] || die "upstream version drifted: $UPVER2 != $UPVER"
+	CGO_ENABLED=0 "$GO" "${upbuild[0]}" -modfile="$OUT/upstream.mod" -mod=mod "${upbuild[@]:1}" ||
+		die "building the upstream plugins failed"
+fi
+"$GO" build -o "$CNITOOL" github.com/containernetworking/cni/cnitool || die "building cnitool failed"
+"$GO" build -o "$BENCHTIME" ./bench/benchtime || die "building bench/benchtime failed"
+
+missing=()
+for f in bridge host-local; do
+	[[ -x $BERTH_BIN/$f ]] || missing+=("$f")
+done
+if ((${#missing[@]} > 0)); then
+	FAILED[berth]="no ${missing[*]} in $BERTH_BIN: run 'make build' first"
+fi
+
+# --- configs ------------------------------------------------------------------
+
+# conflist IMPL BRIDGE SUBNET [EXTRA-JSON]: write the network config of IMPL.
+conflist() {
+	local impl=$1 br=$2 subnet=$3 extra=${4:-}
+	mkdir -p "$TMP/net-$impl"
+	cat >"$TMP/net-$impl/${NET[$impl]}.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "${NET[$impl]}",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$br",
+      "isGateway": true,
+      "ipMasq": true,${extra}
+      "ipam": {
+        "type": "host-local",
+        "subnet": "$subnet",
+        "dataDir": "$TMP/ipam-$impl"
+      }
+    }
+  ]
+}
+EOF
+}
+conflist upstream bup0 10.77.0.0/16
+conflist berth bbe0 10.78.0.0/16 "
+      \"dataDir\": \"$TMP/berth-state\","
+
+# --- namespaces (created up front, never timed) -------------------------------
+
+ip netns add "$HOSTNS"
+nsnames=()
+for impl in "${IMPLS[@]}"; do
+	t=${TAG[$impl]}
+	nsnames+=("$CPFX${t}w")
+	for ((i = 1; i <= N; i++)); do nsnames+=("$CPFX$t$i"); done
+	if ((PAR)); then
+		for ((i = 1; i <= P; i++)); do nsnames+=("$CPFX${t}p$i"); done
+	fi
+done
+log "creating ${#nsnames[@]} container namespaces + $HOSTNS"
+for ns in "${nsnames[@]}"; do ip netns add "$ns"; done
+
+# --- measuring ----------------------------------------------------------------
+
+echo "impl,op,seq,ns" >"$CSV"
+
+# cnicmd IMPL OP NETNS: the cnitool command line, run in the throwaway host ns.
+cnicmd() {
+	local impl=$1 op=$2 cns=$3
+	CMD=(ip netns exec "$HOSTNS" env "NETCONFPATH=$TMP/net-$impl" "CNI_PATH=${BINDIR[$impl]}"
+		CNI_IFNAME=eth0 "$CNITOOL" "$op" "${NET[$impl]}" "/var/run/netns/$cns")
+}
+
+# failmsg IMPL OP NETNS ERRFILE [OUTFILE]: record and print a failed call.
+failmsg() {
+	local impl=$1 op=$2 cns=$3 errf=$4 outf=${5:-}
+	FAILED[$impl]="cnitool $op failed (netns $cns): $(head -n1 "$errf")"
+	{
+		printf '\nbench: %s: cnitool %s %s %s failed:\n' "$impl" "$op" "${NET[$impl]}" "/var/run/netns/$cns"
+		sed 's/^/    /' "$errf"
+		[[ -n $outf && -s $outf ]] && sed 's/^/    stdout: /' "$outf"
+		printf '\n'
+	} >&2
+}
+
+# timed IMPL OP SEQ NETNS [RESULTFILE]: one timed cnitool call. The wall time
+# (ns) goes to the CSV and, for SEQ > 0, to the per-op sample file; SEQ 0 is
+# the warm-up. Returns non-zero, after printing cnitool's error, on failure.
+timed() {
+	local impl=$1 op=$2 seq=$3 cns=$4 res=${5:-$TMP/stdout} t
+	cnicmd "$impl" "$op" "$cns"
+	if ! "$BENCHTIME" -o "$TMP/t" "${CMD[@]}" >"$res" 2>"$TMP/stderr"; then
+		failmsg "$impl" "$op" "$cns" "$TMP/stderr" "$res"
+		return 1
+	fi
+	read -r t <"$TMP/t"
+	echo "$impl,$op,$seq,$t" >>"$CSV"
+	if ((seq > 0)); then echo "$t" >>"$TMP/$impl-$op.ns"; fi
+}
+
+# nft_tables: the nftables tables of the host namespace, one per line.
+nft_tables() {
+	command -v nft >/dev/null || return 0
+	ip netns exec "$HOSTNS" nft list tables 2>/dev/null | sort || true
+}
+
+# masq_backend IMPL TABLES-BEFORE: which masquerade backend IMPL used, judged
+# from the host namespace's state while its N containers are attached.
+masq_backend() {
+	local impl=$1 before=$2 rules="" tables new
+	if command -v iptables >/dev/null; then
+		rules=$(ip netns exec "$HOSTNS" iptables -w -t nat -S POSTROUTING 2>/dev/null || true)
+	fi
+	tables=$(nft_tables)
+	new=$(comm -13 <(printf '%s\n' "$before") <(printf '%s\n' "$tables") | sed 's/^table //' | paste -sd, -)
+	if [[ $impl == upstream && $rules == *"-j CNI-"* ]]; then
+		echo "iptables ($(iptables --version 2>/dev/null))"
+	elif [[ $impl == upstream && $tables == *"inet cni_plugins_masquerade"* ]]; then
+		echo "nftables (table inet cni_plugins_masquerade)"
+	elif [[ $impl == berth && -n $new ]]; then
+		echo "nftables (new tables: $new)"
+	elif ! command -v nft >/dev/null; then
+		echo "not checked (no nft binary to look)"
+	else
+		echo "unknown: no masquerade rules seen"
+	fi
+}
+
+# run_seq IMPL: warm-up ADD+DEL, then N sequential ADDs, then N sequential
+# DELs. Called in an `if`, so set -e is off here: every failure returns.
+run_seq() {
+	local impl=$1 t=${TAG[$1]} i before
+	log "$impl: warm-up ADD+DEL, then $N ADDs, then $N DELs"
+	before=$(nft_tables)
+	timed "$impl" add 0 "$CPFX${t}w" "$OUT/result-$impl.json" || return 1
+	timed "$impl" del 0 "$CPFX${t}w" || return 1
+	: >"$TMP/$impl-add.ns"
+	: >"$TMP/$impl-del.ns"
+	for ((i = 1; i <= N; i++)); do
+		timed "$impl" add "$i" "$CPFX$t$i" || return 1
+	done
+	BACKEND[$impl]=$(masq_backend "$impl" "$before")
+	for ((i = 1; i <= N; i++)); do
+		timed "$impl" del "$i" "$CPFX$t$i" || return 1
+	done
+}
+
+# run_par IMPL OP: P concurrent cnitool calls, wall clock from before the
+# first start to after the last exit (date(1) costs ~1 ms of it).
+run_par() {
+	local impl=$1 op=$2 t=${TAG[$1]} i t0 t1 bad=0
+	local -a pids=()
+	t0=$(date +%s%N)
+	for ((i = 1; i <= P; i++)); do
+		cnicmd "$impl" "$op" "$CPFX${t}p$i"
+		"${CMD[@]}" >"$TMP/par-$i.out" 2>"$TMP/par-$i.err" &
+		pids+=($!)
+	done
+	for i in "${!pids[@]}"; do
+		wait "${pids[$i]}" || {
+			bad=1
+			failmsg "$impl" "$op" "$CPFX${t}p$((i + 1))" "$TMP/par-$((i + 1)).err" "$TMP/par-$((i + 1)).out"
+		}
+	done
+	t1=$(date +%s%N)
+	((bad == 0)) || return 1
+	PARWALL[$impl,$op]=$((t1 - t0))
+	echo "$impl,par-$op,$P,$((t1 - t0))" >>"$CSV"
+}
+
+for impl in "${IMPLS[@]}"; do
+	[[ -z ${FAILED[$impl]:-} ]] || continue
+	run_seq "$impl" || true
+done
+if ((PAR)); then
+	for impl in "${IMPLS[@]}"; do
+		[[ -z ${FAILED[$impl]:-} ]] || continue
+		log "$impl: $P concurrent ADDs, then $P concurrent DELs"
+		if run_par "$impl" add; then run_par "$impl" del || true; fi
+	done
+fi
+
+# --- report -------------------------------------------------------------------
+
+# stats FILE: "p50 p95" in ms of the ns samples in FILE (median; p95 by
+# nearest rank).
+stats() {
+	sort -n "$1" | awk '
+		{ v[NR] = $1 }
+		END {
+			if (NR == 0) { print "- -"; exit }
+			m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+			r = int((95 * NR + 99) / 100)
+			printf "%.2f %.2f\n", m / 1e6, v[r] / 1e6
+		}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "-" }'; }
+ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
+
+report() {
+	local impl a d
+	declare -A S=()
+	for impl in "${IMPLS[@]}"; do
+		S[$impl]="- - - -"
+		if [[ -z ${FAILED[$impl]:-} ]]; then
+			a=$(stats "$TMP/$impl-add.ns")
+			d=$(stats "$TMP/$impl-del.ns")
+			S[$impl]="$a $d"
+		fi
+	done
+	echo "chain: bridge + host-local, N=$N, sequential (cniVersion 1.0.0, isGateway, ipMasq)"
+	printf '%-9s %8s %8s %8s %8s  (ms)\n' impl "ADD p50" "ADD p95" "DEL p50" "DEL p95"
+	for impl in "${IMPLS[@]}"; do
+		if [[ -n ${FAILED[$impl]:-} ]]; then
+			printf '%-9s FAILED: %s\n' "$impl" "${FAILED[$impl]}"
+		else
+			# shellcheck disable=SC2086 # split the four numbers
+			printf '%-9s %8s %8s %8s %8s\n' "$impl" ${S[$impl]}
+		fi
+	done
+	local -a u b r=()
+	read -r -a u <<<"${S[upstream]}"
+	read -r -a b <<<"${S[berth]}"
+	for i in 0 1 2 3; do r+=("$(ratio "${b[$i]}" "${u[$i]}")"); done
+	printf '%-9s %8s %8s %8s %8s  (berth/upstream; < 1 = berth faster)\n' ratio "${r[@]}"
+	if ((PAR)); then
+		echo
+		echo "concurrent: $P ADDs at once, then $P DELs at once, wall clock"
+		printf '%-9s %8s %8s  (ms)\n' impl "ADD" "DEL"
+		for impl in "${IMPLS[@]}"; do
+			a=-
+			d=-
+			[[ -z ${PARWALL[$impl,add]:-} ]] || a=$(ms "${PARWALL[$impl,add]}")
+			[[ -z ${PARWALL[$impl,del]:-} ]] || d=$(ms "${PARWALL[$impl,del]}")
+			printf '%-9s %8s %8s\n' "$impl" "$a" "$d"
+		done
+		printf '%-9s %8s %8s\n' ratio "$(ratio "${PARWALL[berth,add]:-0}" "${PARWALL[upstream,add]:-0}")" \
+			"$(ratio "${PARWALL[berth,del]:-0}" "${PARWALL[upstream,del]:-0}")"
+	fi
+	echo
+	echo "notes:"
+	echo "- each sample is one 'ip netns exec <host-ns> cnitool add|del' process, timed by"
+	echo "  bench/benchtime (monotonic ns); ip netns exec adds ~5 ms to every call of both,"
+	echo "  so absolute numbers overstate plugin time: the ratio is what matters"
+	echo "- upstream: $UPMOD $UPVER built here (bridge, host-local);"
+	echo "  berth: ${BERTH_BIN#"$ROOT"/}/ (berth bridge, host-local from make build); each ran one"
+	echo "  warm-up ADD+DEL first (in the CSV as seq 0, not in the stats); upstream ran first"
+	if command -v iptables >/dev/null; then
+		echo "- upstream ipMasq backend (default): ${BACKEND[upstream]:-not reached}"
+	else
+		echo "- iptables is NOT installed: upstream's default ipMasq backend falls back to nftables;"
+		echo "  seen: ${BACKEND[upstream]:-not reached}"
+	fi
+	echo "- berth ipMasq backend (default, nftables in-process): ${BACKEND[berth]:-not reached}"
+	echo "- host: $(uname -r), $(nproc) CPUs, loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "- raw per-call timings: ${CSV#"$ROOT"/}"
+}
+
+report | tee "$SUMMARY"
+ln -sfn "$(basename "$CSV")" "$OUT/timings-latest.csv"
+ln -sfn "$(basename "$SUMMARY")" "$OUT/summary-latest.txt"
+
+if ((${#FAILED[@]} > 0)); then
+	for impl in "${IMPLS[@]}"; do
+		[[ -z ${FAILED[$impl]:-} ]] || printf 'bench: %s: %s\n' "$impl" "${FAILED[$impl]}" >&2
+	done
+	exit 1
+fi
