@@ -23,9 +23,9 @@ type Record struct {
 	IfName      string   `json:"ifName"`
 	Netns       string   `json:"netns,omitempty"`
 	HostVeth    string   `json:"hostVeth,omitempty"`
-	IPs         []string `json:"ips,omitempty"` // CIDR notation, as assigned
+	IPs         []string `json:"ips,omitempty"`         // CIDR notation, as assigned
 	MasqBackend string   `json:"masqBackend,omitempty"` // nat backend holding its masquerade state
-	Complete    bool     `json:"complete"`      // the ADD finished
+	Complete    bool     `json:"complete"`              // the ADD finished
 }
 
 // Store is the records of one network.
