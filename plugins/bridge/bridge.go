@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -223,29 +224,47 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	// Every step runs even if an earlier one fails, so one failure does
-	// not leak the rest; a missing object is success at every step. None
-	// needs the container's namespace: the host veth name is derived from
-	// the owner, and masquerade state is tagged with it.
-	errs := []error{link.DeleteHostVeth(link.HostVethName(owner))}
-	if conf.IPAMConf.Type != "" {
-		errs = append(errs, ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData))
-	}
 	store := state.Open(conf.DataDir, conf.Name)
 	rec, found, err := store.Get(args.ContainerID, args.IfName)
-	errs = append(errs, err)
-	if found {
-		// The record names the backend the ADD used: no need to sweep
-		// (and fork iptables-save for) the others.
-		if rec.MasqBackend != "" {
-			errs = append(errs, deleteMasqIn(rec.MasqBackend, natOwner(owner)))
-		}
-	} else {
-		errs = append(errs, deleteMasq(conf, natOwner(owner)))
+	if err != nil {
+		return err
+	}
+	// The steps are independent and each waits on something else (the
+	// kernel's RCU grace periods when a veth or an nft set element goes,
+	// the IPAM plugin's exec), so they run at once: DEL takes as long as
+	// the slowest, not the sum. Every step runs even if another fails, a
+	// missing object is success, and none needs the container's namespace
+	// (the host veth name derives from the owner; nft state is tagged).
+	steps := []func() error{
+		func() error { return link.DeleteHostVeth(link.HostVethName(owner)) },
+		func() error {
+			if !found {
+				return deleteMasq(natOwner(owner))
+			}
+			if rec.MasqBackend == "" {
+				return nil
+			}
+			// The record names the backend the ADD used: no need to
+			// sweep (and fork iptables-save for) the others.
+			return deleteMasqIn(rec.MasqBackend, natOwner(owner))
+		},
+	}
+	if conf.IPAMConf.Type != "" {
+		steps = append(steps, func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) })
 	}
 	if conf.MacSpoofChk {
-		errs = append(errs, spoof.Delete(spoofOwner(owner)))
+		steps = append(steps, func() error { return spoof.Delete(spoofOwner(owner)) })
 	}
+	errs := make([]error, len(steps))
+	var wg sync.WaitGroup
+	for i, step := range steps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = step()
+		}()
+	}
+	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -255,7 +274,7 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 // deleteMasq removes the owner's masquerade state from every backend it
 // may be in, for when no record says which: the config's backend may have
 // changed since the ADD.
-func deleteMasq(conf *config.Bridge, o nat.Owner) error {
+func deleteMasq(o nat.Owner) error {
 	var errs []error
 	for _, name := range []string{nat.NFTables, nat.IPTables} {
 		if nat.Available(name) {

@@ -72,7 +72,7 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 		if conf.MacSpoofChk {
 			errs = append(errs, spoof.Delete(spoofOwner(o)))
 		}
-		errs = append(errs, deleteMasq(conf, natOwner(o)), store.Delete(o.ContainerID, o.IfName))
+		errs = append(errs, deleteMasq(natOwner(o)), store.Delete(o.ContainerID, o.IfName))
 	}
 	if conf.IPAMConf.Type != "" {
 		errs = append(errs, ipam.GC(ctx, conf.IPAMConf.Type, args.StdinData))
