@@ -10,13 +10,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,10 +22,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/google/nftables"
-	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/internal/lab"
@@ -197,105 +191,6 @@ func hostVethOf(t *testing.T, res *types100.Result) string {
 	return res.Interfaces[1].Name
 }
 
-// nlLink reads a link through netlink in namespace n.
-func nlLink(t *testing.T, n *lab.NS, name string) netlink.Link {
-	t.Helper()
-	h, err := n.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		t.Fatalf("link %s in %s: %v", name, n, err)
-	}
-	return l
-}
-
-// nlAddrs lists the addresses of link name in n (family netlink.FAMILY_*),
-// flags included.
-func nlAddrs(t *testing.T, n *lab.NS, name string, family int) []netlink.Addr {
-	t.Helper()
-	h, err := n.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		t.Fatalf("link %s in %s: %v", name, n, err)
-	}
-	as, err := h.AddrList(l, family)
-	if err != nil {
-		t.Fatalf("addresses of %s in %s: %v", name, n, err)
-	}
-	return as
-}
-
-// globalAddrs returns the addresses of link name in n, link-local ones
-// left out.
-func globalAddrs(t *testing.T, n *lab.NS, name string) []netip.Prefix {
-	t.Helper()
-	var out []netip.Prefix
-	for _, a := range nlAddrs(t, n, name, netlink.FAMILY_ALL) {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok || ip.Unmap().IsLinkLocalUnicast() {
-			continue
-		}
-		ones, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
-	}
-	return out
-}
-
-// spoofRules lists the comments of the rules in chain prerouting of
-// table bridge berth-spoof in the host namespace, read with google/nftables
-// over netlink; exists is false when the table is absent.
-//
-// Equivalent: ip netns exec $host nft list chain bridge berth-spoof prerouting
-func spoofRules(t *testing.T, host *lab.NS) (comments []string, exists bool) {
-	t.Helper()
-	fd, err := netns.GetFromPath(host.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	var c *nftables.Conn
-	err = host.Do(func() error {
-		var cerr error
-		c, cerr = nftables.New(nftables.WithNetNSFd(int(fd)), nftables.AsLasting())
-		return cerr
-	})
-	if err != nil {
-		t.Fatalf("nftables in %s: %v", host, err)
-	}
-	defer c.CloseLasting()
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
-	if err != nil {
-		t.Fatalf("list bridge tables in %s: %v", host, err)
-	}
-	for _, tb := range tables {
-		if tb.Name != "berth-spoof" {
-			continue
-		}
-		exists = true
-		rules, err := c.GetRules(tb, &nftables.Chain{Name: "prerouting", Table: tb})
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			t.Fatalf("list rules of bridge berth-spoof in %s: %v", host, err)
-		}
-		for _, r := range rules {
-			s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-			comments = append(comments, s)
-		}
-	}
-	return comments, exists
-}
-
-// spoofTag is the comment berth puts on an attachment's macspoofchk rule.
-func spoofTag(network string, a lab.Attachment) string {
-	return fmt.Sprintf("berth net=%s id=%s if=%s", network, a.ContainerID, a.IfName)
-}
-
 func mustPing(t *testing.T, ctx context.Context, from *lab.NS, dst netip.Addr) {
 	t.Helper()
 	if err := from.PingWithin(ctx, dst, 5*time.Second); err != nil {
@@ -363,16 +258,22 @@ func TestPromiscMode(t *testing.T) {
 }
 
 // Two isolated ports cannot reach each other; both reach the gateway (the
-// bridge itself, not a port).
+// bridge itself, not a port) and a port that is not isolated.
 func TestPortIsolation(t *testing.T) {
 	t.Parallel()
 	b := newBed(t)
 	c := b.conflist("bopt-isol", `{"type":"bridge","bridge":"bopt-isol","isGateway":true,"portIsolation":true,
 		"ipam":{"type":"host-local","subnet":"10.52.0.0/24"}}`)
+	// The control's port on the same bridge is not isolated: it reaches
+	// both (isolation only parts isolated ports from each other).
+	open := b.conflist("bopt-open", `{"type":"bridge","bridge":"bopt-isol","isGateway":true,
+		"ipam":{"type":"host-local","subnet":"10.52.0.0/24","rangeStart":"10.52.0.200","rangeEnd":"10.52.0.250"}}`)
 	gw := netip.MustParseAddr("10.52.0.1")
 	n1, a1 := b.container("c1")
 	n2, a2 := b.container("c2")
+	n3, a3 := b.container("control")
 	r1, r2 := b.add(c, a1), b.add(c, a2)
+	b.add(open, a3)
 	ip1, ip2 := resultAddr(t, r1, 4).Addr(), resultAddr(t, r2, 4).Addr()
 
 	h, err := b.host.Handle()
@@ -392,6 +293,8 @@ func TestPortIsolation(t *testing.T) {
 	}
 	mustPing(t, b.ctx, n1, gw)
 	mustPing(t, b.ctx, n2, gw)
+	mustPing(t, b.ctx, n3, ip1)
+	mustPing(t, b.ctx, n3, ip2)
 	mustNotPing(t, b.ctx, n1, ip2, "both ports isolated")
 	mustNotPing(t, b.ctx, n2, ip1, "both ports isolated")
 }
@@ -563,9 +466,11 @@ func TestMacSpoofCheck(t *testing.T) {
 	b := newBed(t)
 	c := b.conflist("bopt-spoof", `{"type":"bridge","bridge":"bopt-spoof","isGateway":true,"macspoofchk":true,
 		"ipam":{"type":"host-local","subnet":"10.58.0.0/24"}}`)
+	// The control's network shares the bridge and subnet (a bridge holds
+	// one IPv4 gateway), from a range of its own.
 	open := b.conflist("bopt-open", `{"type":"bridge","bridge":"bopt-spoof","isGateway":true,
-		"ipam":{"type":"host-local","subnet":"10.59.0.0/24"}}`)
-	gw, openGW := netip.MustParseAddr("10.58.0.1"), netip.MustParseAddr("10.59.0.1")
+		"ipam":{"type":"host-local","subnet":"10.58.0.0/24","rangeStart":"10.58.0.200","rangeEnd":"10.58.0.250"}}`)
+	gw := netip.MustParseAddr("10.58.0.1")
 	n1, a1 := b.container("spoofer")
 	n2, a2 := b.container("honest")
 	n3, a3 := b.container("control")
@@ -585,13 +490,13 @@ func TestMacSpoofCheck(t *testing.T) {
 	for _, n := range []*lab.NS{n1, n2} {
 		mustPing(t, b.ctx, n, gw)
 	}
-	mustPing(t, b.ctx, n3, openGW)
+	mustPing(t, b.ctx, n3, gw)
 
 	setMAC(t, n1, "eth0", "02:00:de:ad:be:ef")
 	setMAC(t, n3, "eth0", "02:00:de:ad:be:f0")
 	mustNotPing(t, b.ctx, n1, gw, "source MAC changed under macspoofchk")
 	mustPing(t, b.ctx, n2, gw)
-	mustPing(t, b.ctx, n3, openGW)
+	mustPing(t, b.ctx, n3, gw)
 
 	b.del(c, a1)
 	comments, _ = spoofRules(t, b.host)
@@ -767,143 +672,4 @@ func addBridge(t *testing.T, n *lab.NS, name string) {
 	if err := h.LinkSetUp(br); err != nil {
 		t.Fatalf("set %s up in %s: %v", name, n, err)
 	}
-}
-
-// wantCNIError checks that err carries a CNI error with code and that its
-// text names each of names.
-func wantCNIError(t *testing.T, err error, code uint, names ...string) {
-	t.Helper()
-	if err == nil {
-		t.Errorf("got success, want CNI error code %d", code)
-		return
-	}
-	var te *types.Error
-	if !errors.As(err, &te) {
-		t.Errorf("error %v (%T) is not a CNI error, want code %d", err, err, code)
-		return
-	}
-	if te.Code != code {
-		t.Errorf("CNI error code %d, want %d: %s", te.Code, code, te.Error())
-	}
-	for _, s := range names {
-		if !strings.Contains(te.Error(), s) {
-			t.Errorf("error %q does not name %q", te.Error(), s)
-		}
-	}
-}
-
-// assertNoAttachment checks that nothing of containerID's attachment to
-// network is left in the host: no host veth, no attachment record, no
-// lease, no masquerade element.
-func (b *bed) assertNoAttachment(network, containerID string) {
-	b.t.Helper()
-	veths, err := b.host.HostVeths()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	for _, v := range veths {
-		b.t.Errorf("host veth left: %+v", v)
-	}
-	for _, f := range b.records() {
-		b.t.Errorf("attachment record left: %s", f)
-	}
-	leases, err := lab.LeaseFiles(b.ipamDir, network, containerID)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	for _, f := range leases {
-		b.t.Errorf("lease left: %s", f)
-	}
-	dump := b.nft()
-	if lines := lab.LinesContaining(dump, containerID); len(lines) > 0 {
-		b.t.Errorf("netfilter state of %s left: %q", containerID, lines)
-	}
-}
-
-// records lists the attachment record files under the bridge's dataDir.
-func (b *bed) records() []string {
-	b.t.Helper()
-	var out []string
-	err := filepath.WalkDir(b.dataDir, func(p string, d os.DirEntry, err error) error {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() {
-			out = append(out, p)
-		}
-		return nil
-	})
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	return out
-}
-
-// leases lists every file under host-local's dataDir named like an
-// address (one per lease), whoever holds it.
-func (b *bed) leases() []string {
-	b.t.Helper()
-	var out []string
-	err := filepath.WalkDir(b.ipamDir, func(p string, d os.DirEntry, err error) error {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if _, perr := netip.ParseAddr(d.Name()); perr == nil && !d.IsDir() {
-			out = append(out, p)
-		}
-		return nil
-	})
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	return out
-}
-
-// nft renders the host namespace's nftables state (in-process listing).
-func (b *bed) nft() string {
-	b.t.Helper()
-	s, err := b.host.NftDumpNetlink()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	return s
-}
-
-// execPlugin runs the built plugin binary bridge directly in the host
-// namespace, the way a runtime's exec would, with stdin as given (libcni
-// would refuse to send malformed JSON or an invalid network name, and
-// these tests are about what berth itself says). It returns the CNI error
-// the plugin printed, or nil on success.
-func (b *bed) execPlugin(command string, stdin []byte, env map[string]string) error {
-	b.t.Helper()
-	cmd := exec.CommandContext(b.ctx, filepath.Join(bins.Dir, "bridge"))
-	cmd.Env = []string{"CNI_COMMAND=" + command, "CNI_PATH=" + bins.Dir, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	cmd.Stdin = strings.NewReader(string(stdin))
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := b.host.Run(cmd)
-	if stderr.Len() > 0 {
-		b.t.Logf("bridge %s stderr: %s", command, stderr.String())
-	}
-	if err == nil {
-		return nil
-	}
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		b.t.Fatalf("run bridge %s: %v", command, err)
-	}
-	te := &types.Error{}
-	if jerr := json.Unmarshal([]byte(stdout.String()), te); jerr != nil {
-		b.t.Fatalf("bridge %s exited %v, stdout %q is not a CNI error: %v", command, err, stdout.String(), jerr)
-	}
-	return te
 }
