@@ -79,17 +79,6 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	}
 	steps.Push("attachment record", func() error { return store.Delete(args.ContainerID, args.IfName) })
 
-	// The IPAM plugin is a separate process: start it now and build the
-	// bridge and veth while it runs. Its undo waits for it to finish, so a
-	// lease taken after a failure elsewhere is still released.
-	var addrs *pendingIPAM
-	if conf.IPAMConf.Type != "" {
-		addrs = startIPAM(ctx, conf.IPAMConf.Type, args.StdinData)
-		steps.Push("ipam", func() error {
-			<-addrs.done
-			return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData)
-		})
-	}
 	br, veth, err := attach(conf, owner, netns, &steps)
 	if err != nil {
 		return err
@@ -109,11 +98,11 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 		return finish(err, res, conf, store, rec, out)
 	}
 
-	<-addrs.done
-	ipres, err := addrs.res, addrs.err
+	ipres, err := ipam.Add(ctx, conf.IPAMConf.Type, args.StdinData)
 	if err != nil {
 		return err
 	}
+	steps.Push("ipam", func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) })
 	res.IPs, res.Routes, res.DNS = ipres.IPs, ipres.Routes, ipres.DNS
 	l3, err := plan.PlanL3(res, plan.Gateway{IsGW: conf.IsGW, IsDefaultGW: conf.IsDefaultGW}, 2)
 	if err != nil {
@@ -137,26 +126,6 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 		rec.IPs = append(rec.IPs, p.String())
 	}
 	return finish(nil, res, conf, store, rec, out)
-}
-
-// pendingIPAM is an IPAM ADD running in the background.
-type pendingIPAM struct {
-	done chan struct{}
-	res  *current.Result
-	err  error
-}
-
-// startIPAM runs the IPAM plugin's ADD on another goroutine. No thread of
-// the plugin leaves the host namespace while it runs (container-side work
-// before it completes uses netlink sockets bound to the container's
-// namespace, not setns), so the exec'd plugin starts in the host namespace.
-func startIPAM(ctx context.Context, plugin string, stdin []byte) *pendingIPAM {
-	p := &pendingIPAM{done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		p.res, p.err = ipam.Add(ctx, plugin, stdin)
-	}()
-	return p
 }
 
 // finish records the completed attachment and prints the result in the
