@@ -79,20 +79,13 @@ func Ensure(g Guard) error {
 //
 // Equivalent: nft delete rule bridge berth-spoof prerouting handle $h
 func Delete(o Owner) error {
-	l, err := lock.Acquire("spoof", 10*time.Second)
-	if err != nil {
-		return fmt.Errorf("macspoofchk: %w", err)
-	}
-	defer l.Unlock()
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	t := &nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName}
-	if err := deleteOwned(c, t, &nftables.Chain{Name: chainName, Table: t}, Tag(o)); err != nil {
-		return err
-	}
-	return c.Flush()
+	return locked(func(c *nftables.Conn) error {
+		t := &nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName}
+		if err := deleteOwned(c, t, &nftables.Chain{Name: chainName, Table: t}, Tag(o)); err != nil {
+			return err
+		}
+		return c.Flush()
+	})
 }
 
 // Has reports whether o's rule is in place.
@@ -132,9 +125,9 @@ func deleteOwned(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, tag st
 	return nil
 }
 
-// withConn holds the flock, makes sure the table and chain exist (in their
-// own batch: rules can only be listed once the chain exists), then runs fn.
-func withConn(fn func(*nftables.Conn, *nftables.Table, *nftables.Chain) error) error {
+// locked runs fn with a netlink nftables connection, holding the flock
+// every writer of the spoof table takes.
+func locked(fn func(*nftables.Conn) error) error {
 	l, err := lock.Acquire("spoof", 10*time.Second)
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
@@ -144,12 +137,20 @@ func withConn(fn func(*nftables.Conn, *nftables.Table, *nftables.Chain) error) e
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName})
-	policy := nftables.ChainPolicyAccept
-	ch := c.AddChain(&nftables.Chain{Name: chainName, Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-300), Policy: &policy})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("create table bridge %s: %w", tableName, err)
-	}
-	return fn(c, t, ch)
+	return fn(c)
+}
+
+// withConn is locked, after making sure the table and chain exist (in
+// their own batch: rules can only be listed once the chain exists).
+func withConn(fn func(*nftables.Conn, *nftables.Table, *nftables.Chain) error) error {
+	return locked(func(c *nftables.Conn) error {
+		t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName})
+		policy := nftables.ChainPolicyAccept
+		ch := c.AddChain(&nftables.Chain{Name: chainName, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-300), Policy: &policy})
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("create table bridge %s: %w", tableName, err)
+		}
+		return fn(c, t, ch)
+	})
 }
