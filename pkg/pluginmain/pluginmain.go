@@ -1,15 +1,21 @@
 // Package pluginmain wires a berth plugin's commands into the CNI library's
-// skel: the spec versions berth speaks, the build string, and the one place
-// where Go errors become CNI errors (cnierr.ToCNI).
+// skel: the spec versions berth speaks, the build string, berth's own checks
+// of the network config ahead of skel's, and the one place where Go errors
+// become CNI errors (cnierr.ToCNI). Run reads the CNI_* environment and
+// stdin and writes the result or the CNI error to stdout.
 package pluginmain
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"log"
 	"os"
 	"runtime"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/berth-cni/berth/pkg/buildinfo"
@@ -38,8 +44,18 @@ type Funcs struct {
 // Run is a plugin's main. Namespace switches (setns) act on one OS thread,
 // so the caller's main goroutine must be locked to the main thread (do it in
 // init, before any other goroutine starts); Run locks it too.
+//
+// For the commands that carry a network config, Run reads stdin first and
+// answers a config skel would refuse (not JSON, a bad network name, an
+// unsupported cniVersion) itself, naming the key and the value; then skel
+// gets the same bytes and runs as before.
 func Run(name string, f Funcs) {
 	runtime.LockOSThread()
+	if cmd := os.Getenv("CNI_COMMAND"); carriesConfig(cmd) {
+		if err := precheck(cmd); err != nil {
+			exit(err)
+		}
+	}
 	ctx := context.Background()
 	wrap := func(fn NoResult) func(*skel.CmdArgs) error {
 		if fn == nil {
@@ -55,4 +71,34 @@ func Run(name string, f Funcs) {
 		GC:     wrap(f.GC),
 		Status: wrap(f.Status),
 	}, SpecVersions, buildinfo.String(name))
+}
+
+// precheck reads the network config from stdin and validates it; when it
+// is good, os.Stdin becomes a pipe with the same bytes, which skel reads.
+func precheck(cmd string) error {
+	conf, err := readStdin(os.Stdin)
+	if err != nil {
+		return err
+	}
+	if err = validateStdin(cmd, conf); err != nil {
+		return err
+	}
+	r, err := replay(conf)
+	if err != nil {
+		return cnierr.WithCode(types.ErrIOFailure, fmt.Errorf("pass the network config on to skel: %w", err))
+	}
+	os.Stdin = r
+	return nil
+}
+
+// exit prints err as a CNI error on stdout and exits 1, as skel does with
+// the errors it returns.
+func exit(err error) {
+	var te *types.Error
+	if errors.As(cnierr.ToCNI(err), &te) {
+		if perr := te.Print(); perr != nil {
+			log.Print("Error writing error JSON to stdout: ", perr)
+		}
+	}
+	os.Exit(1)
 }

@@ -70,17 +70,20 @@ func TestConfigErrors(t *testing.T) {
 		code  uint
 		names []string // the message must contain each
 	}{
-		// These four are answered by the cni library's skel, which checks
-		// the JSON and the network name before berth's code runs: its
-		// messages say "network name" and give the value unquoted.
-		{"malformed JSON", `{"cniVersion":"1.1.0","name":"bopt-err",` + rest + `,`, 6, []string{"network config", "JSON"}},
-		{"missing name", `{"cniVersion":"1.1.0",` + rest + `}`, 7, []string{"missing network name"}},
-		{"name dotdot", `{"cniVersion":"1.1.0","name":"../x",` + rest + `}`, 7, []string{"network name", "../x"}},
-		{"name slash", `{"cniVersion":"1.1.0","name":"a/b",` + rest + `}`, 7, []string{"network name", "a/b"}},
-		{"name 129 bytes", `{"cniVersion":"1.1.0","name":"` + long + `",` + rest + `}`, 7, []string{"name", long, "128"}},
+		// The JSON, the network name and cniVersion are checked by
+		// pluginmain before the cni library's skel would answer them with
+		// its own messages; malformed JSON has no key, so the message
+		// gives where it breaks.
+		{"malformed JSON", `{"cniVersion":"1.1.0","name":"bopt-err",` + rest + `,`, 6,
+			[]string{"network config", "not valid JSON at line 2", `10.70.0.0/24"},`, "unexpected end of JSON input"}},
+		{"missing name", `{"cniVersion":"1.1.0",` + rest + `}`, 7, []string{`name ""`, "required"}},
+		{"name dotdot", `{"cniVersion":"1.1.0","name":"../x",` + rest + `}`, 7, []string{`name "../x"`}},
+		{"name slash", `{"cniVersion":"1.1.0","name":"a/b",` + rest + `}`, 7, []string{`name "a/b"`, `'/'`}},
+		{"name 129 bytes", `{"cniVersion":"1.1.0","name":"` + long + `",` + rest + `}`, 7, []string{`name "` + long + `"`, "128"}},
 		{"bridge 16 bytes", `{"cniVersion":"1.1.0","name":"bopt-err",` + strings.Replace(rest, `"bopt-err"`, `"bopt-0123456789a"`, 1) + `}`,
 			7, []string{"bridge", `"bopt-0123456789a"`, "15"}},
-		{"cniVersion 9.9.9", `{"cniVersion":"9.9.9","name":"bopt-err",` + rest + `}`, 1, []string{"9.9.9"}},
+		{"cniVersion 9.9.9", `{"cniVersion":"9.9.9","name":"bopt-err",` + rest + `}`, 1,
+			[]string{`cniVersion "9.9.9"`, "0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"}},
 		{"bad CIDR", `{"cniVersion":"1.1.0","name":"bopt-err",` + strings.Replace(rest, "10.70.0.0/24", "10.70.0.0/33", 1) + `}`,
 			7, []string{"ipam.subnet", `"10.70.0.0/33"`}},
 		{"hairpin with promisc", `{"cniVersion":"1.1.0","name":"bopt-err","hairpinMode":true,"promiscMode":true,` + rest + `}`,
