@@ -5,7 +5,7 @@ DESTDIR  ?=
 PREFIX   ?= /opt/cni/bin
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/berth-cni/berth/pkg/buildinfo.Version=$(VERSION)
-PLUGINS  := bridge null
+PLUGINS  := bridge null portmap
 UPSTREAM := ipam/host-local ipam/static ipam/dhcp main/loopback
 UPMOD    := github.com/containernetworking/plugins/plugins
 

@@ -30,6 +30,7 @@ type env struct {
 	dir      string
 	dataDir  string // bridge "dataDir"
 	ipamDir  string // host-local "dataDir"
+	portsDir string // portmap "dataDir": this host's port reservations
 	cacheDir string // libcni's cache
 	network  string // network name, unique per test
 }
@@ -47,6 +48,7 @@ func newEnv(t testing.TB, plugins ...string) *env {
 		dir:      dir,
 		dataDir:  filepath.Join(dir, "berth"),
 		ipamDir:  filepath.Join(dir, "ipam"),
+		portsDir: filepath.Join(dir, "ports"),
 		cacheDir: filepath.Join(dir, "cache"),
 		network:  "berth-" + w.ID,
 	}
@@ -63,6 +65,7 @@ func (e *env) conf(file string, o lab.ConflistOptions) *lab.Conflist {
 	}
 	o.DataDir = e.dataDir
 	o.IPAMDataDir = e.ipamDir
+	o.PortmapDir = e.portsDir
 	c, err := lab.LoadConflist(filepath.Join(repoRoot, "conflist", file), o)
 	if err != nil {
 		e.t.Fatal(err)

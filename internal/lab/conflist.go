@@ -50,6 +50,10 @@ type ConflistOptions struct {
 	// DataDir sets "dataDir" (berth-only: attachment records, default
 	// /var/lib/berth) of each plugin whose type is in StatefulTypes.
 	DataDir string
+	// PortmapDir sets "dataDir" of each portmap plugin: the host's port
+	// reservations (default /run/berth/portmap). Each test "host" needs
+	// its own.
+	PortmapDir string
 	// IPAMDataDir sets "ipam"."dataDir" (host-local's leases, default
 	// /var/lib/cni/networks) of each plugin with an ipam section.
 	IPAMDataDir string
@@ -98,6 +102,9 @@ func EditConflist(b []byte, o ConflistOptions) (*Conflist, error) {
 		typ, _ := pm["type"].(string)
 		if o.DataDir != "" && contains(StatefulTypes, typ) {
 			pm["dataDir"] = o.DataDir
+		}
+		if o.PortmapDir != "" && typ == "portmap" {
+			pm["dataDir"] = o.PortmapDir
 		}
 		if ipam, ok := pm["ipam"].(map[string]any); ok && o.IPAMDataDir != "" {
 			ipam["dataDir"] = o.IPAMDataDir

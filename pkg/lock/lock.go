@@ -37,7 +37,12 @@ func Acquire(name string, timeout time.Duration) (*Lock, error) {
 	if err := os.MkdirAll(Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create lock dir %s: %w", Dir, err)
 	}
-	path := filepath.Join(Dir, name)
+	return AcquireFile(filepath.Join(Dir, name), timeout)
+}
+
+// AcquireFile is Acquire on a lock file at path, for state that lives in a
+// directory of its own (its lock goes with it). The directory must exist.
+func AcquireFile(path string, timeout time.Duration) (*Lock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)

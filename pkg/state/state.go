@@ -60,20 +60,26 @@ func (s Store) Put(r Record) error {
 	if err != nil {
 		return err
 	}
-	dst := s.path(r.ContainerID, r.IfName)
-	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
+	return WriteAtomic(s.path(r.ContainerID, r.IfName), b)
+}
+
+// WriteAtomic replaces the file at path with data: a temp file in the same
+// directory, renamed over it, so a reader sees the old or the new content,
+// never a part. No fsync (see Put).
+func WriteAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
 	if err != nil {
-		return fmt.Errorf("write record: %w", err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	_, werr := tmp.Write(b)
+	_, werr := tmp.Write(data)
 	cerr := tmp.Close()
 	if err := errors.Join(werr, cerr); err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("write record %s: %w", dst, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("write record %s: %w", dst, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -1,0 +1,86 @@
+package hostport
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/berth-cni/berth/pkg/cnierr"
+)
+
+func claimOK(t *testing.T, s Store, a Attachment) {
+	t.Helper()
+	if err := s.Conflict(a); err != nil {
+		t.Fatalf("Conflict(%s): %v", a.Owner.ContainerID, err)
+	}
+	if err := s.Claim(a); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStoreOneOwner(t *testing.T) {
+	s := Open(t.TempDir())
+	a := testAttachment("a", "10.88.0.5/16", "", mapping("tcp", "", 8080, 80), mapping("udp", "", 53, 53))
+	claimOK(t, s, a)
+
+	b := testAttachment("b", "10.88.0.6/16", "", mapping("tcp", "10.0.0.1", 8080, 80))
+	err := s.Conflict(b)
+	var held *HeldError
+	if !errors.As(err, &held) || cnierr.Code(err) != cnierr.CodePortHeld {
+		t.Fatalf("Conflict = %v, want a HeldError with code 101", err)
+	}
+	for _, want := range []string{"tcp 10.0.0.1:8080", "container a ", `network "n1"`, "interface eth0", "10.88.0.5:80", "tcp *:8080"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message lacks %q: %v", want, err)
+		}
+	}
+	// The holder retrying (same owner) is no conflict; the union is held.
+	a2 := testAttachment("a", "10.88.0.5/16", "", mapping("tcp", "", 8080, 80), mapping("tcp", "", 9090, 90))
+	claimOK(t, s, a2)
+	got, found, err := s.Held(a.Owner)
+	if err != nil || !found || len(got.Mappings) != 3 {
+		t.Fatalf("Held after a retry = %v %v %v, want the union of 3 mappings", got, found, err)
+	}
+	// Another owner's Release frees nothing of a's.
+	if err := s.Release(testAttachment("b", "", "", mapping("tcp", "", 8080, 80))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Conflict(b); err == nil {
+		t.Fatal("b's release freed a's port")
+	}
+	// Revert of the retry leaves what a held before it.
+	if err := s.Revert(a, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Conflict(testAttachment("c", "", "", mapping("tcp", "", 9090, 90))); err != nil {
+		t.Errorf("after Revert, 9090 is still held: %v", err)
+	}
+	cs, err := s.Claims()
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("Claims = %v %v, want a's 2", cs, err)
+	}
+	if err := s.Release(a); err != nil {
+		t.Fatal(err)
+	}
+	claimOK(t, s, b)
+	if hs, _ := s.Holders(); len(hs) != 1 || hs[0].Owner.ContainerID != "b" {
+		t.Errorf("Holders = %v, want b alone", hs)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "ports")); len(ents) != 1 {
+		t.Errorf("ports dirs = %v, want tcp-8080 alone (udp-53 freed with its last claim)", ents)
+	}
+}
+
+// A claim file left by a killed plugin, with no index naming it, still
+// blocks others (never two owners) and is named in the message.
+func TestStoreClaimWithoutIndex(t *testing.T) {
+	s := Open(t.TempDir())
+	a := testAttachment("a", "10.88.0.5/16", "", mapping("tcp", "", 8080, 80))
+	claimOK(t, s, a)
+	os.Remove(s.ownerPath(a.Owner))
+	if err := s.Conflict(testAttachment("b", "10.88.0.6/16", "", mapping("tcp", "", 8080, 80))); err == nil {
+		t.Error("an orphan claim did not block another owner")
+	}
+}
