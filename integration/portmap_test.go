@@ -412,3 +412,53 @@ func TestPortmapAfterNull(t *testing.T) {
 		t.Errorf("null + portmap ADD: %v, want code 7 naming null", err)
 	}
 }
+
+// nerdctl's flow for a refused port: DEL (no prevResult) before the ADD,
+// the ADD fails in portmap after bridge gave the container a veth and a
+// lease, no DEL follows, and the container's namespace is removed. The
+// next ADD on the network (its periodic sweep) frees the lease, the
+// masquerade entry and the record: nothing is held for good.
+func TestPortmapRefusedUnderNerdctl(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, portmapPlugins...)
+	ctx := testCtx(t, 2*time.Minute)
+	conf := e.portmapConf()
+	holder := e.newContainer(ctx, "holder").publish(pm("tcp", 8080, 80, ""))
+	if err := e.add(ctx, conf, holder); err != nil {
+		t.Fatal(err)
+	}
+	x := e.newContainer(ctx, "refused").publish(map[string]any{"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": "0.0.0.0"})
+	if err := e.r.Del(ctx, conf.List, x.att); err != nil {
+		t.Fatalf("pre-ADD DEL: %v", err)
+	}
+	if err := e.add(ctx, conf, x); cniCode(err) != 101 {
+		t.Fatalf("ADD of the second claimant: %v, want code 101", err)
+	}
+	if s := e.hostState(ctx, x.att.ContainerID); len(s.leases) == 0 {
+		t.Fatalf("the refused container holds no lease, so this test proves nothing:%s", s)
+	}
+	if err := x.ns.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel tears a deleted namespace down asynchronously: wait for
+	// the veth pair to go with it.
+	for deadline := time.Now().Add(10 * time.Second); len(e.hostState(ctx, x.att.ContainerID).veths) > 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the refused container's host veth outlived its namespace by 10 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Age the network's sweep stamp as if a minute had passed.
+	old := time.Now().Add(-2 * time.Minute)
+	if err := os.Chtimes(filepath.Join("/run/berth/lock", "sweep-"+e.network), old, old); err != nil {
+		t.Fatal(err)
+	}
+	next := e.newContainer(ctx, "next")
+	if err := e.add(ctx, conf, next); err != nil {
+		t.Fatal(err)
+	}
+	e.wantGone(ctx, "refused container after the next ADD's sweep", x.att.ContainerID)
+	if s := e.hostState(ctx, holder.att.ContainerID); len(s.leases) == 0 || len(s.veths) != 1 {
+		t.Errorf("the sweep touched the live holder:%s", s)
+	}
+}

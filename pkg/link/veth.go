@@ -208,3 +208,18 @@ func netlinkHandleIn(n ns.NetNS) (*netlink.Handle, error) {
 	}
 	return h, nil
 }
+
+// HostLinkExists reports whether a link called name exists in the calling
+// thread's (the host's) namespace.
+//
+// Equivalent: ip link show $name
+func HostLinkExists(name string) (bool, error) {
+	_, err := netlink.LinkByName(name)
+	if err == nil {
+		return true, nil
+	}
+	if IsNotFound(err) {
+		return false, nil
+	}
+	return false, fmt.Errorf("look up link %s: %w", name, err)
+}

@@ -72,6 +72,7 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	defer steps.OnError(&err)
 
 	store := state.Open(conf.DataDir, conf.Name)
+	sweep(ctx, conf, args.StdinData, store)
 	rec := state.Record{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName,
 		Netns: args.Netns, HostVeth: link.HostVethName(owner), MasqBackend: masqName}
 	if err := store.Put(rec); err != nil {

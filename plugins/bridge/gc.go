@@ -65,17 +65,28 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 		if valid[o] {
 			continue
 		}
-		errs = append(errs, link.DeleteHostVeth(link.HostVethName(o)))
-		if conf.IPAMConf.Type != "" {
-			errs = append(errs, ipam.ReleaseFor(ctx, conf.IPAMConf.Type, args.StdinData, o.ContainerID, o.IfName))
-		}
-		if conf.MacSpoofChk {
-			errs = append(errs, spoof.Delete(spoofOwner(o)))
-		}
-		errs = append(errs, deleteMasq(natOwner(o)), store.Delete(o.ContainerID, o.IfName))
+		errs = append(errs, releaseStale(ctx, conf, args.StdinData, store, o))
 	}
 	if conf.IPAMConf.Type != "" {
 		errs = append(errs, ipam.GC(ctx, conf.IPAMConf.Type, args.StdinData))
 	}
 	return errors.Join(errs...)
+}
+
+// releaseStale removes everything of an attachment whose container is
+// gone: host veth, addresses (the IPAM plugin's DEL on its behalf),
+// masquerade and spoof state, record last.
+func releaseStale(ctx context.Context, conf *config.Bridge, stdin []byte, store state.Store, o link.Owner) error {
+	errs := []error{link.DeleteHostVeth(link.HostVethName(o))}
+	if conf.IPAMConf.Type != "" {
+		errs = append(errs, ipam.ReleaseFor(ctx, conf.IPAMConf.Type, stdin, o.ContainerID, o.IfName))
+	}
+	if conf.MacSpoofChk {
+		errs = append(errs, spoof.Delete(spoofOwner(o)))
+	}
+	errs = append(errs, deleteMasq(natOwner(o)))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return store.Delete(o.ContainerID, o.IfName)
 }
