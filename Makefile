@@ -3,6 +3,7 @@ GO       ?= go
 BIN      ?= bin
 DESTDIR  ?=
 PREFIX   ?= /opt/cni/bin
+BINDIR   ?= /usr/local/bin
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/berth-cni/berth/pkg/buildinfo.Version=$(VERSION)
 PLUGINS  := bridge null portmap
@@ -17,10 +18,12 @@ build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./plugins/,$(PLUGINS))
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ $(addprefix $(UPMOD)/,$(UPSTREAM))
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/berth ./cmd/berth
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)
-	install -m 0755 $(BIN)/* $(DESTDIR)$(PREFIX)/
+	install -m 0755 $(filter-out $(BIN)/berth,$(wildcard $(BIN)/*)) $(DESTDIR)$(PREFIX)/
+	install -D -m 0755 $(BIN)/berth $(DESTDIR)$(BINDIR)/berth
 
 demo: build
 	$(GO) run ./cmd/berth-demo -bin $(BIN)

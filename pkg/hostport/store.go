@@ -185,7 +185,13 @@ func (s Store) Claim(a Attachment) error {
 	}
 	for _, m := range a.Mappings {
 		c := Claim{Proto: m.Proto, HostPort: m.Port, Network: a.Owner.Network, ContainerID: a.Owner.ContainerID,
-			IfName: a.Owner.IfName, Targets: a.Targets, ContainerPort: m.ContainerPort}
+			IfName: a.Owner.IfName, ContainerPort: m.ContainerPort}
+		v4, v6 := m.Families()
+		for _, t := range a.Targets {
+			if (t.Addr().Is4() && v4) || (t.Addr().Is6() && v6) {
+				c.Targets = append(c.Targets, t)
+			}
+		}
 		if m.Addr.IsValid() {
 			c.HostIP = m.Addr.String()
 		}
