@@ -10,9 +10,12 @@ set -euo pipefail
 
 usage() {
 	cat <<'EOF'
-usage: bench/run.sh [-n N] [-p] [-P COUNT]
+usage: bench/run.sh [-n N] [-p] [-P COUNT] [-m]
 
   -n N      containers in the sequential ADD/DEL runs (default 50; env N)
+  -m        chain portmap after bridge, each container publishing one host
+            port (env PM=1); with N >= 100 also reports how the ADD median
+            of the last 50 containers compares with the first 50
   -p        also time COUNT concurrent ADDs, then COUNT concurrent DELs,
             wall clock, per implementation (env PAR=1)
   -P COUNT  concurrency of -p (default 20; env P); implies -p
@@ -32,11 +35,13 @@ log() { printf '# %s\n' "$*" >&2; }
 N=${N:-50}
 P=${P:-20}
 PAR=${PAR:-0}
+PM=${PM:-0}
 GO=${GO:-go}
-while getopts ':n:pP:h' opt; do
+while getopts ':n:pP:mh' opt; do
 	case $opt in
 	n) N=$OPTARG ;;
 	p) PAR=1 ;;
+	m) PM=1 ;;
 	P)
 		P=$OPTARG
 		PAR=1
@@ -91,6 +96,7 @@ declare -A BINDIR=([upstream]=$UP_BIN [berth]=$BERTH_BIN [floor]=$UP_BIN)
 declare -A FAILED=()   # impl -> why it has no (complete) numbers
 declare -A BACKEND=()  # impl -> masquerade backend seen
 declare -A PARWALL=()  # impl,op -> wall-clock ns of the concurrent run
+declare -A RULES=()    # impl -> netfilter size with its N containers attached
 
 TMP=""
 MADE_CNI_DIRS=()
@@ -127,8 +133,8 @@ done
 
 cd "$ROOT"
 UPVER=$("$GO" list -m -f '{{.Version}}' "$UPMOD")
-log "building upstream $UPMOD $UPVER (bridge, host-local) into ${UP_BIN#"$ROOT"/}"
-upbuild=(build -trimpath -ldflags '-s -w' -o "$UP_BIN/" "$UPMOD/plugins/main/bridge" "$UPMOD/plugins/ipam/host-local")
+log "building upstream $UPMOD $UPVER (bridge, host-local, portmap) into ${UP_BIN#"$ROOT"/}"
+upbuild=(build -trimpath -ldflags '-s -w' -o "$UP_BIN/" "$UPMOD/plugins/main/bridge" "$UPMOD/plugins/ipam/host-local" "$UPMOD/plugins/meta/portmap")
 if ! CGO_ENABLED=0 "$GO" "${upbuild[@]}" 2>"$TMP/build.err"; then
 	grep -q 'missing go.sum entry' "$TMP/build.err" || {
 		cat "$TMP/build.err" >&2
@@ -160,8 +166,15 @@ fi
 
 # conflist IMPL BRIDGE SUBNET [EXTRA-JSON]: write the network config of IMPL.
 conflist() {
-	local impl=$1 br=$2 subnet=$3 extra=${4:-}
+	local impl=$1 br=$2 subnet=$3 extra=${4:-} pmextra=${5:-} portmap=""
 	mkdir -p "$TMP/net-$impl"
+	if ((PM)); then
+		portmap=',
+    {
+      "type": "portmap",
+      "capabilities": { "portMappings": true }'"$pmextra"'
+    }'
+	fi
 	cat >"$TMP/net-$impl/${NET[$impl]}.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
@@ -177,7 +190,7 @@ conflist() {
         "subnet": "$subnet",
         "dataDir": "$TMP/ipam-$impl"
       }
-    }
+    }$portmap
   ]
 }
 EOF
@@ -197,7 +210,8 @@ cat >"$TMP/net-floor/${NET[floor]}.conflist" <<EOF
 }
 EOF
 conflist berth bbe0 10.78.0.0/16 "
-      \"dataDir\": \"$TMP/berth-state\","
+      \"dataDir\": \"$TMP/berth-state\"," ",
+      \"dataDir\": \"$TMP/berth-ports\""
 
 # --- namespaces (created up front, never timed) -------------------------------
 
@@ -221,10 +235,15 @@ echo "impl,op,seq,ns" >"$CSV"
 # cnicmd IMPL OP NETNS: the cnitool command line, run in the throwaway host
 # ns. nsenter enters only its network namespace (ip netns exec would also
 # unshare and remount /sys, ~2 ms a call); neither plugin reads /sys.
+# With -m, PORT is the host port the container publishes (to its port 80),
+# passed as runtimes do: the portMappings capability argument, on ADD and DEL.
 cnicmd() {
-	local impl=$1 op=$2 cns=$3
+	local impl=$1 op=$2 cns=$3 port=${4:-0} cap=""
+	if ((PM)) && [[ $impl != floor ]]; then
+		cap='{"portMappings":[{"hostPort":'$port',"containerPort":80,"protocol":"tcp"}]}'
+	fi
 	CMD=(nsenter "--net=/var/run/netns/$HOSTNS" env "NETCONFPATH=$TMP/net-$impl" "CNI_PATH=${BINDIR[$impl]}"
-		CNI_IFNAME=eth0 "$CNITOOL" "$op" "${NET[$impl]}" "/var/run/netns/$cns")
+		CNI_IFNAME=eth0 ${cap:+"CAP_ARGS=$cap"} "$CNITOOL" "$op" "${NET[$impl]}" "/var/run/netns/$cns")
 }
 
 # failmsg IMPL OP NETNS ERRFILE [OUTFILE]: record and print a failed call.
@@ -244,7 +263,7 @@ failmsg() {
 # the warm-up. Returns non-zero, after printing cnitool's error, on failure.
 timed() {
 	local impl=$1 op=$2 seq=$3 cns=$4 res=${5:-$TMP/stdout} t
-	cnicmd "$impl" "$op" "$cns"
+	cnicmd "$impl" "$op" "$cns" $((20000 + seq))
 	if ! "$BENCHTIME" -o "$TMP/t" "${CMD[@]}" >"$res" 2>"$TMP/stderr"; then
 		failmsg "$impl" "$op" "$cns" "$TMP/stderr" "$res"
 		return 1
@@ -282,6 +301,20 @@ masq_backend() {
 	fi
 }
 
+# rule_counts: the host namespace's netfilter size, as "R rules, E
+# elements": nft rules in every table (iptables-nft's rules are nft rules
+# too) and set/map elements that name a container.
+rule_counts() {
+	command -v nft >/dev/null || {
+		echo "not counted (no nft binary)"
+		return
+	}
+	ip netns exec "$HOSTNS" nft -a list ruleset 2>/dev/null | awk '
+		/# handle [0-9]+$/ && !/[{]/ { rules++ }
+		{ elems += gsub(/id=[^ "]+/, "") }
+		END { printf "%d rules, %d elements\n", rules, elems }'
+}
+
 # run_seq IMPL: warm-up ADD+DEL, then N sequential ADDs, then N sequential
 # DELs. Called in an `if`, so set -e is off here: every failure returns.
 run_seq() {
@@ -296,6 +329,7 @@ run_seq() {
 		timed "$impl" add "$i" "$CPFX$t$i" || return 1
 	done
 	BACKEND[$impl]=$(masq_backend "$impl" "$before")
+	[[ $impl == floor ]] || RULES[$impl]=$(rule_counts)
 	for ((i = 1; i <= N; i++)); do
 		timed "$impl" del "$i" "$CPFX$t$i" || return 1
 	done
@@ -308,7 +342,7 @@ run_par() {
 	local -a pids=()
 	t0=$(date +%s%N)
 	for ((i = 1; i <= P; i++)); do
-		cnicmd "$impl" "$op" "$CPFX${t}p$i"
+		cnicmd "$impl" "$op" "$CPFX${t}p$i" $((30000 + i))
 		"${CMD[@]}" >"$TMP/par-$i.out" 2>"$TMP/par-$i.err" &
 		pids+=($!)
 	done
@@ -365,7 +399,9 @@ report() {
 			S[$impl]="$a $d"
 		fi
 	done
-	echo "chain: bridge + host-local, N=$N, sequential (cniVersion 1.0.0, isGateway, ipMasq)"
+	local chain="bridge + host-local"
+	((PM)) && chain="bridge + host-local + portmap (one host port per container)"
+	echo "chain: $chain, N=$N, sequential (cniVersion 1.0.0, isGateway, ipMasq)"
 	printf '%-9s %8s %8s %8s %8s  (ms)\n' impl "ADD p50" "ADD p95" "DEL p50" "DEL p95"
 	for impl in "${IMPLS[@]}"; do
 		if [[ -n ${FAILED[$impl]:-} ]]; then
@@ -405,6 +441,24 @@ report() {
 		printf '%-9s %8s %8s\n' ratio "$(ratio "${PARWALL[berth,add]:-0}" "${PARWALL[upstream,add]:-0}")" \
 			"$(ratio "${PARWALL[berth,del]:-0}" "${PARWALL[upstream,del]:-0}")"
 	fi
+	if ((N >= 100)); then
+		echo
+		echo "growth: ADD median of containers 1-50 vs $((N - 49))-$N (the last ones find $((N - 50))+ attached)"
+		printf '%-9s %8s %8s %8s\n' impl "first50" "last50" "last/first"
+		for impl in "${IMPLS[@]}"; do
+			[[ -z ${FAILED[$impl]:-} ]] || continue
+			head -n 50 "$TMP/$impl-add.ns" >"$TMP/first"
+			tail -n 50 "$TMP/$impl-add.ns" >"$TMP/last"
+			read -r a _ < <(stats "$TMP/first")
+			read -r d _ < <(stats "$TMP/last")
+			printf '%-9s %8s %8s %8s\n' "$impl" "$a" "$d" "$(ratio "$d" "$a")"
+		done
+	fi
+	echo
+	echo "netfilter with $N containers attached (nft -a list ruleset of the host namespace):"
+	for impl in "${IMPLS[@]}"; do
+		printf '  %-9s %s\n' "$impl" "${RULES[$impl]:-not reached}"
+	done
 	echo
 	echo "notes:"
 	echo "- each sample is one 'nsenter --net=<host-ns> cnitool add|del' process, timed by"
