@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/internal/lab"
 )
@@ -461,4 +464,90 @@ func TestPortmapRefusedUnderNerdctl(t *testing.T) {
 	if s := e.hostState(ctx, holder.att.ContainerID); len(s.leases) == 0 || len(s.veths) != 1 {
 		t.Errorf("the sweep touched the live holder:%s", s)
 	}
+}
+
+// A UDP flow that started before its port was mapped (its conntrack entry
+// says "to the host, no NAT") reaches the container once the port is
+// published: ADD clears the stale conntrack entries of the mapped port.
+func TestPortmapUDPStaleConntrack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, portmapPlugins...)
+	ctx := testCtx(t, 2*time.Minute)
+	conf := e.portmapConf()
+	// A first container makes the host do NAT, so conntrack tracks flows.
+	e.addContainers(ctx, conf, "first")
+	dst := &net.UDPAddr{IP: lab.HostUplink4.Addr().AsSlice(), Port: 5353}
+	var client *net.UDPConn
+	// A fixed source port, so every datagram is one conntrack flow; not
+	// connected, so the host's "port unreachable" does not fail writes.
+	err := e.w.Outside.Do(func() error {
+		var err error
+		client, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 40053})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.WriteTo([]byte("before"), dst); err != nil {
+		t.Fatal(err)
+	}
+	// The precondition: the host tracks this flow, un-NATed.
+	if err := e.w.Host.Do(func() error {
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+			if err != nil {
+				return err
+			}
+			for _, f := range flows {
+				if f.Forward.Protocol == unix.IPPROTO_UDP && f.Forward.DstPort == 5353 {
+					return nil
+				}
+			}
+			if time.Now().After(deadline) {
+				return errors.New("no conntrack entry for the pre-mapping UDP flow: the test would prove nothing")
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.newContainer(ctx, "c").publish(pm("udp", 5353, 53, ""))
+	if err := e.add(ctx, conf, c); err != nil {
+		t.Fatal(err)
+	}
+	var srv net.PacketConn
+	if err := c.ns.Do(func() error {
+		var err error
+		srv, err = net.ListenPacket("udp4", "0.0.0.0:53")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 64)
+		_ = srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := srv.ReadFrom(buf)
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		got <- string(buf[:n])
+	}()
+	// Send a few times: the first may race the listener.
+	for i := 0; i < 5; i++ {
+		if _, err := client.WriteTo([]byte("after"), dst); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case s := <-got:
+			if s != "after" {
+				t.Fatalf("the container got %q, want \"after\" (the flow of the same source port kept its pre-mapping conntrack entry)", s)
+			}
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	t.Fatal("the container never received the datagram sent to its mapped UDP port on a flow that began before the mapping")
 }
