@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"path/filepath"
 	"sort"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -42,14 +41,8 @@ type Bridge struct {
 	// DataDir (berth-only) holds attachment records, default /var/lib/berth.
 	DataDir string `json:"dataDir,omitempty"`
 
-	Args struct {
-		Cni struct {
-			Mac string `json:"mac,omitempty"`
-		} `json:"cni,omitempty"`
-	} `json:"args,omitempty"`
-	RuntimeConfig struct {
-		Mac string `json:"mac,omitempty"`
-	} `json:"runtimeConfig,omitempty"`
+	Args          argsMAC    `json:"args,omitempty"`
+	RuntimeConfig runtimeMAC `json:"runtimeConfig,omitempty"`
 
 	// Derived by ParseBridge.
 	IPAMConf IPAM             `json:"-"`
@@ -64,44 +57,23 @@ type VlanTrunk struct {
 	ID    *int `json:"id,omitempty"`
 }
 
-// macArgs is the part of CNI_ARGS the bridge honours (as upstream: MAC;
-// IP is read by the IPAM plugin itself).
-type macArgs struct {
-	types.CommonArgs
-	MAC types.UnmarshallableString `json:"mac,omitempty"`
-	IP  types.UnmarshallableString `json:"ip,omitempty"`
-}
-
 // ParseBridge decodes and validates a bridge config and the CNI_ARGS string.
 // The MAC is taken, lowest to highest priority, from CNI_ARGS MAC,
 // args.cni.mac and runtimeConfig.mac, as upstream does.
 func ParseBridge(stdin []byte, cniArgs string) (*Bridge, error) {
 	c := &Bridge{BrName: DefaultBridge}
-	var raw struct {
-		IPAM json.RawMessage `json:"ipam"`
-	}
-	if err := json.Unmarshal(stdin, c); err != nil {
-		return nil, decodeError(err)
-	}
-	if err := json.Unmarshal(stdin, &raw); err != nil {
-		return nil, decodeError(err)
-	}
-	if err := ValidateNetworkName(c.Name); err != nil {
+	var err error
+	if c.IPAMConf, err = decodeConfig(stdin, c, &c.NetConf); err != nil {
 		return nil, err
 	}
 	if err := ValidateLinkName("bridge", c.BrName); err != nil {
 		return nil, err
 	}
-	ipam, err := decodeIPAM(raw.IPAM)
-	if err != nil {
-		return nil, err
-	}
-	c.IPAMConf = ipam
 	if c.IsDefaultGW {
 		c.IsGW = true
 	}
-	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
-		return nil, cnierr.Field("mtu", c.MTU, "must be between 68 and 65535")
+	if err := validateMTU(c.MTU); err != nil {
+		return nil, err
 	}
 	if c.HairpinMode && c.PromiscMode {
 		return nil, cnierr.Field("hairpinMode", true, "cannot be combined with promiscMode: true (the bridge would deliver each frame twice)")
@@ -118,12 +90,11 @@ func ParseBridge(stdin []byte, cniArgs string) (*Bridge, error) {
 	if c.Vlans, err = trunkVlans(c.VlanTrunk); err != nil {
 		return nil, err
 	}
-	if c.DataDir == "" {
-		c.DataDir = DefaultDataDir
-	} else if !filepath.IsAbs(c.DataDir) {
-		return nil, cnierr.Field("dataDir", c.DataDir, "must be an absolute path")
+	if c.DataDir, err = dataDir(c.DataDir); err != nil {
+		return nil, err
 	}
-	if err := c.parseMAC(cniArgs); err != nil {
+	c.MAC, err = macRequest{CNIArgs: cniArgs, ArgsCNI: c.Args.Cni.Mac, Runtime: c.RuntimeConfig.Mac}.parse()
+	if err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -131,34 +102,6 @@ func ParseBridge(stdin []byte, cniArgs string) (*Bridge, error) {
 
 // VlanFiltering reports whether the config needs bridge VLAN filtering.
 func (c *Bridge) VlanFiltering() bool { return c.Vlan != 0 || len(c.Vlans) > 0 }
-
-func (c *Bridge) parseMAC(cniArgs string) error {
-	field, mac := "", ""
-	if cniArgs != "" {
-		var e macArgs
-		if err := types.LoadArgs(cniArgs, &e); err != nil {
-			return cnierr.Env("CNI_ARGS", cniArgs, err, "cannot parse")
-		}
-		if e.MAC != "" {
-			field, mac = "CNI_ARGS MAC", string(e.MAC)
-		}
-	}
-	if c.Args.Cni.Mac != "" {
-		field, mac = "args.cni.mac", c.Args.Cni.Mac
-	}
-	if c.RuntimeConfig.Mac != "" {
-		field, mac = "runtimeConfig.mac", c.RuntimeConfig.Mac
-	}
-	if mac == "" {
-		return nil
-	}
-	hw, err := ParseMAC(field, mac)
-	if err != nil {
-		return err
-	}
-	c.MAC = hw
-	return nil
-}
 
 func trunkVlans(trunk []VlanTrunk) ([]int, error) {
 	set := map[int]bool{}

@@ -5,9 +5,13 @@
 package config
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 )
@@ -102,6 +106,99 @@ func ParseMAC(field, s string) (net.HardwareAddr, error) {
 		return nil, cnierr.Field(field, s, "a multicast MAC cannot be an interface address")
 	}
 	return mac, nil
+}
+
+// decodeConfig decodes stdin into conf (a plugin's config, which embeds
+// netconf), checks the network name and decodes and checks the "ipam"
+// section.
+func decodeConfig(stdin []byte, conf any, netconf *types.NetConf) (IPAM, error) {
+	var raw struct {
+		IPAM json.RawMessage `json:"ipam"`
+	}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return IPAM{}, decodeError(err)
+	}
+	if err := json.Unmarshal(stdin, &raw); err != nil {
+		return IPAM{}, decodeError(err)
+	}
+	if err := ValidateNetworkName(netconf.Name); err != nil {
+		return IPAM{}, err
+	}
+	return decodeIPAM(raw.IPAM)
+}
+
+// macRequest is where a runtime may ask for the container interface's MAC.
+type macRequest struct {
+	Own      string // the plugin's own config key ("mac" in macvlan), lowest priority
+	OwnField string // that key's name
+	CNIArgs  string // the whole CNI_ARGS string (its MAC=)
+	ArgsCNI  string // args.cni.mac
+	Runtime  string // runtimeConfig.mac (capability "mac"), highest priority
+}
+
+// argsMAC is the "args" key's part a plugin reads: args.cni.mac.
+type argsMAC struct {
+	Cni struct {
+		Mac string `json:"mac,omitempty"`
+	} `json:"cni,omitempty"`
+}
+
+// runtimeMAC is the "runtimeConfig" key's part for capability "mac".
+type runtimeMAC struct {
+	Mac string `json:"mac,omitempty"`
+}
+
+// macArgs is the part of CNI_ARGS berth reads (as upstream: MAC; IP is read
+// by the IPAM plugin itself).
+type macArgs struct {
+	types.CommonArgs
+	MAC types.UnmarshallableString `json:"mac,omitempty"`
+	IP  types.UnmarshallableString `json:"ip,omitempty"`
+}
+
+// parse returns the requested MAC, or nil. The sources are taken lowest to
+// highest priority, in upstream's order: the plugin's own key, CNI_ARGS
+// MAC, args.cni.mac, runtimeConfig.mac.
+func (r macRequest) parse() (net.HardwareAddr, error) {
+	field, mac := r.OwnField, r.Own
+	if r.CNIArgs != "" {
+		var e macArgs
+		if err := types.LoadArgs(r.CNIArgs, &e); err != nil {
+			return nil, cnierr.Env("CNI_ARGS", r.CNIArgs, err, "cannot parse")
+		}
+		if e.MAC != "" {
+			field, mac = "CNI_ARGS MAC", string(e.MAC)
+		}
+	}
+	if r.ArgsCNI != "" {
+		field, mac = "args.cni.mac", r.ArgsCNI
+	}
+	if r.Runtime != "" {
+		field, mac = "runtimeConfig.mac", r.Runtime
+	}
+	if mac == "" {
+		return nil, nil
+	}
+	return ParseMAC(field, mac)
+}
+
+// validateMTU checks an "mtu" key: 0 (the kernel's choice) or 68..65535.
+func validateMTU(mtu int) error {
+	if mtu != 0 && (mtu < 68 || mtu > 65535) {
+		return cnierr.Field("mtu", mtu, "must be between 68 and 65535")
+	}
+	return nil
+}
+
+// dataDir checks berth's "dataDir" key and fills in the default.
+func dataDir(d string) (string, error) {
+	if d == "" {
+		return DefaultDataDir, nil
+	}
+	if !filepath.IsAbs(d) {
+		return "", cnierr.Field("dataDir", d, "must be an absolute path")
+	}
+	return d, nil
 }
 
 func isAlnum(c byte) bool {
