@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/ipam"
+	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/plan"
+	"github.com/berth-cni/berth/pkg/state"
+	"github.com/berth-cni/berth/pkg/undo"
+)
+
+// lockWait bounds how long a command waits for a master's lock before it
+// answers "try again later" (code 11).
+const lockWait = 30 * time.Second
+
+// load parses the config and the runtime arguments every command needs.
+func load(args *skel.CmdArgs) (*config.Macvlan, link.Owner, error) {
+	conf, err := config.ParseMacvlan(args.StdinData, args.Args)
+	if err != nil {
+		return nil, link.Owner{}, err
+	}
+	if err := config.ValidateContainerID(args.ContainerID); err != nil {
+		return nil, link.Owner{}, err
+	}
+	if err := config.ValidateIfName(args.IfName); err != nil {
+		return nil, link.Owner{}, err
+	}
+	return conf, link.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
+}
+
+func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
+	conf, owner, err := load(args)
+	if err != nil {
+		return err
+	}
+	netns, err := link.OpenContainerNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+	if taken, err := link.LinkExistsIn(netns, args.IfName); err != nil {
+		return err
+	} else if taken {
+		return cnierr.Env("CNI_IFNAME", args.IfName, nil, "an interface of that name already exists in container namespace %s", args.Netns)
+	}
+	master, masterNS, err := findMaster(conf, netns)
+	if err != nil {
+		return err
+	}
+
+	var steps undo.Stack
+	defer steps.OnError(&err)
+
+	store := state.Open(conf.DataDir, conf.Name)
+	rec := state.Record{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns}
+	if err := store.Put(rec); err != nil {
+		return err
+	}
+	steps.Push("attachment record", func() error { return store.Delete(args.ContainerID, args.IfName) })
+	ms := openMasters(conf.DataDir)
+	if masterNS == nil {
+		u := masterUser{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Mode: conf.Mode, Promisc: conf.Promisc}
+		if err := ms.claim(master, u); err != nil {
+			return err
+		}
+		steps.Push("master "+master.Name, func() error { return ms.release(owner) })
+	}
+	mac, err := link.AddMacvlan(link.MacvlanSpec{
+		Owner: owner, Master: master, MasterNS: masterNS, ContainerNS: netns,
+		Mode: conf.Mode, MTU: conf.MTU, MAC: conf.MAC, BcQueueLen: conf.BcQueueLen,
+	})
+	if err != nil {
+		return err
+	}
+	steps.Push("macvlan", func() error { return link.DeleteMacvlan(netns, owner) })
+
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{{Name: args.IfName, Mac: mac.String(), Sandbox: args.Netns}},
+		DNS:        conf.DNS,
+	}
+	if conf.IPAMConf.Type == "" {
+		// Layer 2 only, as upstream: the interface comes up bare.
+		if err := link.ConfigureContainer(netns, link.ContainerSpec{IfName: args.IfName, Up: true}); err != nil {
+			return err
+		}
+		return finish(res, conf.CNIVersion, store, rec, out)
+	}
+	ipres, err := ipam.Add(ctx, conf.IPAMConf.Type, args.StdinData)
+	if err != nil {
+		return err
+	}
+	steps.Push("ipam", func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) })
+	res.IPs, res.Routes = ipres.IPs, ipres.Routes
+	l3, err := plan.PlanL3(res, plan.Gateway{}, 0)
+	if err != nil {
+		return err
+	}
+	if err := link.NotifyNeighbours(netns, args.IfName); err != nil {
+		return err
+	}
+	if err := link.ConfigureContainer(netns, link.ContainerSpec{IfName: args.IfName, Addrs: l3.Addrs, Routes: l3.Routes}); err != nil {
+		return err
+	}
+	if conf.HostShim {
+		if err := ms.routeShim(master, owner, mac, addrsOf(l3)); err != nil {
+			return err
+		}
+	}
+	for _, p := range l3.Addrs {
+		rec.IPs = append(rec.IPs, p.String())
+	}
+	return finish(res, conf.CNIVersion, store, rec, out)
+}
+
+// finish records the completed attachment and prints the result in the
+// config's version.
+func finish(res *current.Result, version string, store state.Store, rec state.Record, out io.Writer) error {
+	rec.Complete = true
+	if err := store.Put(rec); err != nil {
+		return err
+	}
+	vres, err := res.GetAsVersion(version)
+	if err != nil {
+		return fmt.Errorf("convert result to %s: %w", version, err)
+	}
+	return vres.PrintTo(out)
+}
+
+func addrsOf(l3 plan.L3) []netip.Addr {
+	out := make([]netip.Addr, 0, len(l3.Addrs))
+	for _, p := range l3.Addrs {
+		out = append(out, p.Addr())
+	}
+	return out
+}
+
+// del removes the container's macvlan (if its namespace is still there:
+// the kernel deletes a macvlan with its namespace), its addresses (IPAM),
+// its place on the master (shim routes, promiscuous mode) and its record.
+// Every step runs even if another fails; what is missing is success.
+func del(ctx context.Context, args *skel.CmdArgs) error {
+	conf, owner, err := load(args)
+	if err != nil {
+		return err
+	}
+	errs := []error{deleteIn(args.Netns, owner)}
+	if conf.IPAMConf.Type != "" {
+		errs = append(errs, ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData))
+	}
+	errs = append(errs, openMasters(conf.DataDir).release(owner))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return state.Open(conf.DataDir, conf.Name).Delete(args.ContainerID, args.IfName)
+}
+
+// deleteIn deletes the owner's macvlan in the namespace at path. A
+// namespace that is gone (or no path at all, as runtimes send after the
+// container died) holds nothing to delete.
+func deleteIn(path string, o link.Owner) error {
+	if path == "" {
+		return nil
+	}
+	n, err := link.OpenContainerNS(path)
+	if err != nil {
+		if !errors.Is(err, link.ErrNetnsGone) {
+			// Not a namespace (an unmounted leftover file), or the
+			// host's own: nothing of the container's can be in it.
+			fmt.Fprintf(os.Stderr, "macvlan DEL: %v: no link deleted there\n", err)
+		}
+		return nil
+	}
+	defer n.Close()
+	return link.DeleteMacvlan(n, o)
+}
+
+// status answers whether an ADD could work now: the master is there and
+// up (looked up as ADD would, default route included) and the IPAM plugin
+// answers. A master inside containers (linkInContainer) cannot be seen
+// from here.
+func status(ctx context.Context, args *skel.CmdArgs) error {
+	conf, err := config.ParseMacvlan(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	if !conf.LinkInContainer {
+		if _, _, err := findMaster(conf, nil); err != nil {
+			return notAvailable(err)
+		}
+	}
+	if conf.IPAMConf.Type != "" {
+		if err := ipam.Status(ctx, conf.IPAMConf.Type, args.StdinData); err != nil {
+			return notAvailable(err)
+		}
+	}
+	return nil
+}
+
+// notAvailable marks a STATUS failure with the spec's code 50.
+func notAvailable(err error) error {
+	return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("macvlan cannot serve ADD: %w", err))
+}
