@@ -185,3 +185,40 @@ func TestMacvlanStatus(t *testing.T) {
 		t.Errorf("STATUS: %v", err)
 	}
 }
+
+// macvlan answers in every spec version it claims; from 0.4.0 on, CHECK
+// of that result passes; DEL leaves nothing.
+func TestMacvlanResultVersions(t *testing.T) {
+	t.Parallel()
+	base := newEnv(t, macvlanPlugins...)
+	ctx := testCtx(t, 2*time.Minute)
+	for _, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			e := base.in(t)
+			conf := e.macvlanConf(nil)
+			conf, err := lab.EditConflist(conf.Bytes, lab.ConflistOptions{CNIVersion: v})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := e.newContainer(ctx, "v"+v)
+			if err := e.add(ctx, conf, c); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.res.Version(); got != v {
+				t.Errorf("result version %s, want %s", got, v)
+			}
+			if !c.v4.IsValid() || !c.v6.IsValid() {
+				t.Errorf("result %v lacks an address of a family", c.res)
+			}
+			if v != "0.3.0" && v != "0.3.1" {
+				if err := e.r.Check(ctx, conf.List, c.att); err != nil {
+					t.Errorf("CHECK: %v", err)
+				}
+			}
+			if err := e.r.Del(ctx, conf.List, c.att); err != nil {
+				t.Fatal(err)
+			}
+			e.macvlanGone("after DEL", c)
+		})
+	}
+}
