@@ -2,19 +2,182 @@ package hostport
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/nat"
 )
 
-// IPTables is the iptables datapath (not yet written).
+// IPTables is the iptables datapath: the same behaviour as NFT, in the nat
+// table of iptables and ip6tables, laid out as upstream portmap lays it out
+// (marks for masquerade, one chain per attachment):
+//
+//	*nat
+//	-A PREROUTING  -m addrtype --dst-type LOCAL -m comment --comment "berth portmap" -j BERTH-HOSTPORTS
+//	-A OUTPUT      -m addrtype --dst-type LOCAL -m comment --comment "berth portmap" -j BERTH-HOSTPORTS
+//	-A POSTROUTING -m comment --comment "berth portmap" -j BERTH-HP-MASQ
+//	-A BERTH-HP-MASQ -m mark --mark 0x2000/0x2000 -m comment --comment "berth portmap" -j MASQUERADE
+//	# one jump per attachment, with the config's conditions and its owner:
+//	-A BERTH-HOSTPORTS [conditions] [-p tcp -m multiport --dports 8080,8443] -m comment --comment "berth id=<cid> if=<if> net=<net>" -j BERTH-DN-<h>
+//	# the attachment's chain, host-address mappings first:
+//	-A BERTH-DN-<h> -s 10.88.0.0/16 -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x2000/0x2000   # hairpin (snat)
+//	-A BERTH-DN-<h> -s 127.0.0.0/8 -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x2000/0x2000    # localhost, IPv4 (snat)
+//	-A BERTH-DN-<h> -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80
+//	-A BERTH-DN-<h> -d 10.0.0.1/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.88.0.5:5353   # hostIP
+//
+// <h> is 12 hex digits of SHA-256(network NUL containerID NUL ifName)
+// (IPTChain). With masqAll one unconditional mark per mapping replaces the
+// hairpin and localhost ones. markMasqBit picks the mark (13 by default, as
+// upstream); with externalSetMarkChain the marks jump to that chain (e.g.
+// KUBE-MARK-MASQ) and berth writes no BERTH-HP-MASQ rule, as that chain's
+// owner masquerades what it marks.
+//
+// The shared chains and their jumps are made by the first Add that needs
+// them and never removed, as upstream's. Add and Remove read the family's
+// nat table (iptables-save -t nat) and write one iptables-restore
+// --noflush payload per family, so each is atomic per family. An
+// attachment's chain is declared (created or flushed) and written whole;
+// its jump is kept when it is already the one wanted, else every jump to
+// the chain is deleted and one appended. Remove deletes what it finds of
+// the attachment (jumps to its chain, then the chain) from the
+// attachment's owner alone, so a DEL with another config, a second DEL
+// and a DEL after a crashed ADD all succeed.
 type IPTables struct {
-	conf *config.Portmap
+	cmds nat.IPTablesCommands
+	opts iptOpts
+	err  error // a bad iptables option in the config: Add and Check report it
 }
 
-func newIPTables(conf *config.Portmap) *IPTables { return &IPTables{conf: conf} }
+// NewIPTables returns the iptables datapath running cmds (e.g.
+// nat.DefaultIPTablesCommands) with conf's conditions and marks; conf may
+// be nil. A bad option is reported by Add and Check, not by Remove, so
+// that DEL works whatever the config says.
+func NewIPTables(conf *config.Portmap, cmds nat.IPTablesCommands) *IPTables {
+	o, err := optsOf(conf)
+	return &IPTables{cmds: cmds, opts: o, err: err}
+}
 
-var errNoIPT = errors.New("portmap: the iptables backend is not implemented yet; use backend \"nftables\"")
+func newIPTables(conf *config.Portmap) *IPTables {
+	return NewIPTables(conf, nat.DefaultIPTablesCommands)
+}
 
-func (d *IPTables) Add(a Attachment) error    { return errNoIPT }
-func (d *IPTables) Remove(a Attachment) error { return errNoIPT }
-func (d *IPTables) Check(a Attachment) error  { return errNoIPT }
+// families are the address families a has a container address in, where
+// its rules can be; both when it has none (a minimal record).
+func families(a Attachment) []bool {
+	var out []bool
+	for _, v6 := range []bool{false, true} {
+		if _, ok := a.Target(v6); ok {
+			out = append(out, v6)
+		}
+	}
+	if len(out) == 0 {
+		return []bool{false, true}
+	}
+	return out
+}
+
+// Add writes a's rules, one restore per family it has an address in; a
+// family with no mapping of a is cleared of a's rules (a retry that
+// dropped it).
+//
+// Equivalent: iptables-save -t nat; iptables-restore --noflush -w <<< '*nat
+// :BERTH-DN-<h> - [0:0]
+// -A BERTH-DN-<h> -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80
+// -A BERTH-HOSTPORTS … -j BERTH-DN-<h>
+// COMMIT'
+func (d *IPTables) Add(a Attachment) error {
+	return d.eachFamily(a, true, func(w iptWant, s iptSaved) error { return d.restore(w.v6, planAdd(w, s)) })
+}
+
+// Remove deletes a's jumps and chain in each family it has an address in.
+// What is absent is not an error.
+//
+// Equivalent: iptables-save -t nat; iptables-restore --noflush -w <<< '*nat
+// -D BERTH-HOSTPORTS … -j BERTH-DN-<h>
+// -F BERTH-DN-<h>
+// -X BERTH-DN-<h>
+// COMMIT'
+func (d *IPTables) Remove(a Attachment) error {
+	chain := IPTChain(a.Owner)
+	var errs []error
+	for _, v6 := range families(a) {
+		s, err := d.save(v6)
+		if err == nil {
+			err = d.restore(v6, planRemove(chain, s))
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Check names the first of a's rules missing from the nat tables. The
+// conditions in a jump are not compared: iptables-save prints matches in
+// its own order and form.
+//
+// Equivalent: iptables-save -t nat; ip6tables-save -t nat
+func (d *IPTables) Check(a Attachment) error {
+	return d.eachFamily(a, false, func(w iptWant, s iptSaved) error { return w.check(s, a.Owner) })
+}
+
+// eachFamily plans a in each family it has an address in, reads that
+// family's nat table and calls fn; without all, only for the families
+// where a has rules.
+func (d *IPTables) eachFamily(a Attachment, all bool, fn func(w iptWant, s iptSaved) error) error {
+	if d.err != nil {
+		return d.err
+	}
+	for _, v6 := range families(a) {
+		w, err := d.opts.plan(a, v6)
+		if err != nil {
+			return err
+		}
+		if len(w.body) == 0 && !all {
+			continue
+		}
+		s, err := d.save(v6)
+		if err != nil {
+			return err
+		}
+		if err := fn(w, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// save reads the family's nat table.
+//
+// Equivalent: iptables-save -t nat
+func (d *IPTables) save(v6 bool) (iptSaved, error) {
+	name := d.cmds.Save4
+	if v6 {
+		name = d.cmds.Save6
+	}
+	out, err := nat.RunIPTables(name, "", "-t", "nat")
+	if err != nil {
+		return iptSaved{}, fmt.Errorf("portmap: %w", err)
+	}
+	s, err := parseIPTSaved(out)
+	if err != nil {
+		return iptSaved{}, fmt.Errorf("portmap: %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// restore applies p, if it changes anything, atomically; -w waits for the
+// xtables lock other iptables users hold.
+//
+// Equivalent: iptables-restore --noflush -w < p
+func (d *IPTables) restore(v6 bool, p iptPayload) error {
+	if len(p) == 0 {
+		return nil
+	}
+	name := d.cmds.Restore4
+	if v6 {
+		name = d.cmds.Restore6
+	}
+	if _, err := nat.RunIPTables(name, p.String(), "--noflush", "-w"); err != nil {
+		return fmt.Errorf("portmap: %w", err)
+	}
+	return nil
+}
