@@ -228,7 +228,7 @@ func TestPortmapConcurrentClaims(t *testing.T) {
 	e := newEnv(t, portmapPlugins...)
 	ctx := testCtx(t, 4*time.Minute)
 	conf := e.portmapConf()
-	const n, rounds = 10, 3
+	const n, rounds = 20, 3
 	for round := range rounds {
 		cs := make([]*container, n)
 		for i := range cs {
