@@ -123,9 +123,7 @@ func TestPortmapReach(t *testing.T) {
 	if line, err := e.w.Outside.DialTCP(dctx, netip.AddrPortFrom(h4, 8080)); err == nil {
 		t.Errorf("after DEL, host port 8080 still answers: %q", line)
 	}
-	if cs, err := os.ReadDir(filepath.Join(e.portsDir, "ports")); err == nil && len(cs) > 0 {
-		t.Errorf("after DEL, reservations left: %v", cs)
-	}
+	e.wantNoReservations("after DEL")
 }
 
 // One owner per host port: a second claim of an overlapping key fails with
@@ -324,9 +322,7 @@ func TestPortmapKilledMidAdd(t *testing.T) {
 				}
 			}
 			e.wantGone(ctx, cleanup+" after a kill "+point, c.att.ContainerID)
-			if cs, err := os.ReadDir(filepath.Join(e.portsDir, "ports")); err == nil && len(cs) > 0 {
-				t.Errorf("%s after a kill %s: reservations left: %v", cleanup, point, cs)
-			}
+			e.wantNoReservations(cleanup + " after a kill " + point)
 			// The port is free for the next container.
 			n := e.newContainer(ctx, fmt.Sprintf("n%d%s", i, strings.ToLower(cleanup))).publish(pm("tcp", 5050, 80, ""))
 			if err := e.add(ctx, conf, n); err != nil {
@@ -550,4 +546,12 @@ func TestPortmapUDPStaleConntrack(t *testing.T) {
 		}
 	}
 	t.Fatal("the container never received the datagram sent to its mapped UDP port on a flow that began before the mapping")
+}
+
+// wantNoReservations fails the test if any host port is still reserved.
+func (e *env) wantNoReservations(what string) {
+	e.t.Helper()
+	if cs, err := os.ReadDir(filepath.Join(e.portsDir, "ports")); err == nil && len(cs) > 0 {
+		e.t.Errorf("%s: reservations left: %v", what, cs)
+	}
 }

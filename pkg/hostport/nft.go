@@ -11,6 +11,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/nat"
 )
 
 // NFTTable is the table berth's portmap owns, in family inet:
@@ -145,7 +147,7 @@ func elementsOf(a Attachment) elems {
 		for _, s := range srcs {
 			out.add(f.hairpin, nftables.SetElement{
 				Key:     slices.Concat(s.Addr().AsSlice(), t.Addr().AsSlice()),
-				KeyEnd:  slices.Concat(lastAddr(s).AsSlice(), t.Addr().AsSlice()),
+				KeyEnd:  slices.Concat(nat.LastAddr(s).AsSlice(), t.Addr().AsSlice()),
 				Comment: comment,
 			})
 		}
@@ -163,15 +165,6 @@ func holderComment(a Attachment) string {
 
 func protoBytes(p string) []byte { return []byte{ProtoNumber(p), 0, 0, 0} }
 func portBytes(p uint16) []byte  { return []byte{byte(p >> 8), byte(p), 0, 0} }
-
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
-}
 
 // Add programs a's mappings: one transaction adding its elements. The
 // first ADD on a host creates the table, sets, chains and rules in that

@@ -196,7 +196,7 @@ type addrRange struct{ From, To netip.Addr }
 func ranges(ps []netip.Prefix) []addrRange {
 	var out []addrRange
 	for _, p := range ps {
-		r := addrRange{From: p.Masked().Addr(), To: lastAddr(p)}
+		r := addrRange{From: p.Masked().Addr(), To: LastAddr(p)}
 		if n := len(out); n > 0 {
 			last := &out[n-1]
 			if next := last.To.Next(); !next.IsValid() || r.From.Compare(next) <= 0 {
@@ -211,8 +211,8 @@ func ranges(ps []netip.Prefix) []addrRange {
 	return out
 }
 
-// lastAddr is the highest address in p.
-func lastAddr(p netip.Prefix) netip.Addr {
+// LastAddr is the highest address in p (the broadcast address of a v4 subnet).
+func LastAddr(p netip.Prefix) netip.Addr {
 	b := p.Masked().Addr().AsSlice()
 	for i := p.Bits(); i < len(b)*8; i++ {
 		b[i/8] |= 0x80 >> (i % 8)
