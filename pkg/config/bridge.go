@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"sort"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -43,6 +44,12 @@ type Bridge struct {
 
 	Args          argsMAC    `json:"args,omitempty"`
 	RuntimeConfig runtimeMAC `json:"runtimeConfig,omitempty"`
+
+	// MasqExempt, set by the overlay plugin (never from JSON), is a
+	// network whose destinations are not masqueraded: the cluster
+	// network, so containers on different hosts see each other's
+	// addresses.
+	MasqExempt netip.Prefix `json:"-"`
 
 	// Derived by ParseBridge.
 	IPAMConf IPAM             `json:"-"`

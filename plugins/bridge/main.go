@@ -1,15 +1,18 @@
 // Command bridge is berth's bridge CNI plugin: containers on a per-network
 // Linux bridge, addresses from IPAM, the host as gateway, masquerade out.
+// Its commands live in pkg/bridgecmd, shared with the overlay plugin.
 package main
 
 import (
 	"runtime"
 
+	"github.com/berth-cni/berth/pkg/bridgecmd"
 	"github.com/berth-cni/berth/pkg/pluginmain"
 )
 
 func init() { runtime.LockOSThread() }
 
 func main() {
-	pluginmain.Run("bridge", pluginmain.Funcs{Add: add, Del: del, Check: check, GC: gc, Status: status})
+	p := bridgecmd.Bridge
+	pluginmain.Run("bridge", pluginmain.Funcs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status})
 }

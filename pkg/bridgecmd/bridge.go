@@ -1,4 +1,13 @@
-package main
+// Package bridgecmd is the bridge plugin's ADD, DEL, CHECK, GC and STATUS:
+// containers on a Linux bridge through veths, addresses from the IPAM
+// plugin, the bridge as their gateway, masquerade out. The bridge plugin
+// runs it over its own config; the overlay plugin over a bridge config it
+// derives from the node agent's state. It touches, in the host namespace of
+// the calling thread, the bridge, the host veths, the masquerade and
+// macspoofchk netfilter state, and, in the container's namespace, the
+// container's interface; files: attachment records under the data dir and
+// flocks under /run/berth/lock.
+package bridgecmd
 
 import (
 	"context"
@@ -29,23 +38,42 @@ import (
 // answers "try again later" (code 11).
 const lockWait = 30 * time.Second
 
-// load parses the config and the runtime arguments every command needs.
-func load(args *skel.CmdArgs) (*config.Bridge, link.Owner, error) {
-	conf, err := config.ParseBridge(args.StdinData, args.Args)
-	if err != nil {
-		return nil, link.Owner{}, err
-	}
-	if err := config.ValidateContainerID(args.ContainerID); err != nil {
-		return nil, link.Owner{}, err
-	}
-	if err := config.ValidateIfName(args.IfName); err != nil {
-		return nil, link.Owner{}, err
-	}
-	return conf, link.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
+// Plugin is the bridge plugin's commands, run over the bridge config its
+// Load makes. The bridge plugin parses its stdin as is (Bridge); the overlay
+// plugin derives a bridge config from its own and the node agent's state.
+type Plugin struct {
+	// Name prefixes log lines and STATUS errors: "bridge", "overlay".
+	Name string
+	// Load turns a command's arguments into the bridge config and the
+	// arguments to run with; the IPAM plugin is handed the returned
+	// arguments' StdinData.
+	Load func(args *skel.CmdArgs) (*config.Bridge, *skel.CmdArgs, error)
 }
 
-func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
-	conf, owner, err := load(args)
+// Bridge is the bridge plugin: its stdin is a bridge config.
+var Bridge = Plugin{Name: "bridge", Load: func(args *skel.CmdArgs) (*config.Bridge, *skel.CmdArgs, error) {
+	conf, err := config.ParseBridge(args.StdinData, args.Args)
+	return conf, args, err
+}}
+
+// load parses the config and the runtime arguments every command needs.
+func (p Plugin) load(args *skel.CmdArgs) (*config.Bridge, *skel.CmdArgs, link.Owner, error) {
+	conf, args, err := p.Load(args)
+	if err != nil {
+		return nil, nil, link.Owner{}, err
+	}
+	if err := config.ValidateContainerID(args.ContainerID); err != nil {
+		return nil, nil, link.Owner{}, err
+	}
+	if err := config.ValidateIfName(args.IfName); err != nil {
+		return nil, nil, link.Owner{}, err
+	}
+	return conf, args, link.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
+}
+
+// Add is the ADD command.
+func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
+	conf, args, owner, err := p.load(args)
 	if err != nil {
 		return err
 	}
@@ -72,7 +100,7 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	defer steps.OnError(&err)
 
 	store := state.Open(conf.DataDir, conf.Name)
-	sweep(ctx, conf, args.StdinData, store)
+	p.sweep(ctx, conf, args.StdinData, store)
 	rec := state.Record{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName,
 		Netns: args.Netns, HostVeth: link.HostVethName(owner), MasqBackend: masqName}
 	if err := store.Put(rec); err != nil {
@@ -117,7 +145,7 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 		return err
 	}
 	if masq != nil {
-		m := nat.Masq{Owner: natOwner(owner), Addrs: l3.Addrs}
+		m := nat.Masq{Owner: natOwner(owner), Addrs: masqAddrs(conf, l3.Addrs)}
 		if err := masq.Ensure(m); err != nil {
 			return err
 		}
@@ -220,8 +248,9 @@ func ensureGateways(conf *config.Bridge, gws []netip.Prefix) error {
 	return nil
 }
 
-func del(ctx context.Context, args *skel.CmdArgs) error {
-	conf, owner, err := load(args)
+// Del is the DEL command.
+func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
+	conf, args, owner, err := p.load(args)
 	if err != nil {
 		return err
 	}
@@ -293,23 +322,24 @@ func deleteMasqIn(backend string, o nat.Owner) error {
 	return b.Delete(o)
 }
 
-func status(ctx context.Context, args *skel.CmdArgs) error {
-	conf, err := config.ParseBridge(args.StdinData, args.Args)
+// Status is the STATUS command.
+func (p Plugin) Status(ctx context.Context, args *skel.CmdArgs) error {
+	conf, args, err := p.Load(args)
 	if err != nil {
 		return err
 	}
 	if conf.IPMasq {
 		b, err := nat.New(backendName(conf))
 		if err != nil {
-			return notAvailable(err)
+			return p.notAvailable(err)
 		}
 		if _, err := b.List(conf.Name); err != nil {
-			return notAvailable(err)
+			return p.notAvailable(err)
 		}
 	}
 	if conf.IPAMConf.Type != "" {
 		if err := ipam.Status(ctx, conf.IPAMConf.Type, args.StdinData); err != nil {
-			return notAvailable(err)
+			return p.notAvailable(err)
 		}
 	}
 	return nil
@@ -331,6 +361,20 @@ func natOwner(o link.Owner) nat.Owner {
 }
 
 // notAvailable marks a STATUS failure with the spec's code 50.
-func notAvailable(err error) error {
-	return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("bridge cannot serve ADD: %w", err))
+func (p Plugin) notAvailable(err error) error {
+	return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("%s cannot serve ADD: %w", p.Name, err))
+}
+
+// masqAddrs is what to masquerade for the container's addresses: each
+// address with its subnet, or with conf.MasqExempt's length when that
+// prefix holds it, so traffic to the whole exempt network keeps its source.
+func masqAddrs(conf *config.Bridge, addrs []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, len(addrs))
+	for i, a := range addrs {
+		out[i] = a
+		if e := conf.MasqExempt; e.IsValid() && e.Bits() < a.Bits() && e.Contains(a.Addr()) {
+			out[i] = netip.PrefixFrom(a.Addr(), e.Bits())
+		}
+	}
+	return out
 }

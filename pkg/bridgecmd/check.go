@@ -1,4 +1,4 @@
-package main
+package bridgecmd
 
 import (
 	"context"
@@ -14,10 +14,10 @@ import (
 	"github.com/berth-cni/berth/pkg/spoof"
 )
 
-// check compares the attachment in prevResult with the kernel and names
-// the first difference.
-func check(ctx context.Context, args *skel.CmdArgs) error {
-	conf, owner, err := load(args)
+// Check is the CHECK command: it compares the attachment in prevResult
+// with the kernel and names the first difference.
+func (p Plugin) Check(ctx context.Context, args *skel.CmdArgs) error {
+	conf, args, owner, err := p.load(args)
 	if err != nil {
 		return err
 	}
@@ -58,7 +58,7 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 		if err != nil {
 			return err
 		}
-		return b.Check(nat.Masq{Owner: natOwner(owner), Addrs: spec.Addrs})
+		return b.Check(nat.Masq{Owner: natOwner(owner), Addrs: masqAddrs(conf, spec.Addrs)})
 	}
 	return nil
 }

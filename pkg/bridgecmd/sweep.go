@@ -1,4 +1,4 @@
-package main
+package bridgecmd
 
 import (
 	"context"
@@ -31,7 +31,7 @@ const sweepEvery = time.Minute
 // another ADD is sweeping; failures are logged, never fail the ADD. The
 // mtime of its lock file, /run/berth/lock/sweep-<network>, is the time of
 // the last sweep (so a failed ADD leaves nothing new in the data dir).
-func sweep(ctx context.Context, conf *config.Bridge, stdin []byte, store state.Store) {
+func (p Plugin) sweep(ctx context.Context, conf *config.Bridge, stdin []byte, store state.Store) {
 	name := "sweep-" + conf.Name
 	stamp := filepath.Join(lock.Dir, name)
 	if fi, err := os.Stat(stamp); err == nil && time.Since(fi.ModTime()) < sweepEvery {
@@ -50,7 +50,7 @@ func sweep(ctx context.Context, conf *config.Bridge, stdin []byte, store state.S
 	}
 	recs, err := store.List()
 	if err != nil {
-		log.Printf("bridge: sweep: %v", err)
+		log.Printf("%s: sweep: %v", p.Name, err)
 	}
 	for _, r := range recs {
 		o := link.Owner{Network: conf.Name, ContainerID: r.ContainerID, IfName: r.IfName}
@@ -58,7 +58,7 @@ func sweep(ctx context.Context, conf *config.Bridge, stdin []byte, store state.S
 			continue
 		}
 		if err := releaseStale(ctx, conf, stdin, store, o); err != nil {
-			log.Printf("bridge: sweep: release %s/%s: %v", r.ContainerID, r.IfName, err)
+			log.Printf("%s: sweep: release %s/%s: %v", p.Name, r.ContainerID, r.IfName, err)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package bridgecmd
 
 import (
 	"context"
@@ -14,13 +14,13 @@ import (
 	"github.com/berth-cni/berth/pkg/state"
 )
 
-// gc removes every attachment of this network that is not in
+// GC is the GC command: it removes every attachment of this network that is not in
 // cni.dev/valid-attachments: its host veth, its addresses (through the IPAM
 // plugin's DEL on its behalf), its masquerade state and its record. Stale
 // attachments are found in all three places berth tags: records, host veth
 // aliases and masquerade element comments, so a half-done ADD is found too.
-func gc(ctx context.Context, args *skel.CmdArgs) error {
-	conf, err := config.ParseBridge(args.StdinData, args.Args)
+func (p Plugin) GC(ctx context.Context, args *skel.CmdArgs) error {
+	conf, args, err := p.Load(args)
 	if err != nil {
 		return err
 	}
