@@ -6,7 +6,7 @@ PREFIX   ?= /opt/cni/bin
 BINDIR   ?= /usr/local/bin
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/berth-cni/berth/pkg/buildinfo.Version=$(VERSION)
-PLUGINS  := bridge null portmap macvlan
+PLUGINS  := bridge null portmap macvlan overlay
 UPSTREAM := ipam/host-local ipam/static ipam/dhcp main/loopback
 UPMOD    := github.com/containernetworking/plugins/plugins
 
