@@ -146,7 +146,7 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	}
 	if masq != nil {
 		m := nat.Masq{Owner: natOwner(owner), Addrs: masqAddrs(conf, l3.Addrs)}
-		if err := masq.Ensure(m); err != nil {
+		if err := masq.Add(m); err != nil {
 			return err
 		}
 		steps.Push("masquerade", func() error { return masq.Delete(m.Owner) })

@@ -55,6 +55,9 @@ func (b iptBackend) saveCmd(f family) string {
 // Equivalent: iptables-restore --noflush -w <<< '*nat
 // :BERTH-MASQ-$h - [0:0] … -A POSTROUTING -s 10.22.0.5/32 -m comment --comment "…" -j BERTH-MASQ-$h
 // COMMIT'
+// Add is Ensure: the rules are found by reading the nat table either way.
+func (b iptBackend) Add(m Masq) error { return b.Ensure(m) }
+
 func (b iptBackend) Ensure(m Masq) error {
 	want, err := validateMasq(m)
 	if err != nil {

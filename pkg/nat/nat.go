@@ -50,6 +50,13 @@ type Backend interface {
 	// addresses m.Owner held before and m no longer lists are dropped.
 	// Re-running it gives the same kernel state.
 	Ensure(m Masq) error
+	// Add is Ensure for an owner that holds nothing yet, an ADD's case.
+	// The nftables backend then writes m's elements without reading the
+	// network's sets, so an ADD's cost does not grow with the number of
+	// containers; it falls back to Ensure when the network's sets are not
+	// there yet. An address another owner held moves to m's owner, as in
+	// Ensure; other addresses m's owner held are not looked for.
+	Add(m Masq) error
 	// Delete removes exactly o's state; when there is none it returns nil.
 	Delete(o Owner) error
 	// List reports what exists for network, one Masq per owner, sorted.

@@ -33,6 +33,76 @@ func (nftBackend) Ensure(m Masq) error {
 	})
 }
 
+// Add writes m's address elements in one transaction without reading the
+// address sets: each address is added bare, deleted and added again with
+// m's owner comment, so an element a gone container left keeps no stale
+// owner. Only the subnet set is read (it holds a range per distinct
+// subnet, not per container). When the network's sets are not there yet,
+// or m's subnet is not in the subnet set, Ensure's read-plan-write path
+// runs instead.
+//
+// Equivalent: nft list set inet berth-nat dst4-$h; nft -f - <<< 'add element inet berth-nat src4-$h { 10.22.0.5 };
+// delete element inet berth-nat src4-$h { 10.22.0.5 };
+// add element inet berth-nat src4-$h { 10.22.0.5 comment "berth p=16 if=eth0 id=$id" }'
+func (nftBackend) Add(m Masq) error {
+	want, err := validateMasq(m)
+	if err != nil {
+		return err
+	}
+	owner := StoredOwner(m.Owner)
+	return withLock(func() error {
+		err := withConn(func(c *nftables.Conn) error { return addNFT(c, m.Owner.Network, want) })
+		if err == nil {
+			return nil
+		}
+		return nftChange(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, owner) })
+	})
+}
+
+// errSlowPath sends Add to Ensure's path.
+var errSlowPath = errors.New("subnet not in the subnet set")
+
+// addNFT sends Add's batch, or fails (having sent nothing) when the subnet
+// set is missing or lacks one of want's subnets.
+func addNFT(c *nftables.Conn, network string, want []entry) error {
+	for _, f := range families {
+		es := ofFamily(want, f)
+		if len(es) == 0 {
+			continue
+		}
+		src, dst := nftSets(network, f)
+		have, err := readDst(c, dst.Name, f)
+		if err != nil {
+			return err
+		}
+		for _, p := range subnets(es, f) {
+			if !covered(have, p) {
+				return errSlowPath
+			}
+		}
+		bare := srcElems("", es)
+		if err := errors.Join(
+			c.SetAddElements(src, bare),
+			c.SetDeleteElements(src, bare),
+			c.SetAddElements(src, srcElems(network, es)),
+		); err != nil {
+			return err
+		}
+	}
+	return c.Flush()
+}
+
+// covered reports whether one of rs holds all of p.
+func covered(rs []addrRange, p netip.Prefix) bool {
+	first, last := p.Masked().Addr(), LastAddr(p)
+	for _, r := range rs {
+		if r.From.Compare(first) <= 0 && r.To.Compare(last) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Delete removes o's elements, and the network's sets and rules or the
 // whole table when nothing else is left, in one transaction.
 //
@@ -169,15 +239,8 @@ func readNFTState(c *nftables.Conn, network string) (nftState, error) {
 			st.Foreign = append(st.Foreign, foreign...)
 		}
 		if slices.Contains(st.Sets, names.Dst[f]) {
-			if elems, err = c.GetSetElements(&nftables.Set{Table: natTable, Name: names.Dst[f]}); err != nil {
-				return st, fmt.Errorf("nftables: list set %s: %w", names.Dst[f], err)
-			}
-			ies := make([]intervalElem, len(elems))
-			for i, e := range elems {
-				ies[i] = intervalElem{Key: e.Key, End: e.IntervalEnd}
-			}
-			if st.Dst[f], err = elemRanges(ies, addrLen(f)); err != nil {
-				return st, fmt.Errorf("nftables: set %s: %w", names.Dst[f], err)
+			if st.Dst[f], err = readDst(c, names.Dst[f], f); err != nil {
+				return st, err
 			}
 		}
 	}
@@ -241,6 +304,25 @@ func ruleComment(ud []byte) (string, bool) {
 		ud = ud[2+n:]
 	}
 	return "", false
+}
+
+// readDst reads the subnet set called name, of family f, as ranges.
+//
+// Equivalent: nft list set inet berth-nat dst4-$h
+func readDst(c *nftables.Conn, name string, f family) ([]addrRange, error) {
+	elems, err := c.GetSetElements(&nftables.Set{Table: natTable, Name: name})
+	if err != nil {
+		return nil, fmt.Errorf("nftables: list set %s: %w", name, err)
+	}
+	ies := make([]intervalElem, len(elems))
+	for i, e := range elems {
+		ies[i] = intervalElem{Key: e.Key, End: e.IntervalEnd}
+	}
+	rs, err := elemRanges(ies, addrLen(f))
+	if err != nil {
+		return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+	}
+	return rs, nil
 }
 
 func addrLen(f family) int {

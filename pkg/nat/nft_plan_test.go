@@ -209,3 +209,22 @@ func TestCheckNFT(t *testing.T) {
 		}
 	}
 }
+
+func TestCovered(t *testing.T) {
+	rs := ranges([]netip.Prefix{netip.MustParsePrefix("10.22.0.0/16"), netip.MustParsePrefix("10.40.0.0/24")})
+	for _, tc := range []struct {
+		p    string
+		want bool
+	}{
+		{"10.22.0.0/16", true},
+		{"10.22.3.0/24", true},
+		{"10.40.0.0/24", true},
+		{"10.40.0.0/23", false}, // wider than the range
+		{"10.21.0.0/16", false},
+		{"10.20.0.0/14", false}, // holds the range, is not held by it
+	} {
+		if got := covered(rs, netip.MustParsePrefix(tc.p)); got != tc.want {
+			t.Errorf("covered(%v, %s) = %v, want %v", rs, tc.p, got, tc.want)
+		}
+	}
+}
