@@ -93,3 +93,22 @@ func TestWorld(t *testing.T) {
 		}
 	})
 }
+
+// A DF ping that fits the uplink's MTU (1500) gets its reply; one that does
+// not is refused by the sender's kernel with EMSGSIZE, not sent.
+func TestPingDF(t *testing.T) {
+	RequireRoot(t)
+	t.Parallel()
+	w := NewTestWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, dst := range []netip.Addr{OutsideUplink4.Addr(), OutsideUplink6.Addr()} {
+		if err := w.Host.PingWith(ctx, dst, PingOptions{Size: 1500, DF: true}); err != nil {
+			t.Errorf("1500-byte DF ping of %s: %v", dst, err)
+		}
+		err := w.Host.PingWith(ctx, dst, PingOptions{Size: 1501, DF: true})
+		if !errors.Is(err, ErrMsgSize) {
+			t.Errorf("1501-byte DF ping of %s = %v, want EMSGSIZE", dst, err)
+		}
+	}
+}

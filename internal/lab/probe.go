@@ -11,9 +11,12 @@ import (
 	"sync"
 	"time"
 
+	"syscall"
+
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // Ping sends ICMP echo requests from this namespace to dst, one every
@@ -23,17 +26,57 @@ import (
 //
 // Equivalent: ip netns exec $ns ping -c1 -w$timeout $dst
 func (n *NS) Ping(ctx context.Context, dst netip.Addr) error {
+	return n.PingWith(ctx, dst, PingOptions{})
+}
+
+// PingOptions shape the echo requests of PingWith.
+type PingOptions struct {
+	// Size is the whole IP packet's size in bytes; 0: a small packet.
+	Size int
+	// DF forbids fragmenting the requests (IPv4 DF bit; on IPv6, no
+	// fragmenting by this host): a request bigger than the path MTU known
+	// here fails to send with EMSGSIZE, one bigger than a later link's is
+	// dropped there.
+	DF bool
+}
+
+// ErrMsgSize is returned (wrapped) by PingWith when the kernel refuses to
+// send a DF request bigger than the route's MTU.
+var ErrMsgSize = unix.EMSGSIZE
+
+// PingWith is Ping with requests shaped by o.
+//
+// Equivalent: ip netns exec $ns ping -c1 -M do -s $((o.Size-28)) $dst
+func (n *NS) PingWith(ctx context.Context, dst netip.Addr, o PingOptions) error {
 	dst = dst.Unmap()
-	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
+	network, listen, proto, hdr := "ip4:icmp", "0.0.0.0", 1, 20+8
 	var reqType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
 	if dst.Is6() {
-		network, listen, proto = "ip6:ipv6-icmp", "::", 58
+		network, listen, proto, hdr = "ip6:ipv6-icmp", "::", 58, 40+8
 		reqType, replyType = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
 	}
-	var conn *icmp.PacketConn
+	payload := []byte("berth-lab")
+	if o.Size > hdr+len(payload) {
+		payload = bytes.Repeat([]byte{'b'}, o.Size-hdr)
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		if !o.DF {
+			return nil
+		}
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if dst.Is6() {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO)
+			} else {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	var conn net.PacketConn
 	err := n.Do(func() error {
 		var err error
-		conn, err = icmp.ListenPacket(network, listen)
+		conn, err = lc.ListenPacket(ctx, network, listen)
 		return err
 	})
 	if err != nil {
@@ -74,12 +117,14 @@ func (n *NS) Ping(ctx context.Context, dst netip.Addr) error {
 	var lastSendErr error
 	sent := 0
 	for seq := 1; ; seq++ {
-		msg := icmp.Message{Type: reqType, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("berth-lab")}}
+		msg := icmp.Message{Type: reqType, Body: &icmp.Echo{ID: id, Seq: seq, Data: payload}}
 		b, err := msg.Marshal(nil) // the kernel fills in the ICMPv6 checksum
 		if err != nil {
 			return err
 		}
-		if _, err := conn.WriteTo(b, target); err != nil {
+		if _, err := conn.WriteTo(b, target); errors.Is(err, unix.EMSGSIZE) {
+			return fmt.Errorf("ping %s from %s with %d bytes, DF: %w", dst, n.Name, o.Size, err)
+		} else if err != nil {
 			lastSendErr = err
 		} else {
 			sent++
