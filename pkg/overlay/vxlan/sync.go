@@ -1,0 +1,158 @@
+package vxlan
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/link"
+)
+
+// Entries reads what the device holds: its IPv4 main-table routes (except
+// the kernel's own, made for addresses), IPv4 neighbours and FDB entries
+// that have a remote.
+//
+// Equivalent: ip route show dev $dev; ip neigh show dev $dev; bridge fdb show dev $dev
+func (n *NS) Entries(dev Device) (Entries, error) {
+	var e Entries
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return n.h.RouteListFiltered(netlink.FAMILY_V4,
+			&netlink.Route{LinkIndex: dev.Index, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return Entries{}, fmt.Errorf("list routes of vxlan %q: %w", dev.Name, err)
+	}
+	for _, r := range routes {
+		if r.Protocol == unix.RTPROT_KERNEL {
+			continue
+		}
+		dst, ok := prefixOf(r.Dst)
+		if !ok {
+			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		}
+		rt := Route{Dst: dst, Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0, Metric: r.Priority}
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+			rt.Via = gw.Unmap()
+		}
+		e.Routes = append(e.Routes, rt)
+	}
+	neighs, err := retryDump(func() ([]netlink.Neigh, error) { return n.h.NeighList(dev.Index, netlink.FAMILY_V4) })
+	if err != nil {
+		return Entries{}, fmt.Errorf("list neighbours of vxlan %q: %w", dev.Name, err)
+	}
+	for _, nb := range neighs {
+		ip, ok := netip.AddrFromSlice(nb.IP)
+		if !ok {
+			continue
+		}
+		e.Neighs = append(e.Neighs, Neigh{IP: ip.Unmap(), MAC: nb.HardwareAddr.String(), Permanent: nb.State&netlink.NUD_PERMANENT != 0})
+	}
+	fdb, err := retryDump(func() ([]netlink.Neigh, error) { return n.h.NeighList(dev.Index, unix.AF_BRIDGE) })
+	if err != nil {
+		return Entries{}, fmt.Errorf("list fdb of vxlan %q: %w", dev.Name, err)
+	}
+	for _, f := range fdb {
+		dst, ok := netip.AddrFromSlice(f.IP)
+		if !ok {
+			continue // not a remote: nothing of the agent's
+		}
+		e.FDB = append(e.FDB, FDB{MAC: f.HardwareAddr.String(), Dst: dst.Unmap()})
+	}
+	return e, nil
+}
+
+// SyncPeers makes the device hold exactly the entries of desired: one
+// route, one permanent neighbour and one FDB entry per peer. It reads what
+// the device holds, adds what is missing, replaces what differs and
+// deletes what no peer needs, touching only entries on dev and never one
+// inside dev.Subnet. Every step is tried; the errors are joined. A second
+// call with the same peers changes nothing.
+//
+// Equivalent, per peer: bridge fdb replace $mac dev $dev dst $vtep self permanent;
+// ip neigh replace $addr lladdr $mac dev $dev nud permanent;
+// ip route replace $subnet via $addr dev $dev onlink
+func (n *NS) SyncPeers(dev Device, desired []Peer) (SyncStats, error) {
+	have, err := n.Entries(dev)
+	if err != nil {
+		return SyncStats{}, err
+	}
+	plan := planSync(desired, have, dev.Subnet)
+	return plan.stats, n.apply(dev, plan)
+}
+
+func (n *NS) apply(dev Device, p syncPlan) error {
+	var errs []error
+	fail := func(what string, err error) {
+		errs = append(errs, fmt.Errorf("%s on vxlan %q: %w", what, dev.Name, err))
+	}
+	for _, r := range p.delRoutes {
+		nr := &netlink.Route{LinkIndex: dev.Index, Dst: link.IPNet(r.Dst), Table: unix.RT_TABLE_MAIN, Priority: r.Metric}
+		if err := n.h.RouteDel(nr); err != nil && !isNotFound(err) {
+			fail("delete "+r.String(), err)
+		}
+	}
+	for _, nb := range p.delNeighs {
+		nn := &netlink.Neigh{LinkIndex: dev.Index, Family: netlink.FAMILY_V4, IP: nb.IP.AsSlice()}
+		if err := n.h.NeighDel(nn); err != nil && !isNotFound(err) {
+			fail("delete "+nb.String(), err)
+		}
+	}
+	for _, f := range p.delFDB {
+		nf, err := fdbNeigh(dev, f)
+		if err == nil {
+			err = n.h.NeighDel(nf)
+		}
+		if err != nil && !isNotFound(err) {
+			fail("delete "+f.String(), err)
+		}
+	}
+	for _, f := range p.setFDB {
+		nf, err := fdbNeigh(dev, f)
+		if err == nil {
+			err = n.h.NeighSet(nf)
+		}
+		if err != nil {
+			fail("set "+f.String(), err)
+		}
+	}
+	for _, nb := range p.setNeighs {
+		mac, err := net.ParseMAC(nb.MAC)
+		if err == nil {
+			err = n.h.NeighSet(&netlink.Neigh{
+				LinkIndex: dev.Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				Type: unix.RTN_UNICAST, IP: nb.IP.AsSlice(), HardwareAddr: mac,
+			})
+		}
+		if err != nil {
+			fail("set "+nb.String(), err)
+		}
+	}
+	for _, r := range p.setRoutes {
+		err := n.h.RouteReplace(&netlink.Route{
+			LinkIndex: dev.Index, Dst: link.IPNet(r.Dst), Gw: r.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
+			Scope: netlink.SCOPE_UNIVERSE, Table: unix.RT_TABLE_MAIN, Priority: r.Metric,
+		})
+		if err != nil {
+			fail("set "+r.String(), err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fdbNeigh is the netlink form of an FDB remote: an AF_BRIDGE neighbour
+// of the device itself (NTF_SELF), not of a bridge it is a port of.
+func fdbNeigh(dev Device, f FDB) (*netlink.Neigh, error) {
+	mac, err := net.ParseMAC(f.MAC)
+	if err != nil {
+		return nil, err
+	}
+	return &netlink.Neigh{
+		LinkIndex: dev.Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+		State: netlink.NUD_PERMANENT, IP: f.Dst.AsSlice(), HardwareAddr: mac,
+	}, nil
+}
