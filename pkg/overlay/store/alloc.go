@@ -1,0 +1,226 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berth-cni/berth/pkg/config"
+)
+
+// This file is the pure part shared by the backends: validation, the choice
+// of a subnet, key encoding and the decoding of what is read back.
+
+// MaxSubnetLen is the longest per-host subnet: a /30 still leaves two host
+// addresses, the bridge's gateway and one container.
+const MaxSubnetLen = 30
+
+// MaxVNI is the largest VXLAN network identifier (24 bits).
+const MaxVNI = 1<<24 - 1
+
+// maxHost bounds a host name: a DNS name is at most 253 bytes.
+const maxHost = 253
+
+// Validate checks every field of n and names the first bad one with its
+// value.
+func (n Network) Validate() error {
+	if err := config.ValidateNetworkName(n.Name); err != nil {
+		return fmt.Errorf("overlay network: %w", err)
+	}
+	switch {
+	case !n.CIDR.IsValid():
+		return fmt.Errorf("overlay network %q: cidr: a network prefix is required", n.Name)
+	case !n.CIDR.Addr().Is4():
+		return fmt.Errorf("overlay network %q: cidr %s: only IPv4 is supported for now", n.Name, n.CIDR)
+	case n.CIDR != n.CIDR.Masked():
+		return fmt.Errorf("overlay network %q: cidr %s: host bits are set (the network is %s)", n.Name, n.CIDR, n.CIDR.Masked())
+	case n.SubnetLen <= n.CIDR.Bits() || n.SubnetLen > MaxSubnetLen:
+		return fmt.Errorf("overlay network %q: subnetLen %d: must be longer than the cidr's /%d and at most %d",
+			n.Name, n.SubnetLen, n.CIDR.Bits(), MaxSubnetLen)
+	case n.VNI < 1 || n.VNI > MaxVNI:
+		return fmt.Errorf("overlay network %q: vni %d: must be between 1 and %d", n.Name, n.VNI, MaxVNI)
+	case n.Port == 0:
+		return fmt.Errorf("overlay network %q: port 0: a UDP port is required", n.Name)
+	}
+	return nil
+}
+
+// Validate checks every field of l and names the first bad one with its
+// value. It does not check that the subnet belongs to a network; see
+// Network.HasSubnet.
+func (l Lease) Validate() error {
+	if err := validateHost(l.Host); err != nil {
+		return err
+	}
+	switch {
+	case !l.Subnet.IsValid():
+		return fmt.Errorf("lease of host %q: subnet: a prefix is required", l.Host)
+	case !l.Subnet.Addr().Is4():
+		return fmt.Errorf("lease of host %q: subnet %s: only IPv4 is supported for now", l.Host, l.Subnet)
+	case l.Subnet != l.Subnet.Masked():
+		return fmt.Errorf("lease of host %q: subnet %s: host bits are set", l.Host, l.Subnet)
+	}
+	return l.validateEndpoint()
+}
+
+// validateEndpoint checks what Acquire needs from its caller besides the
+// subnet: the VTEP and the MAC.
+func (l Lease) validateEndpoint() error {
+	if !l.VTEP.IsValid() || l.VTEP.IsUnspecified() || l.VTEP.IsMulticast() || l.VTEP.Zone() != "" {
+		return fmt.Errorf("lease of host %q: vtep %q: a unicast address is required", l.Host, l.VTEP)
+	}
+	mac, err := net.ParseMAC(l.MAC)
+	if err != nil || len(mac) != 6 {
+		return fmt.Errorf("lease of host %q: mac %q: not an Ethernet MAC address", l.Host, l.MAC)
+	}
+	if mac[0]&1 == 1 {
+		return fmt.Errorf("lease of host %q: mac %q: a multicast MAC cannot be a device address", l.Host, l.MAC)
+	}
+	return nil
+}
+
+// validateHost checks a node name: it is stored and compared, never used
+// as a path, but it is shown to people, so no control characters.
+func validateHost(h string) error {
+	if h == "" {
+		return errors.New("lease: host: a node name is required")
+	}
+	if len(h) > maxHost {
+		return fmt.Errorf("lease: host %q: longer than %d bytes", h, maxHost)
+	}
+	for _, r := range h {
+		if r <= ' ' || r == 0x7f || r == '/' {
+			return fmt.Errorf("lease: host %q: character %q not allowed", h, r)
+		}
+	}
+	return nil
+}
+
+// validateTTL checks Acquire's ttl: renewal runs every ttl/3, so anything
+// under a second would spin.
+func validateTTL(ttl time.Duration) error {
+	if ttl < time.Second {
+		return fmt.Errorf("lease ttl %v: must be at least 1s", ttl)
+	}
+	return nil
+}
+
+// HasSubnet reports whether p is one of n's per-host subnets: inside CIDR,
+// SubnetLen long, with no host bits.
+func (n Network) HasSubnet(p netip.Prefix) bool {
+	return p.IsValid() && p.Bits() == n.SubnetLen && p == p.Masked() &&
+		n.CIDR.Contains(p.Addr())
+}
+
+// subnetCount is the number of per-host subnets of a valid n.
+func (n Network) subnetCount() uint64 {
+	return 1 << (n.SubnetLen - n.CIDR.Bits())
+}
+
+// subnet returns the i-th per-host subnet of a valid n (i < subnetCount).
+func (n Network) subnet(i uint64) netip.Prefix {
+	base := n.CIDR.Addr().As4()
+	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	v += uint32(i) << (32 - n.SubnetLen)
+	a := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return netip.PrefixFrom(a, n.SubnetLen)
+}
+
+// pickSubnet chooses the subnet Acquire leases for want.Host among the
+// live leases of a valid n: the host's own (the lowest, should it hold
+// several), want.Subnet when it is one of n's subnets and free, else the
+// lowest free one. A full network is ErrConflict.
+func pickSubnet(n Network, want Lease, live []Lease) (netip.Prefix, error) {
+	taken := make(map[netip.Prefix]bool, len(live))
+	var own []netip.Prefix
+	for _, l := range live {
+		taken[l.Subnet] = true
+		if l.Host == want.Host && n.HasSubnet(l.Subnet) {
+			own = append(own, l.Subnet)
+		}
+	}
+	if len(own) > 0 {
+		slices.SortFunc(own, netip.Prefix.Compare)
+		return own[0], nil
+	}
+	if n.HasSubnet(want.Subnet) && !taken[want.Subnet] {
+		return want.Subnet, nil
+	}
+	// The first gap is among the first len(taken)+1 subnets, so this loop
+	// is short even for a /8 split into /30s.
+	for i := uint64(0); i < n.subnetCount(); i++ {
+		if p := n.subnet(i); !taken[p] {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("overlay network %q: all %d subnets of %s (/%d each) are leased: %w",
+		n.Name, n.subnetCount(), n.CIDR, n.SubnetLen, ErrConflict)
+}
+
+// sortLeases sorts ls by subnet, the order Leases promises.
+func sortLeases(ls []Lease) {
+	slices.SortFunc(ls, func(a, b Lease) int { return a.Subnet.Compare(b.Subnet) })
+}
+
+// subnetKey encodes a subnet for a key or a file name: the '/' becomes sep
+// ("10.244.3.0-24" in etcd, "10.244.3.0_24" in a file name).
+func subnetKey(p netip.Prefix, sep byte) string {
+	return p.Addr().String() + string(sep) + strconv.Itoa(p.Bits())
+}
+
+// parseSubnetKey is the inverse of subnetKey; it accepts only what
+// subnetKey writes for a valid IPv4 subnet.
+func parseSubnetKey(s string, sep byte) (netip.Prefix, error) {
+	i := strings.LastIndexByte(s, sep)
+	if i < 0 {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: no %q separator", s, sep)
+	}
+	p, err := netip.ParsePrefix(s[:i] + "/" + s[i+1:])
+	if err != nil || !p.Addr().Is4() || p != p.Masked() || subnetKey(p, sep) != s {
+		return netip.Prefix{}, fmt.Errorf("subnet key %q: not an IPv4 subnet", s)
+	}
+	return p, nil
+}
+
+// decodeNetwork decodes and validates a stored network config.
+func decodeNetwork(b []byte) (Network, error) {
+	var n Network
+	if err := json.Unmarshal(b, &n); err != nil {
+		return Network{}, fmt.Errorf("decode network config: %w", err)
+	}
+	if err := n.Validate(); err != nil {
+		return Network{}, fmt.Errorf("stored %w", err)
+	}
+	return n, nil
+}
+
+// decodeLease decodes and validates a stored lease read under the key of
+// subnet.
+func decodeLease(b []byte, subnet netip.Prefix) (Lease, error) {
+	var l Lease
+	if err := json.Unmarshal(b, &l); err != nil {
+		return Lease{}, fmt.Errorf("decode lease of %s: %w", subnet, err)
+	}
+	if err := checkStoredLease(l, subnet); err != nil {
+		return Lease{}, err
+	}
+	return l, nil
+}
+
+// checkStoredLease validates a lease read back under the key of subnet:
+// the value must name the same subnet.
+func checkStoredLease(l Lease, subnet netip.Prefix) error {
+	if err := l.Validate(); err != nil {
+		return fmt.Errorf("stored lease of %s: %w", subnet, err)
+	}
+	if l.Subnet != subnet {
+		return fmt.Errorf("stored lease of %s: subnet %s differs from its key", subnet, l.Subnet)
+	}
+	return nil
+}

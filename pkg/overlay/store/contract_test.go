@@ -1,0 +1,392 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The Store contract, run against every backend. newStore returns a new
+// connection to one shared state (a directory, an etcd cluster), closed in
+// t.Cleanup; each connection plays one "host" or one incarnation of it.
+// Each subtest uses a network of its own, so they run in parallel.
+
+// waitFor bounds every wait for an event; no test asserts on durations.
+const waitFor = 30 * time.Second
+
+func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) Store) {
+	t.Run("EnsureNetworkFirstWins", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		s1, s2 := newStore(t), newStore(t)
+		n := testNetwork(t)
+		if got, err := s1.EnsureNetwork(ctx, n); err != nil || got != n {
+			t.Fatalf("first EnsureNetwork = %+v, %v; want %+v, nil", got, err, n)
+		}
+		if got, err := s2.EnsureNetwork(ctx, n); err != nil || got != n {
+			t.Fatalf("same config again = %+v, %v; want %+v, nil", got, err, n)
+		}
+		other := n
+		other.VNI++
+		got, err := s2.EnsureNetwork(ctx, other)
+		if !errors.Is(err, ErrConflict) || got != n {
+			t.Fatalf("different config = %+v, %v; want the stored %+v and ErrConflict", got, err, n)
+		}
+		bad := n
+		bad.Port = 0
+		if _, err := s1.EnsureNetwork(ctx, bad); err == nil || errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "port") {
+			t.Fatalf("invalid config: err = %v; want a validation error naming the port", err)
+		}
+	})
+
+	t.Run("AcquireWithoutNetwork", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		s := newStore(t)
+		_, err := s.Acquire(ctx, testNetwork(t).Name, host(1), ttl)
+		if err == nil || !strings.Contains(err.Error(), "EnsureNetwork") {
+			t.Fatalf("Acquire on a network without config: err = %v; want one saying to EnsureNetwork first", err)
+		}
+	})
+
+	t.Run("DistinctSubnets", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		n := ensure(t, newStore(t), testNetwork(t))
+		a := acquire(t, newStore(t), n.Name, host(1), ttl)
+		b := acquire(t, newStore(t), n.Name, host(2), ttl)
+		want := []Lease{withSubnet(host(1), "10.244.0.0/24"), withSubnet(host(2), "10.244.1.0/24")}
+		if got := []Lease{a.Lease(), b.Lease()}; !slices.Equal(got, want) {
+			t.Fatalf("leases = %+v; want %+v", got, want)
+		}
+		if got := leases(t, newStore(t), n.Name); !slices.Equal(got, want) {
+			t.Fatalf("Leases = %+v; want %+v", got, want)
+		}
+		if err := errors.Join(a.Release(ctx), b.Release(ctx)); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("SameHostGetsItsSubnet", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		n := ensure(t, newStore(t), testNetwork(t))
+		acquire(t, newStore(t), n.Name, host(1), ttl)
+		old := acquire(t, newStore(t), n.Name, host(2), ttl)
+		// host2 restarts with a new VTEP while its old lease is live and
+		// asks for another subnet: it gets its own, with the new values,
+		// and the old incarnation's Hold is lost.
+		again := host(2)
+		again.VTEP = netip.MustParseAddr("192.0.2.99")
+		again.Subnet = netip.MustParsePrefix("10.244.9.0/24")
+		h := acquire(t, newStore(t), n.Name, again, ttl)
+		if h.Lease().Subnet != old.Lease().Subnet {
+			t.Fatalf("re-acquired %s; want the old %s", h.Lease().Subnet, old.Lease().Subnet)
+		}
+		waitClosed(t, old.Lost(), "the old incarnation's Lost")
+		got := leases(t, newStore(t), n.Name)
+		if len(got) != 2 || got[1] != h.Lease() {
+			t.Fatalf("Leases = %+v; want host1's and %+v", got, h.Lease())
+		}
+		if err := old.Release(ctx); err != nil {
+			t.Fatalf("Release of a lost Hold: %v", err)
+		}
+		if got := leases(t, newStore(t), n.Name); len(got) != 2 {
+			t.Fatalf("Release of the lost Hold deleted the new lease: %+v", got)
+		}
+		select {
+		case <-h.Lost():
+			t.Fatal("the new Hold is lost")
+		default:
+		}
+	})
+
+	t.Run("WantedSubnet", func(t *testing.T) {
+		t.Parallel()
+		n := ensure(t, newStore(t), testNetwork(t))
+		s := newStore(t)
+		for _, tc := range []struct {
+			host       int
+			want, gets string
+		}{
+			{1, "10.244.7.0/24", "10.244.7.0/24"}, // free: honoured
+			{2, "10.244.7.0/24", "10.244.0.0/24"}, // taken: the lowest free
+			{3, "10.99.0.0/24", "10.244.1.0/24"},  // outside the network
+			{4, "10.244.2.0/23", "10.244.2.0/24"}, // not the network's length
+			{5, "10.244.3.1/24", "10.244.3.0/24"}, // host bits set
+			{6, "10.244.200.0/24", "10.244.200.0/24"},
+		} {
+			want := host(tc.host)
+			want.Subnet = netip.MustParsePrefix(tc.want)
+			if got := acquire(t, s, n.Name, want, ttl).Lease().Subnet.String(); got != tc.gets {
+				t.Errorf("host%d wanting %s got %s; want %s", tc.host, tc.want, got, tc.gets)
+			}
+		}
+	})
+
+	t.Run("Exhaustion", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		n := testNetwork(t)
+		n.CIDR = netip.MustParsePrefix("10.9.0.0/24")
+		n.SubnetLen = 26
+		ensure(t, newStore(t), n)
+		s := newStore(t)
+		var holds []Hold
+		for i := 1; i <= 4; i++ {
+			holds = append(holds, acquire(t, s, n.Name, host(i), ttl))
+		}
+		_, err := s.Acquire(ctx, n.Name, host(5), ttl)
+		if !errors.Is(err, ErrConflict) {
+			t.Fatalf("fifth host on four subnets: err = %v; want ErrConflict", err)
+		}
+		if err := holds[2].Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := acquire(t, s, n.Name, host(5), ttl).Lease().Subnet.String(); got != "10.9.0.128/26" {
+			t.Fatalf("after a release the fifth host got %s; want the released 10.9.0.128/26", got)
+		}
+	})
+
+	t.Run("ExpiryWhenNotRenewed", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		n := ensure(t, newStore(t), testNetwork(t))
+		watcher := newStore(t)
+		ch := watcher.Changes(ctx, n.Name)
+		waitSignal(t, ch, "the initial signal")
+
+		gone := newStore(t)
+		h := acquire(t, gone, n.Name, host(1), ttl)
+		waitLeases(t, watcher, n.Name, ch, "the new lease", func(ls []Lease) bool { return slices.Contains(ls, h.Lease()) })
+		// The holder stops without releasing: its lease outlives it by the
+		// TTL, then disappears and Changes says so.
+		if err := gone.Close(); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitLeases(t, watcher, n.Name, ch, "the expiry", func(ls []Lease) bool { return len(ls) == 0 })
+		t.Logf("lease gone %v after its holder closed (ttl %v)", time.Since(start).Round(time.Millisecond), ttl)
+		select {
+		case <-h.Lost():
+			t.Fatal("Lost closed by Close; a Hold of a closed store is not lost, only no longer renewed")
+		default:
+		}
+		// Its subnet is free again.
+		if got := acquire(t, newStore(t), n.Name, host(2), ttl).Lease().Subnet; got != h.Lease().Subnet {
+			t.Fatalf("after the expiry host2 got %s; want the freed %s", got, h.Lease().Subnet)
+		}
+	})
+
+	t.Run("RenewalOutlivesTTL", func(t *testing.T) {
+		t.Parallel()
+		n := ensure(t, newStore(t), testNetwork(t))
+		s := newStore(t)
+		h := acquire(t, s, n.Name, host(1), ttl)
+		// Renewal keeps it past several TTLs: wait 3 and look.
+		time.Sleep(3 * ttl)
+		if got := leases(t, s, n.Name); !slices.Equal(got, []Lease{h.Lease()}) {
+			t.Fatalf("after 3 TTLs of renewal Leases = %+v; want %+v", got, h.Lease())
+		}
+		select {
+		case <-h.Lost():
+			t.Fatal("a renewed Hold is lost")
+		default:
+		}
+	})
+
+	t.Run("ReleaseDeletesAtOnce", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		n := ensure(t, newStore(t), testNetwork(t))
+		s := newStore(t)
+		h := acquire(t, s, n.Name, host(1), ttl)
+		// Watching from after the acquisition: the next signal is the
+		// release's.
+		watcher := newStore(t)
+		ch := watcher.Changes(ctx, n.Name)
+		waitSignal(t, ch, "the initial signal")
+		if got := leases(t, watcher, n.Name); len(got) != 1 {
+			t.Fatalf("Leases = %+v; want the one acquired", got)
+		}
+		if err := h.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := leases(t, s, n.Name); len(got) != 0 {
+			t.Fatalf("right after Release, Leases = %+v; want none", got)
+		}
+		waitSignal(t, ch, "the release")
+		if got := leases(t, watcher, n.Name); len(got) != 0 {
+			t.Fatalf("after the signal Leases = %+v; want none", got)
+		}
+		if err := h.Release(ctx); err != nil {
+			t.Fatalf("second Release: %v", err)
+		}
+	})
+
+	t.Run("ChangesSeesOtherHost", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		n := ensure(t, newStore(t), testNetwork(t))
+		s1 := newStore(t)
+		h1 := acquire(t, s1, n.Name, host(1), ttl)
+		ch := s1.Changes(ctx, n.Name)
+		waitSignal(t, ch, "the initial signal")
+		h2 := acquire(t, newStore(t), n.Name, host(2), ttl)
+		waitLeases(t, s1, n.Name, ch, "host2's lease", func(ls []Lease) bool {
+			return slices.Equal(ls, []Lease{h1.Lease(), h2.Lease()})
+		})
+	})
+
+	t.Run("ChangesClosesWithContext", func(t *testing.T) {
+		t.Parallel()
+		n := ensure(t, newStore(t), testNetwork(t))
+		ctx, cancel := context.WithCancel(testCtx(t))
+		ch := newStore(t).Changes(ctx, n.Name)
+		cancel()
+		deadline := time.After(waitFor)
+		for {
+			select {
+			case _, ok := <-ch:
+				if !ok {
+					return
+				}
+			case <-deadline:
+				t.Fatal("Changes channel still open after its context ended")
+			}
+		}
+	})
+
+	t.Run("BadInput", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		s := newStore(t)
+		n := ensure(t, s, testNetwork(t))
+		for _, tc := range []struct {
+			name    string
+			network string
+			want    Lease
+			ttl     time.Duration
+			errHas  string
+		}{
+			{"escaping network name", "../x", host(1), ttl, "name"},
+			{"no host", n.Name, Lease{VTEP: host(1).VTEP, MAC: host(1).MAC}, ttl, "host"},
+			{"no vtep", n.Name, Lease{Host: "h", MAC: host(1).MAC}, ttl, "vtep"},
+			{"bad mac", n.Name, Lease{Host: "h", VTEP: host(1).VTEP, MAC: "zz"}, ttl, "mac"},
+			{"short ttl", n.Name, host(1), time.Millisecond, "ttl"},
+		} {
+			if _, err := s.Acquire(ctx, tc.network, tc.want, tc.ttl); err == nil || !strings.Contains(err.Error(), tc.errHas) {
+				t.Errorf("%s: Acquire err = %v; want one naming %q", tc.name, err, tc.errHas)
+			}
+		}
+		if _, err := s.Leases(ctx, "a/b"); err == nil {
+			t.Error("Leases of network \"a/b\": no error")
+		}
+	})
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*waitFor)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// testNetwork is a /16 split into /24s, named after the (sub)test.
+func testNetwork(t *testing.T) Network {
+	name := strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())
+	return Network{Name: name, CIDR: netip.MustParsePrefix("10.244.0.0/16"), SubnetLen: 24, VNI: 42, Port: 4789}
+}
+
+// host returns the lease request of host i (1..250), without a subnet.
+func host(i int) Lease {
+	return Lease{
+		Host: fmt.Sprintf("host%d", i),
+		VTEP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}),
+		MAC:  fmt.Sprintf("02:00:00:00:00:%02x", i),
+	}
+}
+
+func withSubnet(l Lease, subnet string) Lease {
+	l.Subnet = netip.MustParsePrefix(subnet)
+	return l
+}
+
+func ensure(t *testing.T, s Store, n Network) Network {
+	t.Helper()
+	got, err := s.EnsureNetwork(testCtx(t), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func acquire(t *testing.T, s Store, network string, want Lease, ttl time.Duration) Hold {
+	t.Helper()
+	h, err := s.Acquire(testCtx(t), network, want, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func leases(t *testing.T, s Store, network string) []Lease {
+	t.Helper()
+	ls, err := s.Leases(testCtx(t), network)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}
+
+// waitSignal waits for one signal on ch.
+func waitSignal(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case _, ok := <-ch:
+		if !ok {
+			t.Fatalf("waiting for %s: Changes channel closed", what)
+		}
+	case <-time.After(waitFor):
+		t.Fatalf("no signal for %s within %v", what, waitFor)
+	}
+}
+
+// waitLeases re-lists on every signal until ok holds, as a caller of
+// Changes does.
+func waitLeases(t *testing.T, s Store, network string, ch <-chan struct{}, what string, ok func([]Lease) bool) {
+	t.Helper()
+	deadline := time.After(waitFor)
+	var last []Lease
+	for {
+		select {
+		case _, open := <-ch:
+			if !open {
+				t.Fatalf("waiting for %s: Changes channel closed", what)
+			}
+		case <-deadline:
+			t.Fatalf("no signal for %s within %v; last Leases %+v", what, waitFor, last)
+		}
+		ls, err := s.Leases(testCtx(t), network)
+		if err != nil {
+			t.Logf("Leases after a signal: %v", err)
+			continue
+		}
+		if last = ls; ok(ls) {
+			return
+		}
+	}
+}
+
+func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(waitFor):
+		t.Fatalf("%s not closed within %v", what, waitFor)
+	}
+}

@@ -1,0 +1,150 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newFileStore(t *testing.T, dir string) Store {
+	t.Helper()
+	s, err := NewFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close file store: %v", err)
+		}
+	})
+	return s
+}
+
+func TestFileContract(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	testContract(t, time.Second, func(t *testing.T) Store { return newFileStore(t, dir) })
+}
+
+func TestFileLayout(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := newFileStore(t, dir)
+	n := ensure(t, s, testNetwork(t))
+	h := acquire(t, s, n.Name, host(1), time.Minute)
+	for _, p := range []string{"network.json", "lock", "leases/10.244.0.0_24.json"} {
+		if _, err := os.Stat(filepath.Join(dir, n.Name, p)); err != nil {
+			t.Errorf("layout: %v", err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, n.Name, "leases/10.244.0.0_24.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f fileLease
+	if err := json.Unmarshal(b, &f); err != nil || f.Lease != h.Lease() || f.Holder == "" {
+		t.Fatalf("lease file %s: %+v, %v", b, f, err)
+	}
+	if left := time.Until(time.UnixMilli(f.Expires)); left <= 0 || left > time.Minute {
+		t.Errorf("lease file expires in %v; want within the minute of ttl", left)
+	}
+}
+
+// A lease file that expired while its holder was stopped (SIGSTOP, a
+// suspended VM) is deleted by the holder's next renewal, which reports the
+// Hold lost; one deleted by hand is lost too.
+func TestFileLostAtRenewal(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := newFileStore(t, dir)
+	n := ensure(t, s, testNetwork(t))
+	path := func(h Hold) string {
+		return filepath.Join(dir, n.Name, "leases", subnetKey(h.Lease().Subnet, '_')+".json")
+	}
+
+	expired := acquire(t, s, n.Name, host(1), time.Second)
+	b, err := os.ReadFile(path(expired))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f fileLease
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	f.Expires = time.Now().Add(-time.Minute).UnixMilli()
+	if err := writeLease(filepath.Join(dir, n.Name), f); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, expired.Lost(), "Lost of an expired lease")
+	if _, err := os.Stat(path(expired)); !os.IsNotExist(err) {
+		t.Errorf("expired lease file still there after the renewal saw it: %v", err)
+	}
+
+	vanished := acquire(t, s, n.Name, host(2), time.Second)
+	if err := os.Remove(path(vanished)); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, vanished.Lost(), "Lost of a deleted lease file")
+}
+
+func TestFileCorruptLease(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := newFileStore(t, dir)
+	n := ensure(t, s, testNetwork(t))
+	bad := filepath.Join(dir, n.Name, "leases", "10.244.5.0_24.json")
+	if err := os.WriteFile(bad, []byte(`{"subnet":"10.244.6.0/24"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Leases(testCtx(t), n.Name)
+	if err == nil || !strings.Contains(err.Error(), bad) {
+		t.Fatalf("Leases with a corrupt file: err = %v; want one naming %s", err, bad)
+	}
+	// A temp file of a write in flight is not a lease.
+	if err := os.Rename(bad, filepath.Join(dir, n.Name, "leases", ".tmp-123")); err != nil {
+		t.Fatal(err)
+	}
+	if ls := leases(t, s, n.Name); len(ls) != 0 {
+		t.Fatalf("Leases = %+v; want none", ls)
+	}
+}
+
+// Many hosts acquiring at once on one directory get distinct subnets: the
+// flock serialises them.
+func TestFileConcurrentAcquire(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	n := ensure(t, newFileStore(t, dir), testNetwork(t))
+	const hosts = 20
+	subnets := make([]string, hosts)
+	var wg sync.WaitGroup
+	for i := range hosts {
+		s := newFileStore(t, dir)
+		wg.Go(func() {
+			h, err := s.Acquire(testCtx(t), n.Name, host(i+1), time.Minute)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			subnets[i] = h.Lease().Subnet.String()
+		})
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	for i, p := range subnets {
+		if j, dup := seen[p]; dup {
+			t.Errorf("host%d and host%d both got %s", j+1, i+1, p)
+		}
+		seen[p] = i
+	}
+	for i := range hosts {
+		if _, ok := seen[fmt.Sprintf("10.244.%d.0/24", i)]; !ok {
+			t.Errorf("10.244.%d.0/24 not leased; want the lowest %d subnets: %v", i, hosts, subnets)
+		}
+	}
+}
