@@ -1,0 +1,564 @@
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
+
+	"github.com/berth-cni/berth/pkg/config"
+)
+
+// The etcd backend keeps, under its prefix:
+//
+//	<prefix>/<network>/config               the Network, JSON
+//	<prefix>/<network>/subnets/<a.b.c.d-len> a Lease, JSON, attached to an etcd lease with the TTL
+//
+// etcd deletes a subnet key when its lease expires, so Leases is a plain
+// prefix read and Changes a prefix watch.
+
+// DefaultEtcdPrefix is where the overlay's keys live when EtcdConfig.Prefix
+// is empty.
+const DefaultEtcdPrefix = "/berth/overlay"
+
+const (
+	defaultDialTimeout    = 5 * time.Second
+	defaultRequestTimeout = 5 * time.Second
+	// acquireAttempts bounds Acquire's read-then-transaction loop when
+	// other hosts keep winning the race for the subnet it picked.
+	acquireAttempts = 10
+	// watchRetryMax caps the backoff between attempts to re-establish a
+	// broken Changes watch.
+	watchRetryMax = 5 * time.Second
+)
+
+// EtcdConfig is how to reach the etcd cluster.
+type EtcdConfig struct {
+	Endpoints   []string      // e.g. https://10.0.0.1:2379
+	Prefix      string        // key prefix, DefaultEtcdPrefix when empty
+	DialTimeout time.Duration // 5s when zero
+	TLS         *tls.Config   // nil for plain http endpoints
+	// RequestTimeout bounds each request to etcd (5s when zero), so a dead
+	// cluster fails a call with ErrUnavailable rather than hanging it.
+	RequestTimeout time.Duration
+}
+
+type etcdStore struct {
+	cli     *clientv3.Client
+	prefix  string
+	timeout time.Duration
+
+	t         *tracker // Hold and Changes goroutines
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewEtcd returns a Store on the etcd cluster of cfg. It does not wait for
+// the cluster: an unreachable one fails the calls, with ErrUnavailable.
+func NewEtcd(cfg EtcdConfig) (Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcd store: at least one endpoint is required")
+	}
+	prefix := strings.TrimRight(cfg.Prefix, "/")
+	if cfg.Prefix == "" {
+		prefix = DefaultEtcdPrefix
+	}
+	if prefix == "" {
+		return nil, fmt.Errorf("etcd store: prefix %q: must name a key path, not the root", cfg.Prefix)
+	}
+	dial := cfg.DialTimeout
+	if dial <= 0 {
+		dial = defaultDialTimeout
+	}
+	timeout := cfg.RequestTimeout
+	if timeout <= 0 {
+		timeout = defaultRequestTimeout
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: dial,
+		TLS:         cfg.TLS,
+		// Errors reach the caller as return values; the client's own
+		// retry chatter would only fill the agent's stderr.
+		Logger: zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 2 minutes; a node
+		// agent should find a restarted etcd within a few seconds, well
+		// within its lease TTL.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+			MinConnectTimeout: dial,
+		})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
+	}
+	return &etcdStore{cli: cli, prefix: prefix, timeout: timeout, t: newTracker()}, nil
+}
+
+// keys returns the config key and the subnet key prefix of network, after
+// checking that the name cannot escape its key path.
+func (s *etcdStore) keys(network string) (cfgKey, subnets string, err error) {
+	if err := config.ValidateNetworkName(network); err != nil {
+		return "", "", fmt.Errorf("overlay network: %w", err)
+	}
+	base := s.prefix + "/" + network
+	return base + "/config", base + "/subnets/", nil
+}
+
+// request returns a context for one request: ctx bounded by the request
+// timeout.
+func (s *etcdStore) request(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// fail wraps err from an etcd request made under ctx: the caller's own
+// cancellation stays itself; timeouts and transport failures wrap
+// ErrUnavailable.
+func fail(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", what, errors.Join(ctx.Err(), err))
+	}
+	if unreachable(err) {
+		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func unreachable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, clientv3.ErrNoAvailableEndpoints) {
+		return true
+	}
+	code := status.Code(err)
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	}
+	// etcd answers Unavailable for "no leader" and its own timeouts too.
+	return code == codes.Unavailable || code == codes.DeadlineExceeded
+}
+
+func (s *etcdStore) EnsureNetwork(ctx context.Context, n Network) (Network, error) {
+	if err := n.Validate(); err != nil {
+		return Network{}, err
+	}
+	key, _, err := s.keys(n.Name)
+	if err != nil {
+		return Network{}, err
+	}
+	val, err := json.Marshal(n)
+	if err != nil {
+		return Network{}, err
+	}
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	// Put if absent, else read: one round trip, and the first writer wins.
+	//
+	// Equivalent: etcdctl txn <<< 'create("$key") = "0"\n\nput $key $val\n\nget $key\n'
+	resp, err := s.cli.Txn(rctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return Network{}, fail(ctx, fmt.Sprintf("store overlay network %q", n.Name), err)
+	}
+	if resp.Succeeded {
+		return n, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 { // deleted between the compare and the get: impossible in one txn
+		return Network{}, fmt.Errorf("store overlay network %q: %s vanished inside a transaction", n.Name, key)
+	}
+	stored, err := decodeNetwork(kvs[0].Value)
+	if err != nil {
+		return Network{}, fmt.Errorf("%s: %w", key, err)
+	}
+	if stored != n {
+		return stored, fmt.Errorf("overlay network %q: stored config %+v differs from %+v: %w", n.Name, stored, n, ErrConflict)
+	}
+	return stored, nil
+}
+
+// storedLease is a subnet key as read: its lease and revisions.
+type storedLease struct {
+	Lease
+	key     string
+	modRev  int64
+	leaseID clientv3.LeaseID
+}
+
+// decodeLeases decodes the subnet keys read under the prefix subnets.
+func decodeLeases(subnets string, resp *clientv3.GetResponse) ([]storedLease, error) {
+	out := make([]storedLease, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		subnet, err := parseSubnetKey(strings.TrimPrefix(key, subnets), '-')
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		l, err := decodeLease(kv.Value, subnet)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		out = append(out, storedLease{Lease: l, key: key, modRev: kv.ModRevision, leaseID: clientv3.LeaseID(kv.Lease)})
+	}
+	return out, nil
+}
+
+func plainLeases(sl []storedLease) []Lease {
+	ls := make([]Lease, len(sl))
+	for i, l := range sl {
+		ls[i] = l.Lease
+	}
+	sortLeases(ls)
+	return ls
+}
+
+func (s *etcdStore) Leases(ctx context.Context, network string) ([]Lease, error) {
+	_, subnets, err := s.keys(network)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	// Equivalent: etcdctl get --prefix $prefix/$network/subnets/
+	resp, err := s.cli.Get(rctx, subnets, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fail(ctx, fmt.Sprintf("leases of overlay network %q", network), err)
+	}
+	sl, err := decodeLeases(subnets, resp)
+	if err != nil {
+		return nil, fmt.Errorf("leases of overlay network %q: %w", network, err)
+	}
+	return plainLeases(sl), nil
+}
+
+func (s *etcdStore) Acquire(ctx context.Context, network string, want Lease, ttl time.Duration) (Hold, error) {
+	if err := errors.Join(validateTTL(ttl), validateHost(want.Host), want.validateEndpoint()); err != nil {
+		return nil, err
+	}
+	cfgKey, subnets, err := s.keys(network)
+	if err != nil {
+		return nil, err
+	}
+	what := fmt.Sprintf("acquire a subnet of overlay network %q for %q", network, want.Host)
+	if !s.t.add() {
+		return nil, fmt.Errorf("%s: etcd store is closed", what)
+	}
+	started := false
+	defer func() {
+		if !started {
+			s.t.done()
+		}
+	}()
+
+	// Equivalent: etcdctl lease grant $ttl
+	rctx, cancel := s.request(ctx)
+	grant, err := s.cli.Grant(rctx, int64(math.Ceil(ttl.Seconds())))
+	cancel()
+	if err != nil {
+		return nil, fail(ctx, what+": grant an etcd lease", err)
+	}
+	got, key, err := s.claim(ctx, cfgKey, subnets, want, grant.ID)
+	if err != nil {
+		return nil, fail(ctx, what, errors.Join(err, s.revoke(grant.ID)))
+	}
+
+	// The keep-alive, and the checks it drives, end with the Hold's
+	// release, ctx or the store.
+	kctx, kcancel := context.WithCancel(ctx)
+	stopOnClose := context.AfterFunc(s.t.ctx, kcancel)
+	// Equivalent: etcdctl lease keep-alive $id
+	ka, err := s.cli.KeepAlive(kctx, grant.ID)
+	if err != nil {
+		stopOnClose()
+		kcancel()
+		return nil, fail(ctx, what+": keep the etcd lease alive", errors.Join(err, s.revoke(grant.ID)))
+	}
+	h := &etcdHold{
+		s:     s,
+		key:   key,
+		id:    grant.ID,
+		lease: got,
+		ctx:   ctx,
+		cancel: func() {
+			stopOnClose()
+			kcancel()
+		},
+		lost: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	started = true
+	go h.run(kctx, ka)
+	return h, nil
+}
+
+// claim picks a subnet and writes want's lease there under the etcd lease
+// id, retrying when another host changed that key between the read and
+// the write.
+func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want Lease, id clientv3.LeaseID) (Lease, string, error) {
+	for range acquireAttempts {
+		rctx, cancel := s.request(ctx)
+		// The config and every lease at one revision.
+		resp, err := s.cli.Txn(rctx).Then(clientv3.OpGet(cfgKey), clientv3.OpGet(subnets, clientv3.WithPrefix())).Commit()
+		cancel()
+		if err != nil {
+			return Lease{}, "", err
+		}
+		cfgKvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(cfgKvs) == 0 {
+			return Lease{}, "", fmt.Errorf("no config stored at %s (EnsureNetwork first)", cfgKey)
+		}
+		n, err := decodeNetwork(cfgKvs[0].Value)
+		if err != nil {
+			return Lease{}, "", fmt.Errorf("%s: %w", cfgKey, err)
+		}
+		live, err := decodeLeases(subnets, (*clientv3.GetResponse)(resp.Responses[1].GetResponseRange()))
+		if err != nil {
+			return Lease{}, "", err
+		}
+		subnet, err := pickSubnet(n, want, plainLeases(live))
+		if err != nil {
+			return Lease{}, "", err
+		}
+		got := want
+		got.Subnet = subnet
+		key := subnets + subnetKey(subnet, '-')
+		var modRev int64 // 0: the key must not exist
+		for _, l := range live {
+			if l.key == key {
+				modRev = l.modRev // the host's own: taken over as it was read
+			}
+		}
+		val, err := json.Marshal(got)
+		if err != nil {
+			return Lease{}, "", err
+		}
+		rctx, cancel = s.request(ctx)
+		// Equivalent: etcdctl txn <<< 'mod("$key") = "$modRev"\n\nput --lease=$id $key $val\n\n'
+		tr, err := s.cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(id))).
+			Commit()
+		cancel()
+		if err != nil {
+			return Lease{}, "", err
+		}
+		if tr.Succeeded {
+			return got, key, nil
+		}
+	}
+	return Lease{}, "", fmt.Errorf("lost the race for a subnet %d times in a row: %w", acquireAttempts, ErrConflict)
+}
+
+// revoke revokes the etcd lease id, deleting the keys attached to it. A
+// lease already gone is not an error.
+//
+// Equivalent: etcdctl lease revoke $id
+func (s *etcdStore) revoke(id clientv3.LeaseID) error {
+	ctx, cancel := s.request(s.t.ctx)
+	defer cancel()
+	_, err := s.cli.Revoke(ctx, id)
+	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return nil
+	}
+	return fail(context.Background(), fmt.Sprintf("revoke etcd lease %x", int64(id)), err)
+}
+
+// Changes signals at the start, on every event under the network's subnet
+// prefix, after every re-established watch and whenever the connection
+// becomes ready again.
+func (s *etcdStore) Changes(ctx context.Context, network string) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	_, subnets, err := s.keys(network)
+	if err != nil || !s.t.add() {
+		close(ch)
+		return ch
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	stopOnClose := context.AfterFunc(s.t.ctx, cancel)
+	go func() {
+		defer s.t.done()
+		defer close(ch)
+		defer stopOnClose()
+		defer cancel()
+		var conn sync.WaitGroup
+		conn.Go(func() { s.signalReconnects(cctx, ch) })
+		defer conn.Wait()
+		s.watchLoop(cctx, subnets, ch)
+	}()
+	return ch
+}
+
+// revision returns the store's revision as seen by a count-only read of
+// prefix.
+func (s *etcdStore) revision(ctx context.Context, prefix string) (int64, error) {
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
+// watchLoop reads the revision, signals, and watches prefix from the
+// next revision on, signalling on events: a caller that lists after a
+// signal misses nothing. When the watch breaks (compaction, no leader,
+// cancellation) it starts over, backing off while etcd is away. The first
+// signal is sent even if the first read fails: the caller's list then
+// fails too, and the next signal comes once etcd answers.
+//
+// Equivalent: etcdctl watch --prefix --rev=$rev $prefix
+func (s *etcdStore) watchLoop(ctx context.Context, prefix string, ch chan<- struct{}) {
+	const minDelay = 100 * time.Millisecond
+	delay := minDelay
+	rev, err := s.revision(ctx, prefix)
+	signal(ch)
+	for ctx.Err() == nil {
+		if err != nil {
+			sleepCtx(ctx, delay)
+			delay = min(2*delay, watchRetryMax)
+			if rev, err = s.revision(ctx, prefix); err != nil {
+				continue
+			}
+			signal(ch)
+		}
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+			if wr.Err() != nil || wr.Canceled {
+				break
+			}
+			if len(wr.Events) > 0 {
+				delay = minDelay
+				signal(ch)
+			}
+		}
+		wcancel()
+		err = errors.New("watch ended") // read the revision again
+	}
+}
+
+// signalReconnects signals whenever the client's connection becomes ready
+// again after it was lost; the first connection is not a reconnection.
+// The client resumes watches on its own after a reconnection, so this
+// signal is for callers that re-list once the store is back, as the Store
+// contract promises.
+func (s *etcdStore) signalReconnects(ctx context.Context, ch chan<- struct{}) {
+	conn := s.cli.ActiveConnection()
+	st := conn.GetState()
+	wasReady := st == connectivity.Ready
+	for conn.WaitForStateChange(ctx, st) {
+		next := conn.GetState()
+		if next == connectivity.Ready && st != connectivity.Ready && wasReady {
+			signal(ch)
+		}
+		wasReady = wasReady || next == connectivity.Ready
+		st = next
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// Close closes the client. Holds stop being renewed and their etcd leases
+// expire after their TTL; Changes channels close.
+func (s *etcdStore) Close() error {
+	s.closeOnce.Do(func() {
+		s.t.stop(func() {
+			if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+				s.closeErr = fmt.Errorf("close etcd client: %w", err)
+			}
+		})
+	})
+	return s.closeErr
+}
+
+type etcdHold struct {
+	s     *etcdStore
+	key   string
+	id    clientv3.LeaseID
+	lease Lease
+
+	ctx      context.Context // Acquire's
+	cancel   context.CancelFunc
+	released atomic.Bool
+	lost     chan struct{} // closed by run only
+	done     chan struct{} // run returned
+}
+
+func (h *etcdHold) Lease() Lease          { return h.lease }
+func (h *etcdHold) Lost() <-chan struct{} { return h.lost }
+
+// run follows the keep-alive responses, checking on each that the key is
+// still attached to this Hold's etcd lease. The client closes ka when the
+// lease expired or no response came within the TTL; that is a loss unless
+// the Hold was released, its context ended or the store was closed.
+func (h *etcdHold) run(kctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	defer h.s.t.done()
+	defer close(h.done)
+	defer h.cancel()
+	for range ka {
+		if h.taken(kctx) {
+			h.cancel()
+			close(h.lost)
+			return
+		}
+	}
+	if h.released.Load() || h.ctx.Err() != nil || h.s.t.ctx.Err() != nil {
+		return
+	}
+	close(h.lost)
+}
+
+// taken reports whether the key is gone or attached to another etcd lease
+// (deleted by hand, or taken over by a new incarnation of the same host).
+// An unreachable store is not a loss: the keep-alive deadline decides that.
+func (h *etcdHold) taken(ctx context.Context) bool {
+	rctx, cancel := h.s.request(ctx)
+	defer cancel()
+	resp, err := h.s.cli.Get(rctx, h.key)
+	if err != nil {
+		return false
+	}
+	return len(resp.Kvs) == 0 || clientv3.LeaseID(resp.Kvs[0].Lease) != h.id
+}
+
+// Release stops the keep-alive and revokes the etcd lease, which deletes
+// the key at once if it is still this Hold's. Releasing twice is not an
+// error. It needs the store open.
+//
+// Equivalent: etcdctl lease revoke $id
+func (h *etcdHold) Release(ctx context.Context) error {
+	h.released.Store(true)
+	h.cancel()
+	<-h.done
+	rctx, cancel := h.s.request(ctx)
+	defer cancel()
+	_, err := h.s.cli.Revoke(rctx, h.id)
+	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return nil
+	}
+	return fail(ctx, fmt.Sprintf("release lease of %s for %q", h.lease.Subnet, h.lease.Host), err)
+}

@@ -1,0 +1,283 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/berth-cni/berth/internal/lab"
+)
+
+const testPrefix = "/berth-test"
+
+// startEtcd runs a one-member etcd on 127.0.0.1 for t, stopped in
+// t.Cleanup. Without an etcd binary the test is skipped, stating why,
+// unless CI is set: there a skip would hide the test, so it fails.
+func startEtcd(t *testing.T) *lab.Etcd {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+	defer cancel()
+	e, err := lab.StartEtcd(ctx, lab.EtcdOptions{Dir: t.TempDir()})
+	if errors.Is(err, lab.ErrEtcdMissing) {
+		const why = "needs the etcd binary (Debian: apt-get install etcd-server)"
+		if os.Getenv("CI") != "" {
+			t.Fatal(why + " (CI is set, so a skip would hide the test): " + err.Error())
+		}
+		t.Skip(why)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Errorf("stop etcd: %v", err)
+		}
+	})
+	return e
+}
+
+// newEtcdStore connects to endpoint under testPrefix; a zero timeout is
+// the default request timeout.
+func newEtcdStore(t *testing.T, endpoint string, timeout time.Duration) Store {
+	t.Helper()
+	s, err := NewEtcd(EtcdConfig{Endpoints: []string{endpoint}, Prefix: testPrefix + "/", DialTimeout: 2 * time.Second, RequestTimeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close etcd store: %v", err)
+		}
+	})
+	return s
+}
+
+func rawClient(t *testing.T, endpoint string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestEtcdContract(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	// 2 s: etcd's minimum lease TTL with its default election timeout.
+	testContract(t, 2*time.Second, func(t *testing.T) Store { return newEtcdStore(t, e.Endpoint(), 0) })
+}
+
+// etcd raises a TTL under its minimum (1.5 election timeouts, rounded up
+// to whole seconds: 2 s by default); Acquire with ttl 1s still works.
+func TestEtcdMinimumTTL(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := testCtx(t)
+	g, err := rawClient(t, e.Endpoint()).Grant(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("etcd granted TTL %ds for 1s", g.TTL)
+	if g.TTL < 1 {
+		t.Fatalf("granted TTL %d", g.TTL)
+	}
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := ensure(t, s, testNetwork(t))
+	acquire(t, s, n.Name, host(1), time.Second)
+}
+
+func TestEtcdLayout(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := testCtx(t)
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := ensure(t, s, testNetwork(t))
+	h := acquire(t, s, n.Name, host(1), 5*time.Second)
+	c := rawClient(t, e.Endpoint())
+
+	cfg, err := c.Get(ctx, testPrefix+"/"+n.Name+"/config")
+	if err != nil || len(cfg.Kvs) != 1 {
+		t.Fatalf("config key: %v, %v", cfg, err)
+	}
+	var stored Network
+	if err = json.Unmarshal(cfg.Kvs[0].Value, &stored); err != nil || stored != n {
+		t.Fatalf("config value %s: %v", cfg.Kvs[0].Value, err)
+	}
+	key := testPrefix + "/" + n.Name + "/subnets/10.244.0.0-24"
+	sub, err := c.Get(ctx, key)
+	if err != nil || len(sub.Kvs) != 1 {
+		t.Fatalf("subnet key %s: %v, %v", key, sub, err)
+	}
+	var l Lease
+	if err = json.Unmarshal(sub.Kvs[0].Value, &l); err != nil || l != h.Lease() {
+		t.Fatalf("subnet value %s: %v", sub.Kvs[0].Value, err)
+	}
+	ttl, err := c.TimeToLive(ctx, clientv3.LeaseID(sub.Kvs[0].Lease))
+	if err != nil || ttl.GrantedTTL != 5 {
+		t.Fatalf("etcd lease of %s: %+v, %v; want granted TTL 5", key, ttl, err)
+	}
+}
+
+// A key deleted by hand, or taken over, loses the Hold at its next
+// keep-alive.
+func TestEtcdLostWhenKeyDeleted(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := ensure(t, s, testNetwork(t))
+	h := acquire(t, s, n.Name, host(1), 2*time.Second)
+	if _, err := rawClient(t, e.Endpoint()).Delete(testCtx(t), testPrefix+"/"+n.Name+"/subnets/10.244.0.0-24"); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, h.Lost(), "Lost after the key was deleted")
+}
+
+func TestEtcdCorruptValue(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := testCtx(t)
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := ensure(t, s, testNetwork(t))
+	key := testPrefix + "/" + n.Name + "/subnets/10.244.5.0-24"
+	if _, err := rawClient(t, e.Endpoint()).Put(ctx, key, `{"subnet":"10.244.6.0/24"}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Leases(ctx, n.Name); err == nil || !strings.Contains(err.Error(), key) {
+		t.Fatalf("Leases with a corrupt value: err = %v; want one naming %s", err, key)
+	}
+	if _, err := s.Acquire(ctx, n.Name, host(1), 2*time.Second); err == nil || !strings.Contains(err.Error(), key) {
+		t.Fatalf("Acquire with a corrupt value: err = %v; want one naming %s", err, key)
+	}
+}
+
+// With nothing listening, every call fails with ErrUnavailable within the
+// request timeout instead of hanging; Changes still signals once.
+func TestEtcdUnavailable(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := fmt.Sprintf("http://%s", l.Addr())
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	s := newEtcdStore(t, endpoint, 500*time.Millisecond)
+	n := testNetwork(t)
+	if _, err := s.EnsureNetwork(ctx, n); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("EnsureNetwork: err = %v; want ErrUnavailable", err)
+	}
+	if _, err := s.Leases(ctx, n.Name); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Leases: err = %v; want ErrUnavailable", err)
+	}
+	if _, err := s.Acquire(ctx, n.Name, host(1), 2*time.Second); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Acquire: err = %v; want ErrUnavailable", err)
+	}
+	waitSignal(t, s.Changes(ctx, n.Name), "the initial signal")
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Leases(cctx, n.Name); !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnavailable) {
+		t.Errorf("Leases with a cancelled context: err = %v; want context.Canceled, not ErrUnavailable", err)
+	}
+}
+
+// etcd stopped for less than the TTL and started again on the same data:
+// the Hold survives, Changes signals once the client is back, Leases
+// works again and a host acquiring after the restart is seen.
+func TestEtcdRestart(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := testCtx(t)
+	a := newEtcdStore(t, e.Endpoint(), time.Second)
+	n := ensure(t, a, testNetwork(t))
+	const ttl = 10 * time.Second
+	h := acquire(t, a, n.Name, host(1), ttl)
+	ch := a.Changes(ctx, n.Name)
+	waitSignal(t, ch, "the initial signal")
+
+	if err := e.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	if _, err := a.Leases(ctx, n.Name); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Leases while etcd is stopped: err = %v; want ErrUnavailable", err)
+	}
+	sleepCtx(ctx, 2*time.Second-time.Since(stopped))
+	if err := e.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("etcd was down %v", time.Since(stopped).Round(time.Millisecond))
+
+	waitSignal(t, ch, "the reconnection")
+	got := eventually(t, func() ([]Lease, error) { return a.Leases(ctx, n.Name) })
+	if !slices.Equal(got, []Lease{h.Lease()}) {
+		t.Fatalf("Leases after the restart = %+v; want %+v", got, h.Lease())
+	}
+
+	b := newEtcdStore(t, e.Endpoint(), time.Second)
+	h2 := eventually(t, func() (Hold, error) { return b.Acquire(ctx, n.Name, host(2), ttl) })
+	waitLeases(t, a, n.Name, ch, "host2's lease, made after the restart", func(ls []Lease) bool {
+		return slices.Equal(ls, []Lease{h.Lease(), h2.Lease()})
+	})
+	select {
+	case <-h.Lost():
+		t.Fatal("the Hold was lost across an outage shorter than its TTL")
+	default:
+	}
+}
+
+// etcd stopped for longer than the TTL: the client gives the lease up
+// (Lost), though etcd itself, restarted, would have kept it. Acquiring
+// again with the same host gets the same subnet back.
+func TestEtcdLostAfterLongOutage(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := testCtx(t)
+	s := newEtcdStore(t, e.Endpoint(), time.Second)
+	n := ensure(t, s, testNetwork(t))
+	h := acquire(t, s, n.Name, host(1), 2*time.Second)
+	if err := e.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, h.Lost(), "Lost after an outage longer than the TTL")
+	if err := e.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := host(1)
+	want.Subnet = h.Lease().Subnet
+	again := eventually(t, func() (Hold, error) { return s.Acquire(ctx, n.Name, want, 2*time.Second) })
+	if again.Lease() != h.Lease() {
+		t.Fatalf("re-acquired %+v; want %+v", again.Lease(), h.Lease())
+	}
+}
+
+// eventually retries fn while it fails with ErrUnavailable (a client
+// reconnecting) and fails t on any other error or at the deadline.
+func eventually[T any](t *testing.T, fn func() (T, error)) T {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		v, err := fn()
+		if err == nil {
+			return v
+		}
+		if !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
