@@ -33,6 +33,9 @@ func DeviceName(network string) string {
 	return DevicePrefix + hex.EncodeToString(sum[:])[:10]
 }
 
+// AliasFor is the alias of a network's device: "berth:overlay/<network>".
+func AliasFor(network string) string { return "berth:overlay/" + network }
+
 // DeviceSpec is the VXLAN device one host wants for a network.
 type DeviceSpec struct {
 	Name     string     // DeviceName(network)
@@ -41,6 +44,9 @@ type DeviceSpec struct {
 	Local    netip.Addr // this host's VTEP (IPv4), the source of the outer packets
 	Underlay int        // ifindex of the underlay interface (the `dev` of the vxlan)
 	MTU      int        // 0 leaves the kernel's choice (the underlay's minus 50 at creation)
+	// Alias tags the device (IFLA_IFALIAS) so people and tools can tell
+	// whose it is, e.g. AliasFor(network); "" leaves the alias alone.
+	Alias string
 	// Subnet is this host's lease. The device holds its network address
 	// as a /32 (10.244.3.0/24 → 10.244.3.0/32), flannel's scheme: the
 	// remote hosts' routes use that address as next hop, and no connected
@@ -134,7 +140,7 @@ func incompatible(l netlink.Link, spec DeviceSpec) string {
 // and it is up.
 //
 // Equivalent: ip link add $name type vxlan id $vni dstport $port local $vtep dev $underlay nolearning;
-// ip link set $name mtu $mtu; ip addr add $subnet.0/32 dev $name; ip link set $name up
+// ip link set $name mtu $mtu alias $alias; ip addr add $subnet.0/32 dev $name; ip link set $name up
 func (n *NS) EnsureDevice(spec DeviceSpec) (Device, error) {
 	if err := spec.validate(); err != nil {
 		return Device{}, err
@@ -168,6 +174,11 @@ func (n *NS) EnsureDevice(spec DeviceSpec) (Device, error) {
 		}
 		a.MTU = spec.MTU
 	}
+	if spec.Alias != "" && a.Alias != spec.Alias {
+		if err := n.h.LinkSetAlias(l, spec.Alias); err != nil {
+			return Device{}, fmt.Errorf("set alias %q on vxlan %q: %w", spec.Alias, spec.Name, err)
+		}
+	}
 	if spec.Subnet.IsValid() {
 		if err := n.ensureOnlyAddr(l, spec.Addr()); err != nil {
 			return Device{}, err
@@ -186,6 +197,7 @@ func (n *NS) createDevice(spec DeviceSpec) (netlink.Link, error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = spec.Name
 	attrs.MTU = spec.MTU
+	attrs.Alias = spec.Alias
 	v := &netlink.Vxlan{
 		LinkAttrs:    attrs,
 		VxlanId:      int(spec.VNI),

@@ -60,6 +60,7 @@ type ipLink struct {
 	Ifindex  int      `json:"ifindex"`
 	MTU      int      `json:"mtu"`
 	Address  string   `json:"address"`
+	Alias    string   `json:"ifalias"`
 	Flags    []string `json:"flags"`
 	Linkinfo struct {
 		Kind string `json:"info_kind"`
@@ -118,7 +119,7 @@ func TestEnsureDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := DeviceSpec{Name: DeviceName("t1"), VNI: 42, Local: u.Addr, Underlay: u.Index}
+	spec := DeviceSpec{Name: DeviceName("t1"), VNI: 42, Local: u.Addr, Underlay: u.Index, Alias: AliasFor("t1")}
 
 	// Before the agent has a lease: the device, no address.
 	d, err := n.EnsureDevice(spec)
@@ -133,7 +134,7 @@ func TestEnsureDevice(t *testing.T) {
 		l.Linkinfo.Data.Local != "192.168.77.11" || l.Linkinfo.Data.Learning || l.Linkinfo.Data.Link != "ul0" {
 		t.Fatalf("device as ip shows it: %+v", l)
 	}
-	if !strings.Contains(strings.Join(l.Flags, ","), "UP") || l.Address != d.MAC.String() || l.Ifindex != d.Index {
+	if !strings.Contains(strings.Join(l.Flags, ","), "UP") || l.Address != d.MAC.String() || l.Ifindex != d.Index || l.Alias != "berth:overlay/t1" {
 		t.Fatalf("device not up or other MAC/index: %+v vs %+v", l, d)
 	}
 	if got := ipText(t, h, "ip", "-4", "-br", "addr", "show", "dev", spec.Name); strings.Contains(got, "/") {
@@ -142,6 +143,7 @@ func TestEnsureDevice(t *testing.T) {
 
 	// With the lease: same device, the /32, the MTU; a stray address goes.
 	ipText(t, h, "ip", "addr", "add", "10.9.9.9/24", "dev", spec.Name)
+	ipText(t, h, "ip", "link", "set", spec.Name, "alias", "someone else's")
 	if err = h.LinkDown(spec.Name); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +159,7 @@ func TestEnsureDevice(t *testing.T) {
 	if got := ipText(t, h, "ip", "-4", "-o", "addr", "show", "dev", spec.Name); !strings.Contains(got, "inet 10.244.3.0/32 ") || strings.Count(got, "inet ") != 1 {
 		t.Fatalf("addresses: %q, want exactly 10.244.3.0/32", got)
 	}
-	if l := showLink(t, h, spec.Name); !strings.Contains(strings.Join(l.Flags, ","), "UP") || l.MTU != 1400 {
+	if l := showLink(t, h, spec.Name); !strings.Contains(strings.Join(l.Flags, ","), "UP") || l.MTU != 1400 || l.Alias != "berth:overlay/t1" {
 		t.Fatalf("device after second ensure: %+v", l)
 	}
 	// A third call changes nothing.
