@@ -1,0 +1,494 @@
+// Package agent is the overlay node agent (cmd/berth-overlayd parses its
+// flags and runs it): one per host and overlay network. It holds the
+// host's subnet lease in the cluster store, keeps the network's VXLAN
+// device and one route, neighbour and FDB entry per remote host in step
+// with the store's leases, writes the local state file the overlay plugin
+// reads, and answers /healthz and /metrics.
+//
+// It touches: the store it is given; through package vxlan, the links,
+// routes, neighbours and FDB entries of the network namespace it is given
+// and that namespace's ip_forward; the file <StateDir>/<network>.json; the
+// listener it is given.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/vxlan"
+)
+
+// Config is one agent's settings; cmd/berth-overlayd fills it from flags.
+type Config struct {
+	Network store.Network // the same on every host
+	Node    string        // this host's name in the store
+	// Underlay is the interface the VXLAN packets leave by; "" means the
+	// interface of the IPv4 default route.
+	Underlay string
+	// VTEP is this host's underlay address; invalid means the underlay's
+	// first global IPv4 address.
+	VTEP netip.Addr
+	// MTU of the VXLAN device (and the containers); 0 means the underlay's
+	// less vxlan.Overhead.
+	MTU           int
+	StateDir      string        // where the Local file goes: overlay.DefaultStateDir
+	LeaseTTL      time.Duration // at least 1s
+	ReleaseOnExit bool          // delete the lease when Run ends; else it expires after LeaseTTL
+	Store         store.Store   // Run does not close it
+	// Listener serves /healthz and /metrics; nil serves nothing. Run
+	// closes it.
+	Listener net.Listener
+	// Netns is the network namespace to program (a path such as
+	// /var/run/netns/NAME); "" is the namespace of the thread that calls
+	// Run, what a process running in its host's namespace wants.
+	Netns string
+	Log   io.Writer // one line per event; nil discards
+	// Resync is how often the leases and the kernel are compared without
+	// a change signal, which repairs what someone else changed (a deleted
+	// route, the device itself); 0 means DefaultResync.
+	Resync time.Duration
+}
+
+func (c Config) validate() error {
+	if err := c.Network.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.Node == "":
+		return errors.New("overlay agent: a node name is required")
+	case c.VTEP.IsValid() && !c.VTEP.Is4():
+		return fmt.Errorf("overlay agent: vtep %s: only IPv4 is supported", c.VTEP)
+	case c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535):
+		return fmt.Errorf("overlay agent: mtu %d: must be between 576 and 65535", c.MTU)
+	case c.StateDir == "":
+		return errors.New("overlay agent: a state directory is required")
+	case c.LeaseTTL < time.Second:
+		return fmt.Errorf("overlay agent: lease ttl %v: must be at least 1s", c.LeaseTTL)
+	case c.Store == nil:
+		return errors.New("overlay agent: a store is required")
+	case c.Resync < 0:
+		return fmt.Errorf("overlay agent: resync %v: must not be negative", c.Resync)
+	}
+	return nil
+}
+
+// Retry delays after a failed store call or sync: doubled from
+// retryMin up to retryMax, reset by a success.
+const (
+	retryMin = 200 * time.Millisecond
+	retryMax = 5 * time.Second
+)
+
+// DefaultResync is Config.Resync's default.
+const DefaultResync = time.Minute
+
+// Agent runs the overlay on one host for one network.
+type Agent struct {
+	cfg Config
+	log *log.Logger
+	st  status
+
+	// Owned by Run's goroutine.
+	ns    *vxlan.NS
+	spec  vxlan.DeviceSpec
+	dev   vxlan.Device
+	hold  store.Hold
+	local overlay.Local
+	peers []vxlan.Peer
+	delay time.Duration // the next retry delay
+}
+
+// New checks cfg and returns an agent ready to Run.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	w := cfg.Log
+	if w == nil {
+		w = io.Discard
+	}
+	a := &Agent{cfg: cfg, log: log.New(w, fmt.Sprintf("overlay %s: ", cfg.Network.Name), log.LstdFlags|log.Lmsgprefix)}
+	a.st.network, a.st.vni, a.st.reason = cfg.Network.Name, cfg.Network.VNI, "starting"
+	return a, nil
+}
+
+// fatal marks an error that no retry can fix: the store holds another
+// config for the network.
+type fatal struct{ err error }
+
+func (f fatal) Error() string { return f.err.Error() }
+func (f fatal) Unwrap() error { return f.err }
+
+// Run brings the overlay up on this host and keeps it in step with the
+// store until ctx ends: then it marks the Local file not ready ("agent
+// stopped"), releases the lease if so configured and returns nil. The
+// VXLAN device and its entries stay, so that a restarted agent (which
+// keeps its subnet) finds them and containers keep their traffic. It
+// returns an error only for what a restart cannot fix by waiting: bad
+// host settings (no underlay, no VTEP) or a network config in the store
+// that differs from this agent's.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.Listener != nil {
+		srv := &http.Server{Handler: a.st.handler(), ReadHeaderTimeout: 5 * time.Second}
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := srv.Serve(a.cfg.Listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Printf("http: %v", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-served
+		}()
+	}
+	ns, err := vxlan.OpenNS(a.cfg.Netns)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	a.ns = ns
+	if err := a.start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return a.stop()
+		}
+		a.setReady(false, err.Error())
+		return err
+	}
+	return a.loop(ctx)
+}
+
+// start resolves the underlay, stores or checks the network config,
+// ensures the device, acquires the lease, gives the device its address
+// and turns forwarding on. The Local file says "starting" meanwhile.
+func (a *Agent) start(ctx context.Context) error {
+	n := a.cfg.Network
+	u, err := a.ns.Underlay(a.cfg.Underlay)
+	if err != nil {
+		return err
+	}
+	vtep := a.cfg.VTEP
+	if !vtep.IsValid() {
+		if vtep = u.Addr; !vtep.IsValid() {
+			return fmt.Errorf("underlay %s has no global IPv4 address to use as VTEP (set one)", u.Name)
+		}
+	}
+	mtu := a.cfg.MTU
+	if mtu == 0 {
+		mtu = u.MTU - vxlan.Overhead
+	} else if mtu > u.MTU-vxlan.Overhead {
+		a.log.Printf("warning: mtu %d is above what underlay %s carries (%d − %d): large packets will be dropped", mtu, u.Name, u.MTU, vxlan.Overhead)
+	}
+	a.spec = vxlan.DeviceSpec{
+		Name: vxlan.DeviceName(n.Name), Alias: vxlan.AliasFor(n.Name),
+		VNI: n.VNI, Port: n.Port, Local: vtep, Underlay: u.Index, MTU: mtu,
+	}
+	a.local = overlay.Local{Network: n.Name, CIDR: n.CIDR, MTU: mtu, VNI: n.VNI, Device: a.spec.Name, PID: os.Getpid()}
+	// The subnet of the last run: asked for again, and kept in the file
+	// until the store answers (DEL needs it).
+	if prev, err := overlay.ReadLocal(a.cfg.StateDir, n.Name); err == nil && n.HasSubnet(prev.Subnet) {
+		a.setSubnet(prev.Subnet)
+	}
+	a.setReady(false, "starting")
+	a.log.Printf("starting: node %s, underlay %s (index %d, mtu %d), vtep %s, vni %d, port %d, device %s",
+		a.cfg.Node, u.Name, u.Index, u.MTU, vtep, n.VNI, n.Port, a.spec.Name)
+
+	if err := a.retry(ctx, "store the network config", a.ensureNetwork); err != nil {
+		return err
+	}
+	if err := a.ensureDevice(); err != nil { // before the lease: the lease carries the device's MAC
+		return err
+	}
+	if err := a.acquire(ctx, a.local.Subnet); err != nil {
+		return err
+	}
+	if err := a.ns.EnableForwarding(); err != nil {
+		return err
+	}
+	a.setReady(false, "programming peers")
+	return nil
+}
+
+// ensureNetwork stores the network config or checks the stored one.
+func (a *Agent) ensureNetwork(ctx context.Context) error {
+	n := a.cfg.Network
+	stored, err := a.cfg.Store.EnsureNetwork(ctx, n)
+	if errors.Is(err, store.ErrConflict) {
+		return fatal{fmt.Errorf("overlay network %q is stored with cidr %s, subnet-len %d, vni %d, port %d; this agent has cidr %s, subnet-len %d, vni %d, port %d: refusing to run (fix the flags, or remove the network from the store if no host uses it): %w",
+			n.Name, stored.CIDR, stored.SubnetLen, stored.VNI, stored.Port, n.CIDR, n.SubnetLen, n.VNI, n.Port, err)}
+	}
+	return err
+}
+
+// ensureDevice makes the device match a.spec. When it had to be created
+// again (someone deleted or changed it), its MAC changed: the caller
+// re-acquires the lease to publish the new one.
+func (a *Agent) ensureDevice() error {
+	dev, err := a.ns.EnsureDevice(a.spec)
+	if err != nil {
+		return err
+	}
+	switch {
+	case dev.Replaced != "":
+		a.log.Printf("recreated vxlan device %s: the old one was incompatible (%s); mac %s", dev.Name, dev.Replaced, dev.MAC)
+	case dev.Created:
+		a.log.Printf("created vxlan device %s, mac %s, mtu %d", dev.Name, dev.MAC, dev.MTU)
+	}
+	a.dev = dev
+	return nil
+}
+
+// acquire leases a subnet, preferring want, retrying until it succeeds or
+// ctx ends, then gives the device the subnet's address.
+func (a *Agent) acquire(ctx context.Context, want netip.Prefix) error {
+	lease := store.Lease{Subnet: want, Host: a.cfg.Node, VTEP: a.spec.Local, MAC: a.dev.MAC.String()}
+	err := a.retry(ctx, "acquire a subnet lease", func(ctx context.Context) error {
+		if err := a.ensureNetwork(ctx); err != nil {
+			return err
+		}
+		h, err := a.cfg.Store.Acquire(ctx, a.cfg.Network.Name, lease, a.cfg.LeaseTTL)
+		if err != nil {
+			return err
+		}
+		a.hold = h
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	got := a.hold.Lease().Subnet
+	if want.IsValid() && got != want {
+		a.log.Printf("leased %s, not %s as before: containers with addresses in %s lose their connectivity; restart them", got, want, want)
+	} else {
+		a.log.Printf("leased %s", got)
+	}
+	a.setSubnet(got)
+	a.spec.Subnet = got
+	a.writeLocal()
+	return a.ensureDevice()
+}
+
+// reacquire answers a lost lease: not ready until the same subnet (if
+// still free) is held again and the peers synced.
+func (a *Agent) reacquire(ctx context.Context) error {
+	old := a.hold.Lease().Subnet
+	a.st.update(func(s *status) { s.leaseLost++ })
+	a.log.Printf("lease of %s lost (expired or taken in the store); acquiring it again", old)
+	a.setReady(false, fmt.Sprintf("lease of %s lost; acquiring it again", old))
+	return a.acquire(ctx, old)
+}
+
+// retry runs fn until it succeeds, fails fatally or ctx ends, counting
+// each failure as a store error and logging it with the next delay.
+func (a *Agent) retry(ctx context.Context, what string, fn func(context.Context) error) error {
+	delay := retryMin
+	for {
+		err := fn(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if f := (fatal{}); errors.As(err, &f) {
+			return err
+		}
+		a.st.update(func(s *status) { s.storeErrors++ })
+		a.log.Printf("%s: %v (retrying in %v)", what, err, delay)
+		if !a.local.Ready {
+			a.setReady(false, what+": "+err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, retryMax)
+	}
+}
+
+// loop syncs the peers on every change signal of the store, on a lost
+// lease after acquiring it again, after a failure (with backoff) and every
+// Config.Resync. A failed store read keeps the kernel as it is.
+func (a *Agent) loop(ctx context.Context) error {
+	changes := a.cfg.Store.Changes(ctx, a.cfg.Network.Name)
+	every := a.cfg.Resync
+	if every == 0 {
+		every = DefaultResync
+	}
+	resync := time.NewTicker(every)
+	defer resync.Stop()
+	var again <-chan time.Time // the retry after a failure
+	for {
+		select {
+		case <-ctx.Done():
+			return a.stop()
+		case _, ok := <-changes:
+			if !ok {
+				if ctx.Err() != nil {
+					return a.stop()
+				}
+				a.st.update(func(s *status) { s.storeErrors++ })
+				a.log.Printf("store: change signals ended; watching again after a retry")
+				changes = nil
+			}
+		case <-again:
+			again = nil
+			if changes == nil {
+				changes = a.cfg.Store.Changes(ctx, a.cfg.Network.Name)
+			}
+		case <-resync.C:
+		case <-a.hold.Lost():
+			if err := a.reacquire(ctx); err != nil {
+				if ctx.Err() != nil {
+					return a.stop()
+				}
+				a.setReady(false, err.Error())
+				return err
+			}
+		}
+		if a.sync(ctx) && changes != nil {
+			a.delay, again = 0, nil
+		} else if again == nil {
+			a.delay = min(max(2*a.delay, retryMin), retryMax)
+			again = time.After(a.delay)
+		}
+	}
+}
+
+// sync lists the leases, plans the peers and programs them. On success
+// the agent is ready.
+func (a *Agent) sync(ctx context.Context) bool {
+	leases, err := a.cfg.Store.Leases(ctx, a.cfg.Network.Name)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.st.update(func(s *status) { s.storeErrors++ })
+			a.log.Printf("store: list leases: %v (keeping the %d peers programmed)", err, len(a.peers))
+		}
+		return false
+	}
+	mac := a.dev.MAC.String()
+	if err = a.ensureDevice(); err != nil {
+		a.st.update(func(s *status) { s.syncErrors++ })
+		a.log.Printf("sync: %v", err)
+		return false
+	}
+	if a.dev.MAC.String() != mac {
+		// A new device: publish its MAC, or every peer sends to the old one.
+		a.log.Printf("vxlan device %s has a new mac (%s, was %s): publishing it in the lease", a.dev.Name, a.dev.MAC, mac)
+		if a.acquire(ctx, a.hold.Lease().Subnet) != nil {
+			return false // ctx ended, or a fatal error the next acquire reports again
+		}
+	}
+	peers := vxlan.PlanPeers(a.hold.Lease(), leases)
+	stats, err := a.ns.SyncPeers(a.dev, peers)
+	if err != nil {
+		a.st.update(func(s *status) { s.syncErrors++ })
+		a.log.Printf("sync: %v", err)
+		if !a.local.Ready {
+			a.setReady(false, "programming peers: "+err.Error())
+		}
+		return false
+	}
+	for _, line := range diffPeers(a.peers, peers) {
+		a.log.Print(line)
+	}
+	if stats.Changed() {
+		a.log.Printf("synced %d peers: %d kernel entries added, %d replaced, %d deleted", stats.Peers, stats.Added, stats.Replaced, stats.Deleted)
+	}
+	a.peers = peers
+	a.st.update(func(s *status) { s.syncs++; s.peers = len(peers) })
+	if !a.local.Ready {
+		a.setReady(true, "")
+	}
+	return true
+}
+
+// diffPeers says, one line per peer, who came, went or changed between
+// two peer lists.
+func diffPeers(old, cur []vxlan.Peer) []string {
+	was := map[netip.Prefix]vxlan.Peer{}
+	for _, p := range old {
+		was[p.Subnet] = p
+	}
+	var lines []string
+	for _, p := range cur {
+		o, ok := was[p.Subnet]
+		delete(was, p.Subnet)
+		switch {
+		case !ok:
+			lines = append(lines, fmt.Sprintf("peer added: host %s subnet %s vtep %s mac %s", p.Host, p.Subnet, p.VTEP, p.MAC))
+		case o != p:
+			lines = append(lines, fmt.Sprintf("peer changed: host %s subnet %s vtep %s mac %s (was host %s vtep %s mac %s)", p.Host, p.Subnet, p.VTEP, p.MAC, o.Host, o.VTEP, o.MAC))
+		}
+	}
+	for _, p := range old {
+		if _, ok := was[p.Subnet]; ok {
+			lines = append(lines, fmt.Sprintf("peer removed: host %s subnet %s", p.Host, p.Subnet))
+		}
+	}
+	return lines
+}
+
+// stop marks the agent stopped and, if so configured, releases the lease.
+func (a *Agent) stop() error {
+	a.setReady(false, "agent stopped")
+	if a.cfg.ReleaseOnExit && a.hold != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := a.hold.Release(ctx); err != nil {
+			a.log.Printf("release the lease of %s: %v", a.hold.Lease().Subnet, err)
+		} else {
+			a.log.Printf("released the lease of %s", a.hold.Lease().Subnet)
+		}
+	}
+	a.log.Printf("stopped")
+	return nil
+}
+
+// setSubnet records the host's subnet in the Local file's values and the
+// status.
+func (a *Agent) setSubnet(p netip.Prefix) {
+	a.local.Subnet, a.local.Gateway = p, p.Masked().Addr().Next()
+	a.st.update(func(s *status) { s.subnet = p })
+}
+
+// setReady records readiness and writes the Local file when anything
+// changed; Since moves only when Ready flips.
+func (a *Agent) setReady(ready bool, reason string) {
+	if ready {
+		reason = ""
+	}
+	if a.local.Ready == ready && a.local.Reason == reason && !a.local.Since.IsZero() {
+		return
+	}
+	if a.local.Ready != ready || a.local.Since.IsZero() {
+		a.local.Since = time.Now()
+		if ready {
+			a.log.Printf("ready: subnet %s, gateway %s, device %s, mtu %d", a.local.Subnet, a.local.Gateway, a.local.Device, a.local.MTU)
+		} else if a.local.Ready {
+			a.log.Printf("not ready: %s", reason)
+		}
+	}
+	a.local.Ready, a.local.Reason = ready, reason
+	a.st.update(func(s *status) { s.ready, s.reason = ready, reason })
+	a.writeLocal()
+}
+
+func (a *Agent) writeLocal() {
+	if err := overlay.WriteLocal(a.cfg.StateDir, a.local); err != nil {
+		a.log.Printf("%v", err)
+	}
+}

@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/vxlan"
+)
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	writeMetrics(&b, snapshot{
+		Network: `ov"1`, VNI: 42, Subnet: netip.MustParsePrefix("10.244.3.0/24"), Ready: true, Peers: 2,
+		Syncs: 7, SyncErrors: 1, StoreErrors: 3, LeaseLost: 1,
+	})
+	want := `# HELP berth_overlay_ready 1 while the agent holds its lease and has programmed its peers, else 0.
+# TYPE berth_overlay_ready gauge
+berth_overlay_ready{network="ov\"1"} 1
+# HELP berth_overlay_peers Remote hosts programmed on the VXLAN device.
+# TYPE berth_overlay_peers gauge
+berth_overlay_peers{network="ov\"1"} 2
+# HELP berth_overlay_syncs_total Successful syncs of the peers into the kernel.
+# TYPE berth_overlay_syncs_total counter
+berth_overlay_syncs_total{network="ov\"1"} 7
+# HELP berth_overlay_sync_errors_total Syncs of the peers into the kernel that failed.
+# TYPE berth_overlay_sync_errors_total counter
+berth_overlay_sync_errors_total{network="ov\"1"} 1
+# HELP berth_overlay_store_errors_total Failed calls to the cluster store.
+# TYPE berth_overlay_store_errors_total counter
+berth_overlay_store_errors_total{network="ov\"1"} 3
+# HELP berth_overlay_lease_lost_total Times the subnet lease was lost and had to be acquired again.
+# TYPE berth_overlay_lease_lost_total counter
+berth_overlay_lease_lost_total{network="ov\"1"} 1
+# HELP berth_overlay_info The agent's network, leased subnet and VNI.
+# TYPE berth_overlay_info gauge
+berth_overlay_info{network="ov\"1",subnet="10.244.3.0/24",vni="42"} 1
+`
+	if got := b.String(); got != want {
+		t.Errorf("metrics:\n%s\nwant:\n%s", got, want)
+	}
+	b.Reset()
+	writeMetrics(&b, snapshot{Network: "ov", VNI: 1})
+	for _, line := range []string{`berth_overlay_ready{network="ov"} 0`, `berth_overlay_info{network="ov",subnet="",vni="1"} 1`} {
+		if !strings.Contains(b.String(), line+"\n") {
+			t.Errorf("metrics before a lease lack %q:\n%s", line, b.String())
+		}
+	}
+	if got := escapeLabel("a\\b\nc\"d"); got != `a\\b\nc\"d` {
+		t.Errorf("escapeLabel = %q", got)
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	t.Parallel()
+	var st status
+	st.network, st.reason = "ov", "starting"
+	srv := httptest.NewServer(st.handler())
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz"); code != 503 || body != "starting\n" {
+		t.Errorf("healthz while starting: %d %q", code, body)
+	}
+	st.update(func(s *status) { s.reason = "" })
+	if code, body := get("/healthz"); code != 503 || body != "not ready\n" {
+		t.Errorf("healthz not ready without a reason: %d %q", code, body)
+	}
+	st.update(func(s *status) { s.ready, s.peers = true, 3 })
+	if code, body := get("/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("healthz when ready: %d %q", code, body)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "berth_overlay_peers{network=\"ov\"} 3\n") {
+		t.Errorf("metrics: %d\n%s", code, body)
+	}
+	if code, _ := get("/other"); code != 404 {
+		t.Errorf("/other: %d, want 404", code)
+	}
+}
+
+func TestDiffPeers(t *testing.T) {
+	t.Parallel()
+	p := func(host, subnet, vtep, mac string) vxlan.Peer {
+		return vxlan.Peer{Host: host, Subnet: netip.MustParsePrefix(subnet), VTEP: netip.MustParseAddr(vtep), MAC: mac}
+	}
+	h2 := p("h2", "10.244.2.0/24", "192.168.77.12", "02:00:00:00:00:02")
+	h3 := p("h3", "10.244.3.0/24", "192.168.77.13", "02:00:00:00:00:03")
+	h3b := p("h3", "10.244.3.0/24", "192.168.77.13", "02:00:00:00:00:33")
+	h4 := p("h4", "10.244.4.0/24", "192.168.77.14", "02:00:00:00:00:04")
+	got := strings.Join(diffPeers([]vxlan.Peer{h2, h3}, []vxlan.Peer{h3b, h4}), "\n")
+	want := `peer changed: host h3 subnet 10.244.3.0/24 vtep 192.168.77.13 mac 02:00:00:00:00:33 (was host h3 vtep 192.168.77.13 mac 02:00:00:00:00:03)
+peer added: host h4 subnet 10.244.4.0/24 vtep 192.168.77.14 mac 02:00:00:00:00:04
+peer removed: host h2 subnet 10.244.2.0/24`
+	if got != want {
+		t.Errorf("diffPeers:\n%s\nwant:\n%s", got, want)
+	}
+	if d := diffPeers([]vxlan.Peer{h2}, []vxlan.Peer{h2}); len(d) != 0 {
+		t.Errorf("diffPeers of equal lists: %q", d)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	ok := Config{
+		Network:  store.Network{Name: "ov", CIDR: netip.MustParsePrefix("10.244.0.0/16"), SubnetLen: 24, VNI: 1, Port: 4789},
+		Node:     "h1",
+		StateDir: "/run/berth/overlay",
+		LeaseTTL: 30 * time.Second,
+		Store:    struct{ store.Store }{},
+	}
+	if _, err := New(ok); err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string]func(c *Config){
+		"network":    func(c *Config) { c.Network.Name = "../x" },
+		"cidr":       func(c *Config) { c.Network.CIDR = netip.Prefix{} },
+		"subnet-len": func(c *Config) { c.Network.SubnetLen = 16 },
+		"vni":        func(c *Config) { c.Network.VNI = 0 },
+		"node":       func(c *Config) { c.Node = "" },
+		"vtep":       func(c *Config) { c.VTEP = netip.MustParseAddr("fd00::1") },
+		"mtu":        func(c *Config) { c.MTU = 100 },
+		"state-dir":  func(c *Config) { c.StateDir = "" },
+		"ttl":        func(c *Config) { c.LeaseTTL = time.Millisecond },
+		"store":      func(c *Config) { c.Store = nil },
+	} {
+		c := ok
+		edit(&c)
+		if _, err := New(c); err == nil {
+			t.Errorf("%s: New accepted %+v", name, c)
+		}
+	}
+}

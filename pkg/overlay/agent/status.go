@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+)
+
+// status is what the agent reports over HTTP. The agent's loop writes it;
+// HTTP handlers read it.
+type status struct {
+	mu          sync.Mutex
+	network     string
+	vni         uint32
+	subnet      netip.Prefix
+	ready       bool
+	reason      string
+	peers       int
+	syncs       uint64 // successful kernel syncs
+	syncErrors  uint64 // failed kernel syncs
+	storeErrors uint64 // failed store calls
+	leaseLost   uint64 // times the lease was lost
+}
+
+// snapshot is a copy of status without the lock.
+type snapshot struct {
+	Network     string
+	VNI         uint32
+	Subnet      netip.Prefix
+	Ready       bool
+	Reason      string
+	Peers       int
+	Syncs       uint64
+	SyncErrors  uint64
+	StoreErrors uint64
+	LeaseLost   uint64
+}
+
+func (s *status) snapshot() snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return snapshot{
+		Network: s.network, VNI: s.vni, Subnet: s.subnet, Ready: s.ready, Reason: s.reason, Peers: s.peers,
+		Syncs: s.syncs, SyncErrors: s.syncErrors, StoreErrors: s.storeErrors, LeaseLost: s.leaseLost,
+	}
+}
+
+func (s *status) update(fn func(s *status)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn(s)
+}
+
+// handler serves /healthz and /metrics.
+func (s *status) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		snap := s.snapshot()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !snap.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			reason := snap.Reason
+			if reason == "" {
+				reason = "not ready"
+			}
+			fmt.Fprintln(w, reason)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		writeMetrics(w, s.snapshot())
+	})
+	return mux
+}
+
+// writeMetrics renders snap in the Prometheus text exposition format
+// (version 0.0.4). Every series carries the network, so that the agents of
+// several networks on one host can be told apart.
+func writeMetrics(w io.Writer, snap snapshot) {
+	net := `network="` + escapeLabel(snap.Network) + `"`
+	metric := func(name, typ, help string, value any) {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n%s{%s} %v\n", name, help, name, typ, name, net, value)
+	}
+	ready := 0
+	if snap.Ready {
+		ready = 1
+	}
+	metric("berth_overlay_ready", "gauge", "1 while the agent holds its lease and has programmed its peers, else 0.", ready)
+	metric("berth_overlay_peers", "gauge", "Remote hosts programmed on the VXLAN device.", snap.Peers)
+	metric("berth_overlay_syncs_total", "counter", "Successful syncs of the peers into the kernel.", snap.Syncs)
+	metric("berth_overlay_sync_errors_total", "counter", "Syncs of the peers into the kernel that failed.", snap.SyncErrors)
+	metric("berth_overlay_store_errors_total", "counter", "Failed calls to the cluster store.", snap.StoreErrors)
+	metric("berth_overlay_lease_lost_total", "counter", "Times the subnet lease was lost and had to be acquired again.", snap.LeaseLost)
+	subnet := ""
+	if snap.Subnet.IsValid() {
+		subnet = snap.Subnet.String()
+	}
+	fmt.Fprintf(w, "# HELP berth_overlay_info The agent's network, leased subnet and VNI.\n# TYPE berth_overlay_info gauge\n")
+	fmt.Fprintf(w, "berth_overlay_info{%s,subnet=\"%s\",vni=\"%d\"} 1\n", net, escapeLabel(subnet), snap.VNI)
+}
+
+// escapeLabel escapes a label value: backslash, double quote and newline.
+func escapeLabel(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
