@@ -19,11 +19,13 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./plugins/,$(PLUGINS))
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ $(addprefix $(UPMOD)/,$(UPSTREAM))
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/berth ./cmd/berth
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/berth-overlayd ./cmd/berth-overlayd
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)
-	install -m 0755 $(filter-out $(BIN)/berth,$(wildcard $(BIN)/*)) $(DESTDIR)$(PREFIX)/
+	install -m 0755 $(filter-out $(BIN)/berth $(BIN)/berth-overlayd,$(wildcard $(BIN)/*)) $(DESTDIR)$(PREFIX)/
 	install -D -m 0755 $(BIN)/berth $(DESTDIR)$(BINDIR)/berth
+	install -D -m 0755 $(BIN)/berth-overlayd $(DESTDIR)$(BINDIR)/berth-overlayd
 
 demo: build
 	$(GO) run ./cmd/berth-demo -bin $(BIN)

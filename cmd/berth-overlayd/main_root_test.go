@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/store"
+)
+
+// buildAgent builds this command into a temporary directory.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "berth-overlayd")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// lineLog writes what a process prints into t.Logf, a line at a time.
+type lineLog struct {
+	t    *testing.T
+	name string
+}
+
+func (l lineLog) Write(p []byte) (int, error) {
+	l.t.Logf("%s: %s", l.name, strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// daemon is the built agent running in a host namespace.
+type daemon struct {
+	cmd    *exec.Cmd
+	ns     *lab.NS
+	state  string
+	exited chan error
+}
+
+// startDaemon runs the binary the way an operator runs it in a namespace:
+//
+//	nsenter --net=/var/run/netns/$host berth-overlayd $args
+//
+// It is started from a thread already in the namespace (lab's guard
+// against the machine's own), and stopped with SIGTERM in t.Cleanup (then
+// killed by PID with the namespace if it hangs).
+func startDaemon(t *testing.T, ns *lab.NS, bin, state string, args ...string) *daemon {
+	t.Helper()
+	argv := append([]string{"--net=" + ns.Path, bin, "-state-dir", state}, args...)
+	cmd := exec.Command("nsenter", argv...)
+	cmd.Stderr = lineLog{t, ns.Name}
+	if err := ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, ns: ns, state: state, exited: make(chan error, 1)}
+	go func() { d.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if _, err := d.stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return d
+}
+
+// stop sends SIGTERM and waits for the exit code. Stopping twice returns
+// the first code.
+func (d *daemon) stop() (int, error) {
+	if d.cmd.ProcessState != nil {
+		return d.cmd.ProcessState.ExitCode(), nil
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return -1, err
+	}
+	select {
+	case err := <-d.exited:
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			return -1, err
+		}
+		return d.cmd.ProcessState.ExitCode(), nil
+	case <-time.After(15 * time.Second):
+		return -1, fmt.Errorf("%s: no exit within 15s of SIGTERM", d.ns.Name)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		why := cond()
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %s", what, timeout, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *daemon) waitReady(t *testing.T) overlay.Local {
+	t.Helper()
+	var l overlay.Local
+	waitFor(t, 20*time.Second, d.ns.Name+" ready", func() string {
+		var err error
+		if l, err = overlay.ReadLocal(d.state, "ov"); err != nil {
+			return err.Error()
+		}
+		if ok, why := l.Live(); !ok {
+			return why
+		}
+		return ""
+	})
+	return l
+}
+
+// healthz asks the agent's default listener, 127.0.0.1:9614 of its
+// namespace, dialling from inside it.
+func (d *daemon) healthz(t *testing.T) (int, string) {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := d.ns.Do(func() error {
+			var dl net.Dialer
+			var derr error
+			conn, derr = dl.DialContext(ctx, network, addr)
+			return derr
+		})
+		return conn, err
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:9614/healthz")
+	if err != nil {
+		t.Fatalf("healthz of %s: %v", d.ns.Name, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// twoHosts builds the agent and a lab of two hosts on an underlay.
+func twoHosts(t *testing.T) (bin string, h1, h2 *lab.NS, u *lab.Underlay) {
+	t.Helper()
+	lab.RequireRoot(t)
+	bin = buildAgent(t)
+	ctx := context.Background()
+	u, err := lab.NewUnderlay(ctx, "bov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cerr := u.Close(); cerr != nil {
+			t.Errorf("lab cleanup: %v", cerr)
+		}
+	})
+	if h1, err = u.AddHost(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if h2, err = u.AddHost(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	return bin, h1, h2, u
+}
+
+// The binary, started in each host's namespace with nsenter: both hosts
+// become ready and reach each other; SIGTERM exits 0 and marks the state
+// not ready; with -release-on-exit the other host drops the peer at once,
+// without it the lease stays in the store until its TTL.
+func TestDaemon(t *testing.T) {
+	bin, h1, h2, _ := twoHosts(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	storeDir := filepath.Join(dir, "store")
+	common := []string{"-network", "ov", "-cidr", "10.244.0.0/16", "-store", "file", "-store-dir", storeDir, "-lease-ttl", "20s"}
+	d1 := startDaemon(t, h1, bin, filepath.Join(dir, "h1"), append(common, "-node", "h1")...)
+	d2 := startDaemon(t, h2, bin, filepath.Join(dir, "h2"), append(common, "-node", "h2", "-release-on-exit")...)
+	l1, l2 := d1.waitReady(t), d2.waitReady(t)
+	if l1.PID != d1.cmd.Process.Pid || l2.PID != d2.cmd.Process.Pid {
+		t.Errorf("Local PIDs %d, %d; processes %d, %d (nsenter execs the agent)", l1.PID, l2.PID, d1.cmd.Process.Pid, d2.cmd.Process.Pid)
+	}
+	if code, body := d1.healthz(t); code != 200 || body != "ok\n" {
+		t.Errorf("h1 healthz: %d %q", code, body)
+	}
+	if err := h1.PingWithin(ctx, l2.Subnet.Addr(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// h2 stops and releases: h1 drops it long before the 20s TTL.
+	if code, err := d2.stop(); err != nil || code != 0 {
+		t.Fatalf("h2 exit: %d, %v", code, err)
+	}
+	if l, lerr := overlay.ReadLocal(d2.state, "ov"); lerr != nil || l.Ready || l.Reason != "agent stopped" {
+		t.Errorf("h2 Local after SIGTERM: %+v, %v", l, lerr)
+	}
+	waitFor(t, 5*time.Second, "h1 drops the released h2", func() string {
+		out, oerr := h1.Output(ctx, "ip", "-4", "route", "show", "dev", l1.Device)
+		if oerr != nil {
+			return oerr.Error()
+		}
+		if strings.TrimSpace(string(out)) != "" {
+			return "routes on the device: " + string(out)
+		}
+		return ""
+	})
+
+	// h1 stops without releasing: its lease is still in the store.
+	if code, err := d1.stop(); err != nil || code != 0 {
+		t.Fatalf("h1 exit: %d, %v", code, err)
+	}
+	st, err := store.NewFile(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	leases, err := st.Leases(ctx, "ov")
+	if err != nil || len(leases) != 1 || leases[0].Host != "h1" || leases[0].Subnet != l1.Subnet {
+		t.Errorf("leases after both stopped: %+v, %v; want h1's alone", leases, err)
+	}
+}
