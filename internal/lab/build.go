@@ -42,6 +42,10 @@ func (b *Binaries) Need(names ...string) error {
 	return errors.Join(errs...)
 }
 
+// BerthCommands are the programs besides the plugins that tests run: the
+// overlay node agent.
+var BerthCommands = []string{"./cmd/berth-overlayd"}
+
 // BerthPlugins lists the plugin packages under root/plugins (directories
 // holding Go files), as "./plugins/NAME".
 func BerthPlugins(root string) ([]string, error) {
@@ -63,7 +67,7 @@ func BerthPlugins(root string) ([]string, error) {
 	return pkgs, nil
 }
 
-// Build builds berth's plugins and the upstream IPAM/meta plugins into dir
+// Build builds berth's plugins, BerthCommands and the upstream IPAM/meta plugins into dir
 // (without -race, CGO off, as the Makefile does). A package that fails to
 // build is recorded in Errs; the others are still built.
 //
@@ -72,6 +76,11 @@ func Build(ctx context.Context, root, dir string) (*Binaries, error) {
 	pkgs, err := BerthPlugins(root)
 	if err != nil {
 		return nil, err
+	}
+	for _, c := range BerthCommands {
+		if fileExists(filepath.Join(root, c)) {
+			pkgs = append(pkgs, c)
+		}
 	}
 	b := &Binaries{Dir: dir, Errs: map[string]error{}}
 	for _, group := range [][]string{pkgs, UpstreamPlugins} {

@@ -40,7 +40,7 @@ func RepoRoot() (string, error) {
 }
 
 // StatefulTypes are the plugin types that take berth's "dataDir" key.
-var StatefulTypes = []string{"bridge"}
+var StatefulTypes = []string{"bridge", "overlay"}
 
 // ConflistOptions isolates a conflist for one test or demo run. Empty
 // fields leave the file's value.
