@@ -23,6 +23,7 @@ type demo struct {
 
 	world    *lab.World
 	runner   *lab.Runner
+	underlay *lab.Underlay // the overlay's hosts, when that part ran
 	attached []attached
 }
 
@@ -30,6 +31,7 @@ type demo struct {
 type attached struct {
 	name string
 	ns   *lab.NS
+	r    *lab.Runner // whose host the container is on
 	conf *lab.Conflist
 	att  lab.Attachment
 	v4   netip.Addr
@@ -96,7 +98,10 @@ func (d *demo) run(ctx context.Context) error {
 	d.onlyLoopback(c3)
 	d.noPing(ctx, c3, c1.name, c1.v4)
 	d.noPing(ctx, c3, "outside", lab.OutsideUplink4.Addr())
-	return ctx.Err()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return d.overlay(ctx)
 }
 
 // conf loads a conflist from the repository with plugin state redirected
@@ -110,34 +115,41 @@ func (d *demo) conf(file string) (*lab.Conflist, error) {
 	return c, err
 }
 
-// attach creates container name and runs ADD for it on conf's network.
+// attach creates container name on the world's host and runs ADD for it
+// on conf's network.
 func (d *demo) attach(ctx context.Context, name string, conf *lab.Conflist) (*attached, error) {
-	ns, err := d.world.AddContainer(ctx, name)
+	return d.attachWith(ctx, name, conf, d.runner, d.world.AddContainer)
+}
+
+// attachWith creates container name with newNS and runs ADD for it on
+// conf's network through r.
+func (d *demo) attachWith(ctx context.Context, name string, conf *lab.Conflist, r *lab.Runner, newNS func(context.Context, string) (*lab.NS, error)) (*attached, error) {
+	ns, err := newNS(ctx, name)
 	if err != nil {
 		d.out.fail(fmt.Sprintf("create container namespace %s", name), err)
 		return nil, err
 	}
-	a := &attached{name: name, ns: ns, conf: conf,
+	a := &attached{name: name, ns: ns, r: r, conf: conf,
 		att: lab.Attachment{ContainerID: "bdemo-" + d.world.ID + "-" + name, NetNS: ns.Path, IfName: "eth0"}}
-	res, err := d.runner.Add(ctx, conf.List, a.att)
+	res, err := r.Add(ctx, conf.List, a.att)
 	what := fmt.Sprintf("%s: ADD on network %q (type %s)", name, conf.List.Name, conf.List.Plugins[0].Network.Type)
 	if err != nil {
 		d.out.fail(what, err)
 		return nil, err
 	}
 	d.attached = append(d.attached, *a)
-	r, err := lab.Result100(res)
+	res100, err := lab.Result100(res)
 	if err != nil {
 		d.out.fail(what, err)
 		return nil, err
 	}
 	var shown []string
-	for _, ip := range r.IPs {
+	for _, ip := range res100.IPs {
 		p, _ := netip.AddrFromSlice(ip.Address.IP)
 		p = p.Unmap()
 		dev := "?"
-		if ip.Interface != nil && *ip.Interface >= 0 && *ip.Interface < len(r.Interfaces) {
-			dev = r.Interfaces[*ip.Interface].Name
+		if ip.Interface != nil && *ip.Interface >= 0 && *ip.Interface < len(res100.Interfaces) {
+			dev = res100.Interfaces[*ip.Interface].Name
 		}
 		shown = append(shown, dev+" "+ip.Address.String())
 		if dev == "lo" {
@@ -184,17 +196,25 @@ func (d *demo) noPing(ctx context.Context, from *attached, toName string, to net
 }
 
 // tcpOut connects from the container to a listener in the outside and
-// shows which source address the outside saw.
+// shows that the outside saw the host's address.
 func (d *demo) tcpOut(ctx context.Context, c *attached) {
+	d.tcpSeen(ctx, c, "outside", d.world.Outside, lab.OutsideUplink4.Addr(),
+		lab.HostUplink4.Addr(), "the host's address, not the container's "+c.v4.String()+": masquerade")
+}
+
+// tcpSeen connects from container c to a listener on addr in ns (called
+// toName) and checks the source address the listener saw is want (why
+// says what that address is).
+func (d *demo) tcpSeen(ctx context.Context, c *attached, toName string, ns *lab.NS, addr, want netip.Addr, why string) {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
-	ln, err := d.world.Outside.ListenTCP(netip.AddrPortFrom(lab.OutsideUplink4.Addr(), 8080))
+	ln, err := ns.ListenTCP(netip.AddrPortFrom(addr, 8080))
 	if err != nil {
-		d.out.fail("listen in the outside", err)
+		d.out.fail("listen in "+toName, err)
 		return
 	}
 	defer ln.Close()
-	what := fmt.Sprintf("%s (%s) → outside (%s): TCP connect", c.name, c.v4, ln.Addr)
+	what := fmt.Sprintf("%s (%s) → %s (%s): TCP connect", c.name, c.v4, toName, ln.Addr)
 	if _, derr := c.ns.DialTCP(ctx, ln.Addr); derr != nil {
 		d.out.fail(what+" failed", derr)
 		return
@@ -202,13 +222,12 @@ func (d *demo) tcpOut(ctx context.Context, c *attached) {
 	d.out.check(what+" ok", nil)
 	remote, err := ln.Accepted(ctx)
 	if err != nil {
-		d.out.fail("outside accepts the connection", err)
+		d.out.fail(toName+" accepts the connection", err)
 		return
 	}
-	host := lab.HostUplink4.Addr()
-	what = fmt.Sprintf("the outside saw the connection come from %s, the host's address, not the container's %s", remote.Addr(), c.v4)
-	if remote.Addr() != host {
-		d.out.fail(what, fmt.Errorf("want %s: masquerade did not happen", host))
+	what = fmt.Sprintf("%s saw the connection come from %s, %s", toName, remote.Addr(), why)
+	if remote.Addr() != want {
+		d.out.fail(what, fmt.Errorf("want %s", want))
 		return
 	}
 	d.out.check(what, nil)
@@ -266,8 +285,11 @@ func (d *demo) cleanup() error {
 	var errs []error
 	for i := len(d.attached) - 1; i >= 0; i-- {
 		a := d.attached[i]
-		err := d.runner.Del(ctx, a.conf.List, a.att)
+		err := a.r.Del(ctx, a.conf.List, a.att)
 		d.out.check(fmt.Sprintf("%s: DEL on network %q", a.name, a.conf.List.Name), err)
+	}
+	if d.underlay != nil {
+		errs = append(errs, d.underlay.Close())
 	}
 	if d.world != nil {
 		errs = append(errs, d.world.Close())

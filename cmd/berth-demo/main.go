@@ -34,7 +34,7 @@ func main() {
 }
 
 func run() int {
-	binDir := flag.String("bin", "bin", "directory with the built plugins (bridge, null, host-local)")
+	binDir := flag.String("bin", "bin", "directory with the built plugins (bridge, null, host-local, overlay, portmap) and berth-overlayd")
 	confDir := flag.String("conflist", "", "directory with bridge.conflist and null.conflist (default: conflist/ of the repository)")
 	verbose := flag.Bool("v", false, "show the plugins' stderr")
 	flag.Parse()
@@ -49,7 +49,7 @@ func run() int {
 		out.fail("bin directory", err)
 		return 1
 	}
-	if err = (&lab.Binaries{Dir: bin}).Need("bridge", "null", "host-local"); err != nil {
+	if err = (&lab.Binaries{Dir: bin}).Need("bridge", "null", "host-local", "overlay", "portmap", "berth-overlayd"); err != nil {
 		out.fail(fmt.Sprintf("plugins in %s (run make build first)", bin), err)
 		return 1
 	}
