@@ -268,23 +268,9 @@ func TestOverlayEtcd(t *testing.T) {
 	c := newOvCluster(t, nil)
 	ctx := testCtx(t, time.Minute)
 	gw := lab.UnderlayGateway.Addr().String()
-	if err := os.MkdirAll(filepath.Join(c.dir, "etcd"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	e, err := lab.StartEtcd(ctx, lab.EtcdOptions{
+	e := lab.StartTestEtcd(t, ctx, lab.EtcdOptions{
 		Dir: filepath.Join(c.dir, "etcd"), NetNS: c.u.NS,
 		ClientURL: "http://" + gw + ":2379", PeerURL: "http://" + gw + ":2380",
-	})
-	if errors.Is(err, lab.ErrEtcdMissing) && os.Getenv("CI") == "" {
-		t.Skipf("no etcd binary (apt-get install etcd-server): %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.Stop(); err != nil {
-			t.Error(err)
-		}
 	})
 	c.storeFlags = []string{"-store", "etcd", "-etcd-endpoints", e.Endpoint()}
 	testOverlayCluster(t, c, func(ctx context.Context, cs []*ovContainer) {

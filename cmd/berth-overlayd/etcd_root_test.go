@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,24 +18,8 @@ import (
 func TestDaemonEtcd(t *testing.T) {
 	bin, h1, h2, u := twoHosts(t)
 	ctx := context.Background()
-	e, err := lab.StartEtcd(ctx, lab.EtcdOptions{
-		Dir: t.TempDir(), NetNS: u.NS,
-		ClientURL: "http://192.168.77.1:2379", PeerURL: "http://192.168.77.1:2380",
-	})
-	if errors.Is(err, lab.ErrEtcdMissing) {
-		const why = "needs the etcd binary (Debian: apt-get install etcd-server)"
-		if os.Getenv("CI") != "" {
-			t.Fatal(why + " (CI is set, so a skip would hide the test): " + err.Error())
-		}
-		t.Skip(why)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if serr := e.Stop(); serr != nil {
-			t.Errorf("stop etcd: %v", serr)
-		}
+	e := lab.StartTestEtcd(t, ctx, lab.EtcdOptions{
+		NetNS: u.NS, ClientURL: "http://192.168.77.1:2379", PeerURL: "http://192.168.77.1:2380",
 	})
 	dir := t.TempDir()
 	common := []string{"-network", "ov", "-cidr", "10.244.0.0/16", "-store", "etcd", "-etcd-endpoints", e.Endpoint(), "-lease-ttl", "3s"}

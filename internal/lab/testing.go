@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"os"
 	"testing"
 )
@@ -19,6 +20,37 @@ func RequireRoot(tb testing.TB) {
 		tb.Fatal(why + " (CI is set, so a skip would hide the test)")
 	}
 	tb.Skip(why)
+}
+
+// StartTestEtcd starts etcd as opts say (see StartEtcd) and stops it in
+// tb.Cleanup. An empty opts.Dir is a fresh tb.TempDir(); a given one is
+// created if missing. Without an etcd binary tb is skipped, stating why,
+// unless the environment variable CI is set: there it fails, as in
+// RequireRoot.
+func StartTestEtcd(tb testing.TB, ctx context.Context, opts EtcdOptions) *Etcd {
+	tb.Helper()
+	if opts.Dir == "" {
+		opts.Dir = tb.TempDir()
+	} else if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	e, err := StartEtcd(ctx, opts)
+	if errors.Is(err, ErrEtcdMissing) {
+		const why = "needs the etcd binary (Debian: apt-get install etcd-server)"
+		if os.Getenv("CI") != "" {
+			tb.Fatal(why + " (CI is set, so a skip would hide the test): " + err.Error())
+		}
+		tb.Skip(why)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			tb.Errorf("stop etcd: %v", err)
+		}
+	})
+	return e
 }
 
 // NewTestWorld makes a World named "blab-…" and deletes it in tb.Cleanup.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -20,30 +19,13 @@ import (
 
 const testPrefix = "/berth-test"
 
-// startEtcd runs a one-member etcd on 127.0.0.1 for t, stopped in
-// t.Cleanup. Without an etcd binary the test is skipped, stating why,
-// unless CI is set: there a skip would hide the test, so it fails.
+// startEtcd runs a one-member etcd on 127.0.0.1 for t (lab.StartTestEtcd),
+// waiting at most waitFor for it to answer.
 func startEtcd(t *testing.T) *lab.Etcd {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
 	defer cancel()
-	e, err := lab.StartEtcd(ctx, lab.EtcdOptions{Dir: t.TempDir()})
-	if errors.Is(err, lab.ErrEtcdMissing) {
-		const why = "needs the etcd binary (Debian: apt-get install etcd-server)"
-		if os.Getenv("CI") != "" {
-			t.Fatal(why + " (CI is set, so a skip would hide the test): " + err.Error())
-		}
-		t.Skip(why)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.Stop(); err != nil {
-			t.Errorf("stop etcd: %v", err)
-		}
-	})
-	return e
+	return lab.StartTestEtcd(t, ctx, lab.EtcdOptions{})
 }
 
 // newEtcdStore connects to endpoint under testPrefix; a zero timeout is
