@@ -33,7 +33,7 @@ func TestDaemonEtcd(t *testing.T) {
 	if err := e.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "h1 reports its lost lease", func() string {
+	lab.WaitFor(t, 30*time.Second, "h1 reports its lost lease", func() string {
 		code, body := d1.healthz(t)
 		if code != 503 || !strings.Contains(body, "lost") {
 			return body

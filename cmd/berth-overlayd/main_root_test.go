@@ -97,25 +97,10 @@ func (d *daemon) stop() (int, error) {
 	}
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %s", what, timeout, why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func (d *daemon) waitReady(t *testing.T) overlay.Local {
 	t.Helper()
 	var l overlay.Local
-	waitFor(t, 20*time.Second, d.ns.Name+" ready", func() string {
+	lab.WaitFor(t, 20*time.Second, d.ns.Name+" ready", func() string {
 		var err error
 		if l, err = overlay.ReadLocal(d.state, "ov"); err != nil {
 			return err.Error()
@@ -206,7 +191,7 @@ func TestDaemon(t *testing.T) {
 	if l, lerr := overlay.ReadLocal(d2.state, "ov"); lerr != nil || l.Ready || l.Reason != "agent stopped" {
 		t.Errorf("h2 Local after SIGTERM: %+v, %v", l, lerr)
 	}
-	waitFor(t, 5*time.Second, "h1 drops the released h2", func() string {
+	lab.WaitFor(t, 5*time.Second, "h1 drops the released h2", func() string {
 		out, oerr := h1.Output(ctx, "ip", "-4", "route", "show", "dev", l1.Device)
 		if oerr != nil {
 			return oerr.Error()

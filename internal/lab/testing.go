@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"time"
 )
 
 // RequireRoot skips tb when not root, stating why, unless the environment
@@ -70,6 +71,23 @@ func NewTestWorld(tb testing.TB) *World {
 		}
 	})
 	return w
+}
+
+// WaitFor polls cond every 50 ms until it returns "" (met) or the timeout
+// passes, then fails tb with what and cond's last word.
+func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() string) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		why := cond()
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: not within %v: %s", what, timeout, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TestLog is an io.Writer that logs each write through tb.Logf.

@@ -163,23 +163,6 @@ func (r *agentRun) wait(timeout time.Duration) error {
 	}
 }
 
-// waitFor polls cond until it returns "" (met) or the timeout passes, then
-// fails with cond's last word.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %s", what, timeout, why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func (c *cluster) local(i int) (overlay.Local, error) {
 	return overlay.ReadLocal(c.stateDir(i), testNet)
 }
@@ -188,7 +171,7 @@ func (c *cluster) local(i int) (overlay.Local, error) {
 func (c *cluster) waitReady(i int) overlay.Local {
 	c.t.Helper()
 	var l overlay.Local
-	waitFor(c.t, 15*time.Second, fmt.Sprintf("h%d ready", i), func() string {
+	lab.WaitFor(c.t, 15*time.Second, fmt.Sprintf("h%d ready", i), func() string {
 		var err error
 		if l, err = c.local(i); err != nil {
 			return err.Error()
@@ -244,7 +227,7 @@ func (c *cluster) wantEntries(others ...int) (string, error) {
 // others.
 func (c *cluster) waitPeers(i int, others ...int) {
 	c.t.Helper()
-	waitFor(c.t, 15*time.Second, fmt.Sprintf("h%d programs %v", i, others), func() string {
+	lab.WaitFor(c.t, 15*time.Second, fmt.Sprintf("h%d programs %v", i, others), func() string {
 		want, err := c.wantEntries(others...)
 		if err != nil {
 			return err.Error()
@@ -437,7 +420,7 @@ func TestAgentRepairs(t *testing.T) {
 	if _, err = h1.Output(ctx, "ip", "link", "del", dev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "h1 recreates its device", func() string {
+	lab.WaitFor(t, 10*time.Second, "h1 recreates its device", func() string {
 		d, derr := c.deviceOf(1)
 		if derr != nil {
 			return derr.Error()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
 )
@@ -136,7 +137,7 @@ func TestAgentStoreTrouble(t *testing.T) {
 	flaky1 := func(cfg *Config) { flaky = newFlaky(cfg.Store); cfg.Store = flaky }
 	// h1 starts with its store down.
 	a1 := c.start(1, flaky1, func(*Config) { flaky.down.Store(true) })
-	waitFor(t, 10*time.Second, "h1 reports the store outage", func() string {
+	lab.WaitFor(t, 10*time.Second, "h1 reports the store outage", func() string {
 		code, body := a1.get(t, "/healthz")
 		if code != 503 || !strings.Contains(body, "store the network config: flaky store is down") {
 			return fmt.Sprintf("healthz %d %q", code, body)
@@ -163,7 +164,7 @@ func TestAgentStoreTrouble(t *testing.T) {
 	errs := a1.counter(t, "berth_overlay_store_errors_total")
 	flaky.down.Store(true)
 	flaky.poke <- struct{}{}
-	waitFor(t, 5*time.Second, "h1 counts the failed sync", func() string {
+	lab.WaitFor(t, 5*time.Second, "h1 counts the failed sync", func() string {
 		if n := a1.counter(t, "berth_overlay_store_errors_total"); n <= errs {
 			return fmt.Sprintf("store errors %d", n)
 		}
@@ -185,7 +186,7 @@ func TestAgentStoreTrouble(t *testing.T) {
 
 	// The lease is lost: h1 acquires the same subnet again and is ready.
 	flaky.loseLease()
-	waitFor(t, 10*time.Second, "h1 re-acquires its lease", func() string {
+	lab.WaitFor(t, 10*time.Second, "h1 re-acquires its lease", func() string {
 		if n := a1.counter(t, "berth_overlay_lease_lost_total"); n != 1 {
 			return fmt.Sprintf("lease lost %d", n)
 		}
