@@ -22,7 +22,7 @@ func TestDaemonEtcd(t *testing.T) {
 		NetNS: u.NS, ClientURL: "http://192.168.77.1:2379", PeerURL: "http://192.168.77.1:2380",
 	})
 	dir := t.TempDir()
-	common := []string{"-network", "ov", "-cidr", "10.244.0.0/16", "-store", "etcd", "-etcd-endpoints", e.Endpoint(), "-lease-ttl", "3s"}
+	common := []string{"-cidr", "10.244.0.0/16", "-store", "etcd", "-etcd-endpoints", e.Endpoint(), "-lease-ttl", "3s"}
 	d1 := startDaemon(t, h1, bin, filepath.Join(dir, "h1"), append(common, "-node", "h1")...)
 	d2 := startDaemon(t, h2, bin, filepath.Join(dir, "h2"), append(common, "-node", "h2")...)
 	l1, l2 := d1.waitReady(t), d2.waitReady(t)

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,84 +30,44 @@ func buildAgent(t *testing.T) string {
 	return bin
 }
 
-// lineLog writes what a process prints into t.Logf, a line at a time.
-type lineLog struct {
-	t    *testing.T
-	name string
-}
-
-func (l lineLog) Write(p []byte) (int, error) {
-	l.t.Logf("%s: %s", l.name, strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // daemon is the built agent running in a host namespace.
-type daemon struct {
-	cmd    *exec.Cmd
-	ns     *lab.NS
-	state  string
-	exited chan error
-}
+type daemon struct{ *lab.Agent }
 
-// startDaemon runs the binary the way an operator runs it in a namespace:
+// startDaemon runs the binary (with -network ov) the way an operator runs
+// it in a namespace:
 //
-//	nsenter --net=/var/run/netns/$host berth-overlayd $args
+//	nsenter --net=/var/run/netns/$host berth-overlayd -network ov -state-dir $state $args
 //
 // It is started from a thread already in the namespace (lab's guard
-// against the machine's own), and stopped with SIGTERM in t.Cleanup (then
-// killed by PID with the namespace if it hangs).
+// against the machine's own), and stopped with SIGTERM in t.Cleanup,
+// which fails t unless it exits 0 (killed after 10 s).
 func startDaemon(t *testing.T, ns *lab.NS, bin, state string, args ...string) *daemon {
 	t.Helper()
-	argv := append([]string{"--net=" + ns.Path, bin, "-state-dir", state}, args...)
-	cmd := exec.Command("nsenter", argv...)
-	cmd.Stderr = lineLog{t, ns.Name}
-	if err := ns.Start(cmd); err != nil {
+	a, err := lab.StartAgentWith(ns, lab.AgentOptions{
+		Bin: bin, Network: "ov", StateDir: state, Args: args,
+		Log: lab.TestLog{TB: t, Prefix: ns.Name}, Nsenter: true,
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{cmd: cmd, ns: ns, state: state, exited: make(chan error, 1)}
-	go func() { d.exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		if _, err := d.stop(); err != nil {
-			t.Error(err)
+		if err := a.Stop(syscall.SIGTERM); err != nil {
+			t.Errorf("%s: %v", ns.Name, err)
 		}
 	})
-	return d
+	return &daemon{a}
 }
 
-// stop sends SIGTERM and waits for the exit code. Stopping twice returns
-// the first code.
-func (d *daemon) stop() (int, error) {
-	if d.cmd.ProcessState != nil {
-		return d.cmd.ProcessState.ExitCode(), nil
-	}
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return -1, err
-	}
-	select {
-	case err := <-d.exited:
-		var ee *exec.ExitError
-		if err != nil && !errors.As(err, &ee) {
-			return -1, err
-		}
-		return d.cmd.ProcessState.ExitCode(), nil
-	case <-time.After(15 * time.Second):
-		return -1, fmt.Errorf("%s: no exit within 15s of SIGTERM", d.ns.Name)
-	}
-}
-
+// waitReady waits up to 20 s until the agent's state file says ready and
+// was written by this process.
 func (d *daemon) waitReady(t *testing.T) overlay.Local {
 	t.Helper()
-	var l overlay.Local
-	lab.WaitFor(t, 20*time.Second, d.ns.Name+" ready", func() string {
-		var err error
-		if l, err = overlay.ReadLocal(d.state, "ov"); err != nil {
-			return err.Error()
-		}
-		if ok, why := l.Live(); !ok {
-			return why
-		}
-		return ""
-	})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	l, err := d.WaitReady(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return l
 }
 
@@ -119,7 +77,7 @@ func (d *daemon) healthz(t *testing.T) (int, string) {
 	t.Helper()
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var conn net.Conn
-		err := d.ns.Do(func() error {
+		err := d.NS.Do(func() error {
 			var dl net.Dialer
 			var derr error
 			conn, derr = dl.DialContext(ctx, network, addr)
@@ -130,7 +88,7 @@ func (d *daemon) healthz(t *testing.T) (int, string) {
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:9614/healthz")
 	if err != nil {
-		t.Fatalf("healthz of %s: %v", d.ns.Name, err)
+		t.Fatalf("healthz of %s: %v", d.NS.Name, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -170,12 +128,12 @@ func TestDaemon(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	storeDir := filepath.Join(dir, "store")
-	common := []string{"-network", "ov", "-cidr", "10.244.0.0/16", "-store", "file", "-store-dir", storeDir, "-lease-ttl", "20s"}
+	common := []string{"-cidr", "10.244.0.0/16", "-store", "file", "-store-dir", storeDir, "-lease-ttl", "20s"}
 	d1 := startDaemon(t, h1, bin, filepath.Join(dir, "h1"), append(common, "-node", "h1")...)
 	d2 := startDaemon(t, h2, bin, filepath.Join(dir, "h2"), append(common, "-node", "h2", "-release-on-exit")...)
 	l1, l2 := d1.waitReady(t), d2.waitReady(t)
-	if l1.PID != d1.cmd.Process.Pid || l2.PID != d2.cmd.Process.Pid {
-		t.Errorf("Local PIDs %d, %d; processes %d, %d (nsenter execs the agent)", l1.PID, l2.PID, d1.cmd.Process.Pid, d2.cmd.Process.Pid)
+	if l1.PID != d1.PID() || l2.PID != d2.PID() {
+		t.Errorf("Local PIDs %d, %d; processes %d, %d (nsenter execs the agent)", l1.PID, l2.PID, d1.PID(), d2.PID())
 	}
 	if code, body := d1.healthz(t); code != 200 || body != "ok\n" {
 		t.Errorf("h1 healthz: %d %q", code, body)
@@ -185,10 +143,10 @@ func TestDaemon(t *testing.T) {
 	}
 
 	// h2 stops and releases: h1 drops it long before the 20s TTL.
-	if code, err := d2.stop(); err != nil || code != 0 {
-		t.Fatalf("h2 exit: %d, %v", code, err)
+	if err := d2.Stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("h2 exit: %v", err)
 	}
-	if l, lerr := overlay.ReadLocal(d2.state, "ov"); lerr != nil || l.Ready || l.Reason != "agent stopped" {
+	if l, lerr := overlay.ReadLocal(d2.StateDir, "ov"); lerr != nil || l.Ready || l.Reason != "agent stopped" {
 		t.Errorf("h2 Local after SIGTERM: %+v, %v", l, lerr)
 	}
 	lab.WaitFor(t, 5*time.Second, "h1 drops the released h2", func() string {
@@ -203,8 +161,8 @@ func TestDaemon(t *testing.T) {
 	})
 
 	// h1 stops without releasing: its lease is still in the store.
-	if code, err := d1.stop(); err != nil || code != 0 {
-		t.Fatalf("h1 exit: %d, %v", code, err)
+	if err := d1.Stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("h1 exit: %v", err)
 	}
 	st, err := store.NewFile(storeDir)
 	if err != nil {

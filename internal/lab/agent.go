@@ -29,13 +29,38 @@ type Agent struct {
 //
 // Equivalent: ip netns exec $ns berth-overlayd -network $network -state-dir $stateDir $args &
 func StartAgent(ns *NS, bin, network, stateDir string, args []string, log io.Writer) (*Agent, error) {
-	all := append([]string{"-network", network, "-state-dir", stateDir}, args...)
-	cmd := exec.Command(bin, all...)
-	cmd.Stdout, cmd.Stderr = log, log
+	return StartAgentWith(ns, AgentOptions{Bin: bin, Network: network, StateDir: stateDir, Args: args, Log: log})
+}
+
+// AgentOptions says how StartAgentWith runs berth-overlayd.
+type AgentOptions struct {
+	Bin      string   // the berth-overlayd binary
+	Network  string   // its -network
+	StateDir string   // its -state-dir
+	Args     []string // its other flags
+	Log      io.Writer
+	// Nsenter starts the agent the way an operator does, through
+	// nsenter --net=$ns, rather than directly. nsenter execs the agent,
+	// so its PID is still the one WaitReady expects in the state file.
+	Nsenter bool
+}
+
+// StartAgentWith starts berth-overlayd in ns as opts say; its stdout and
+// stderr go to opts.Log. NS.Delete kills it if it still runs.
+//
+// Equivalent: ip netns exec $ns berth-overlayd -network $network -state-dir $stateDir $args &
+// or, with Nsenter, nsenter --net=/var/run/netns/$ns berth-overlayd … &
+func StartAgentWith(ns *NS, opts AgentOptions) (*Agent, error) {
+	argv := append([]string{opts.Bin, "-network", opts.Network, "-state-dir", opts.StateDir}, opts.Args...)
+	if opts.Nsenter {
+		argv = append([]string{"nsenter", "--net=" + ns.Path}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = opts.Log, opts.Log
 	if err := ns.Start(cmd); err != nil {
 		return nil, err
 	}
-	a := &Agent{NS: ns, Network: network, StateDir: stateDir, cmd: cmd, done: make(chan error, 1)}
+	a := &Agent{NS: ns, Network: opts.Network, StateDir: opts.StateDir, cmd: cmd, done: make(chan error, 1)}
 	go func() {
 		err := cmd.Wait()
 		ns.forget(cmd.Process)
@@ -43,6 +68,9 @@ func StartAgent(ns *NS, bin, network, stateDir string, args []string, log io.Wri
 	}()
 	return a, nil
 }
+
+// PID is the agent's process ID.
+func (a *Agent) PID() int { return a.cmd.Process.Pid }
 
 // WaitReady waits until the agent's state file says ready and returns it;
 // it fails at once if the agent exits.

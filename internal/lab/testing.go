@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -90,11 +91,20 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() stri
 	}
 }
 
-// TestLog is an io.Writer that logs each write through tb.Logf.
-type TestLog struct{ TB testing.TB }
+// TestLog is an io.Writer that logs each write through tb.Logf, after
+// "Prefix: " when Prefix is set (the name of the host a process runs on,
+// say).
+type TestLog struct {
+	TB     testing.TB
+	Prefix string
+}
 
 func (l TestLog) Write(p []byte) (int, error) {
 	l.TB.Helper()
-	l.TB.Logf("%s", p)
+	s := strings.TrimRight(string(p), "\n") // Logf adds one
+	if l.Prefix != "" {
+		s = l.Prefix + ": " + s
+	}
+	l.TB.Logf("%s", s)
 	return len(p), nil
 }

@@ -79,17 +79,6 @@ type agentRun struct {
 	done   chan error
 }
 
-// hostLog prefixes each line an agent logs with its host, into t.Logf.
-type hostLog struct {
-	t    *testing.T
-	host string
-}
-
-func (l hostLog) Write(p []byte) (int, error) {
-	l.t.Logf("%s: %s", l.host, strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // testConfig is the config of host i's agent in c.
 func (c *cluster) testConfig(i int) Config {
 	return Config{
@@ -98,7 +87,7 @@ func (c *cluster) testConfig(i int) Config {
 		StateDir: c.stateDir(i),
 		LeaseTTL: 2 * time.Second,
 		Netns:    c.host(i).Path,
-		Log:      hostLog{c.t, fmt.Sprintf("h%d", i)},
+		Log:      lab.TestLog{TB: c.t, Prefix: fmt.Sprintf("h%d", i)},
 	}
 }
 
