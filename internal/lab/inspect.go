@@ -16,6 +16,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netns"
+
+	"github.com/berth-cni/berth/pkg/link"
 )
 
 // HostVethPrefix starts the name of every host-side veth berth creates.
@@ -232,7 +234,7 @@ func ResultAddrs(r types.Result) ([]netip.Prefix, error) {
 	}
 	var out []netip.Prefix
 	for _, ip := range res.IPs {
-		if p, ok := prefixOf(&ip.Address); ok {
+		if p, ok := link.PrefixOf(&ip.Address); ok {
 			out = append(out, p)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/link"
 )
 
 // LinkUp sets the link name up in this namespace.
@@ -53,7 +55,7 @@ func (n *NS) AddAddr(name string, addr netip.Prefix) error {
 		if err != nil {
 			return fmt.Errorf("link %s in %s: %w", name, n.Name, err)
 		}
-		a := &netlink.Addr{IPNet: ipNet(addr)}
+		a := &netlink.Addr{IPNet: link.IPNet(addr)}
 		if addr.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
@@ -73,7 +75,7 @@ func (n *NS) DelAddr(name string, addr netip.Prefix) error {
 		if err != nil {
 			return fmt.Errorf("link %s in %s: %w", name, n.Name, err)
 		}
-		if err := h.AddrDel(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+		if err := h.AddrDel(l, &netlink.Addr{IPNet: link.IPNet(addr)}); err != nil {
 			return fmt.Errorf("del %s from %s in %s: %w", addr, name, n.Name, err)
 		}
 		return nil
@@ -89,7 +91,7 @@ func (n *NS) AddDefaultRoute(gw netip.Addr) error {
 		if gw.Is6() {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
-		r := &netlink.Route{Dst: ipNet(dst), Gw: gw.AsSlice()}
+		r := &netlink.Route{Dst: link.IPNet(dst), Gw: gw.AsSlice()}
 		if err := h.RouteAdd(r); err != nil {
 			return fmt.Errorf("add default route via %s in %s: %w", gw, n.Name, err)
 		}
@@ -189,7 +191,7 @@ func (n *NS) Links() ([]Link, error) {
 				return fmt.Errorf("list addresses of %s in %s: %w", a.Name, n.Name, err)
 			}
 			for _, ad := range addrs {
-				if p, ok := prefixOf(ad.IPNet); ok {
+				if p, ok := link.PrefixOf(ad.IPNet); ok {
 					lk.Addrs = append(lk.Addrs, p)
 				}
 			}
@@ -250,7 +252,7 @@ func (n *NS) Routes() ([]Route, error) {
 			}
 			for _, r := range rs {
 				rt := Route{Dev: names[r.LinkIndex], Proto: int(r.Protocol), Family: fam}
-				if p, ok := prefixOf(r.Dst); ok {
+				if p, ok := link.PrefixOf(r.Dst); ok {
 					rt.Dst = p
 				} else if fam == netlink.FAMILY_V4 {
 					rt.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
@@ -269,27 +271,4 @@ func (n *NS) Routes() ([]Route, error) {
 		return nil
 	})
 	return out, err
-}
-
-// ipNet converts a prefix (address with length, host bits kept) to the
-// net.IPNet netlink wants.
-func ipNet(p netip.Prefix) *net.IPNet {
-	bits := 32
-	if p.Addr().Is6() {
-		bits = 128
-	}
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
-}
-
-// prefixOf converts a net.IPNet (host bits kept) to a prefix.
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }

@@ -108,7 +108,7 @@ func EnsureGatewayAddr(br netlink.Link, gw netip.Prefix, force bool) error {
 		return fmt.Errorf("list addresses of %q: %w", br.Attrs().Name, err)
 	}
 	for _, a := range addrs {
-		have, ok := prefixOf(a.IPNet)
+		have, ok := PrefixOf(a.IPNet)
 		if !ok || have.Addr().IsLinkLocalUnicast() {
 			continue
 		}
@@ -167,7 +167,9 @@ func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+// PrefixOf converts a net.IPNet from netlink (host bits kept, an IPv4
+// address unmapped) to a prefix; false for nil or a malformed address.
+func PrefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
 	}

@@ -143,7 +143,7 @@ func CheckContainer(netns ns.NetNS, spec ContainerSpec) error {
 		}
 		have := map[netip.Prefix]bool{}
 		for _, a := range addrs {
-			if p, ok := prefixOf(a.IPNet); ok {
+			if p, ok := PrefixOf(a.IPNet); ok {
 				have[p] = true
 			}
 		}
@@ -176,7 +176,7 @@ func hasRoute(routes []netlink.Route, want Route) bool {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
 		if r.Dst != nil {
-			p, ok := prefixOf(r.Dst)
+			p, ok := PrefixOf(r.Dst)
 			if !ok {
 				continue
 			}

@@ -106,7 +106,7 @@ func FindMaster(name string, n ns.NetNS) (Master, error) {
 		return Master{}, fmt.Errorf("list addresses of master %q: %w", name, err)
 	}
 	for _, ad := range addrs {
-		if p, ok := prefixOf(ad.IPNet); ok && !p.Addr().IsLinkLocalUnicast() {
+		if p, ok := PrefixOf(ad.IPNet); ok && !p.Addr().IsLinkLocalUnicast() {
 			m.Addrs = append(m.Addrs, p)
 		}
 	}

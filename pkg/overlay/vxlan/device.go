@@ -228,7 +228,7 @@ func (n *NS) ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
 	}
 	found := false
 	for _, a := range addrs {
-		if have, ok := prefixOf(a.IPNet); ok && have == want {
+		if have, ok := link.PrefixOf(a.IPNet); ok && have == want {
 			found = true
 			continue
 		}
@@ -264,17 +264,4 @@ func (n *NS) DeleteDevice(name string) error {
 		return fmt.Errorf("delete vxlan %q in %s: %w", name, n, err)
 	}
 	return nil
-}
-
-// prefixOf converts a net.IPNet (host bits kept) to a prefix.
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }

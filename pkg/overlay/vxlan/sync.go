@@ -31,7 +31,7 @@ func (n *NS) Entries(dev Device) (Entries, error) {
 		if r.Protocol == unix.RTPROT_KERNEL {
 			continue
 		}
-		dst, ok := prefixOf(r.Dst)
+		dst, ok := link.PrefixOf(r.Dst)
 		if !ok {
 			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		}
