@@ -13,6 +13,10 @@
 # removes on exit; the machine's own network namespace is never touched.
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+
 usage() {
 	cat <<'EOF'
 usage: bench/growth.sh [-a A] [-b B] [-k K]
@@ -25,11 +29,6 @@ Environment: BERTH_BIN (berth's plugins, default <repo>/bin), GO (default go).
 Run as root, after `make build`.
 EOF
 }
-die() {
-	printf 'bench: %s\n' "$*" >&2
-	exit 1
-}
-log() { printf '# %s\n' "$*" >&2; }
 
 A=50 B=500 K=40 GO=${GO:-go}
 while getopts ':a:b:k:h' opt; do
@@ -51,15 +50,7 @@ for v in A B K; do [[ ${!v} =~ ^[1-9][0-9]{0,3}$ ]] || die "-${v,,} wants an int
 ((B > A)) || die "-b ($B) must be more than -a ($A)"
 [[ $(id -u) == 0 ]] || die "run as root: it creates network namespaces"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=$ROOT/bench/out
-BERTH_BIN=${BERTH_BIN:-$ROOT/bin}
-UP_BIN=$OUT/upstream-bin
-CNITOOL=$OUT/cnitool
-BENCHTIME=$OUT/benchtime
 PFX=bgrow-$$
-RESULTS_DIR=/var/lib/cni/results
-STAMP=$(date +%Y%m%d-%H%M%S)-$$
 CSV=$OUT/growth-$STAMP.csv
 TMP=""
 
@@ -74,14 +65,10 @@ cleanup() {
 	[[ -n $TMP ]] && rm -rf "$TMP"
 	exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 mkdir -p "$OUT" "$UP_BIN"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bgrow.XXXXXX")
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 build_tools
 for f in bridge host-local portmap; do
 	[[ -x $BERTH_BIN/$f ]] || die "no $f in $BERTH_BIN: run 'make build' first"

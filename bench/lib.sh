@@ -1,7 +1,33 @@
-# bench/lib.sh: what bench/run.sh and bench/growth.sh share. Sourced, not run.
-# Needs ROOT, OUT, UP_BIN, CNITOOL, BENCHTIME, TMP, GO set, and log/die.
+# bench/lib.sh: what bench/run.sh and bench/growth.sh share. Sourced, not run,
+# right after the script sets ROOT (the repository): it defines die and log
+# and sets the paths both use. build_tools also needs TMP and GO.
+
+die() {
+	printf 'bench: %s\n' "$*" >&2
+	exit 1
+}
+log() { printf '# %s\n' "$*" >&2; }
+
+# on_exit FN: run FN when the script exits, also on SIGINT and SIGTERM
+# (exit codes 130 and 143).
+on_exit() {
+	# shellcheck disable=SC2064 # FN is a name: expanding it now is the point
+	trap "$1" EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
 
 UPMOD=github.com/containernetworking/plugins
+OUT=$ROOT/bench/out
+BERTH_BIN=${BERTH_BIN:-$ROOT/bin}
+UP_BIN=$OUT/upstream-bin
+CNITOOL=$OUT/cnitool
+BENCHTIME=$OUT/benchtime
+# libcni caches ADD results here (cnitool has no knob to move it); DEL
+# removes each entry, the scripts' exit traps remove any left by a failed
+# run. STAMP names a run's output files.
+# shellcheck disable=SC2034 # both used by the scripts that source this
+RESULTS_DIR=/var/lib/cni/results STAMP=$(date +%Y%m%d-%H%M%S)-$$
 
 # build_tools: the upstream plugins (bridge, host-local, portmap) at the
 # version pinned in go.mod into UP_BIN, cnitool into CNITOOL and the timing

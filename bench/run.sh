@@ -8,6 +8,10 @@
 # network namespace is never touched.
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+
 usage() {
 	cat <<'EOF'
 usage: bench/run.sh [-n N] [-p] [-P COUNT] [-m]
@@ -25,12 +29,6 @@ Environment: BERTH_BIN (berth's plugins, default <repo>/bin), GO (default go).
 Run as root, after `make build`. Raw per-call timings go to bench/out/.
 EOF
 }
-
-die() {
-	printf 'bench: %s\n' "$*" >&2
-	exit 1
-}
-log() { printf '# %s\n' "$*" >&2; }
 
 N=${N:-50}
 P=${P:-20}
@@ -69,18 +67,8 @@ fi
 command -v ip >/dev/null || die "needs ip (iproute2)"
 command -v "$GO" >/dev/null || die "needs go ($GO)"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=$ROOT/bench/out
-BERTH_BIN=${BERTH_BIN:-$ROOT/bin}
-UP_BIN=$OUT/upstream-bin
-CNITOOL=$OUT/cnitool
-BENCHTIME=$OUT/benchtime
 HOSTNS=bbench-host-$$
 CPFX=bbench-c-$$-
-# libcni caches ADD results here (cnitool has no knob to move it); DEL
-# removes each entry, the exit trap removes any left by a failed run.
-RESULTS_DIR=/var/lib/cni/results
-STAMP=$(date +%Y%m%d-%H%M%S)-$$
 CSV=$OUT/timings-$STAMP.csv
 SUMMARY=$OUT/summary-$STAMP.txt
 
@@ -118,9 +106,7 @@ cleanup() {
 	[[ -n $TMP ]] && rm -rf "$TMP"
 	exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 mkdir -p "$OUT" "$UP_BIN"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bbench.XXXXXX")
@@ -131,8 +117,6 @@ done
 # --- build: upstream plugins, cnitool, the timing wrapper -------------------
 
 cd "$ROOT"
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 build_tools
 
 missing=()
