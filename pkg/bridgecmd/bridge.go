@@ -85,16 +85,11 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 			return err
 		}
 	}
-	netns, err := link.OpenContainerNS(args.Netns)
+	netns, err := link.OpenContainerNSForAdd(args.Netns, args.IfName)
 	if err != nil {
 		return err
 	}
 	defer netns.Close()
-	if taken, err := link.LinkExistsIn(netns, args.IfName); err != nil {
-		return err
-	} else if taken {
-		return cnierr.Env("CNI_IFNAME", args.IfName, nil, "an interface of that name already exists in container namespace %s", args.Netns)
-	}
 
 	var steps undo.Stack
 	defer steps.OnError(&err)

@@ -56,3 +56,25 @@ func LinkExistsIn(n ns.NetNS, name string) (bool, error) {
 	}
 	return true, nil
 }
+
+// OpenContainerNSForAdd opens the container's namespace for an ADD of the
+// interface ifName: as OpenContainerNS, and it fails (a CNI_IFNAME error)
+// when an interface of that name is already there, so that the ADD never
+// takes over or renames what it did not create.
+//
+// Equivalent: ! ip -n $ns link show $ifName
+func OpenContainerNSForAdd(path, ifName string) (ns.NetNS, error) {
+	n, err := OpenContainerNS(path)
+	if err != nil {
+		return nil, err
+	}
+	taken, err := LinkExistsIn(n, ifName)
+	if err == nil && taken {
+		err = cnierr.Env("CNI_IFNAME", ifName, nil, "an interface of that name already exists in container namespace %s", path)
+	}
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}

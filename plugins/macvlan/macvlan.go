@@ -45,16 +45,11 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	netns, err := link.OpenContainerNS(args.Netns)
+	netns, err := link.OpenContainerNSForAdd(args.Netns, args.IfName)
 	if err != nil {
 		return err
 	}
 	defer netns.Close()
-	if taken, err := link.LinkExistsIn(netns, args.IfName); err != nil {
-		return err
-	} else if taken {
-		return cnierr.Env("CNI_IFNAME", args.IfName, nil, "an interface of that name already exists in container namespace %s", args.Netns)
-	}
 	master, masterNS, err := findMaster(conf, netns)
 	if err != nil {
 		return err
