@@ -243,6 +243,29 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 		})
 	})
 
+	// A lease that comes and goes between two of the backend's own looks
+	// at the store, after the watcher listed it, still ends in a signal:
+	// a watcher that re-lists on every signal always converges. Repeated,
+	// since the window is one poll (file) or one event (etcd).
+	t.Run("ChangesAfterListedLeaseGoes", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t)
+		n := ensure(t, newStore(t), testNetwork(t))
+		watcher, other := newStore(t), newStore(t)
+		ch := watcher.Changes(ctx, n.Name)
+		waitSignal(t, ch, "the initial signal")
+		for i := range 5 {
+			h := acquire(t, other, n.Name, host(2), ttl)
+			if got := leases(t, watcher, n.Name); len(got) != 1 {
+				t.Fatalf("round %d: Leases = %+v; want the one acquired", i, got)
+			}
+			if err := h.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			waitLeases(t, watcher, n.Name, ch, fmt.Sprintf("round %d: the release", i), func(ls []Lease) bool { return len(ls) == 0 })
+		}
+	})
+
 	t.Run("ChangesClosesWithContext", func(t *testing.T) {
 		t.Parallel()
 		n := ensure(t, newStore(t), testNetwork(t))

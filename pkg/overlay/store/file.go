@@ -52,6 +52,9 @@ func (f fileLease) expired(now time.Time) bool { return now.UnixMilli() >= f.Exp
 type fileStore struct {
 	dir string
 	t   *tracker // renewers and pollers
+
+	mu     sync.Mutex
+	listed map[string]string // network → fingerprint of what Leases last returned
 }
 
 // NewFile returns a Store on the directory dir, for several hosts (network
@@ -63,7 +66,7 @@ func NewFile(dir string) (Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("file store: %w", err)
 	}
-	return &fileStore{dir: dir, t: newTracker()}, nil
+	return &fileStore{dir: dir, t: newTracker(), listed: map[string]string{}}, nil
 }
 
 // netDir returns the directory of network, after checking that the name
@@ -257,14 +260,20 @@ func (s *fileStore) Leases(ctx context.Context, network string) ([]Lease, error)
 	if err != nil {
 		return nil, err
 	}
-	if _, err = os.Stat(d); errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	var live []fileLease
+	if _, err = os.Stat(d); err == nil {
+		live, err = locked(ctx, d, func() ([]fileLease, error) { return sweep(d, time.Now()) })
+	} else if errors.Is(err, fs.ErrNotExist) {
+		err = nil
 	}
-	live, err := locked(ctx, d, func() ([]fileLease, error) { return sweep(d, time.Now()) })
 	if err != nil {
 		return nil, fmt.Errorf("leases of overlay network %q: %w", network, err)
 	}
-	return leasesOf(live), nil
+	ls := leasesOf(live)
+	s.mu.Lock()
+	s.listed[network] = fingerprintOf(ls)
+	s.mu.Unlock()
+	return ls, nil
 }
 
 func (s *fileStore) Acquire(ctx context.Context, network string, want Lease, ttl time.Duration) (Hold, error) {
@@ -331,8 +340,10 @@ func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{}
 		close(ch)
 		return ch
 	}
-	// The state at the start: a change after it, before the caller's
-	// first list, is still signalled.
+	// Each poll signals when the leases differ from the last poll's or
+	// from what Leases last returned for the network: a change between
+	// the start and the caller's first list, or one undone before the
+	// next poll after the caller listed it, is still signalled.
 	last := fingerprint(d)
 	ch <- struct{}{}
 	go func() {
@@ -348,7 +359,11 @@ func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{}
 				return
 			case <-t.C:
 			}
-			if fp := fingerprint(d); fp != last {
+			fp := fingerprint(d)
+			s.mu.Lock()
+			listed, ok := s.listed[network]
+			s.mu.Unlock()
+			if fp != last || ok && fp != listed {
 				last = fp
 				signal(ch)
 			}
@@ -365,7 +380,12 @@ func fingerprint(d string) string {
 	if err != nil {
 		return "\x00" + err.Error()
 	}
-	b, err := json.Marshal(leasesOf(live))
+	return fingerprintOf(leasesOf(live))
+}
+
+// fingerprintOf is the content of leases (sorted, as leasesOf returns them).
+func fingerprintOf(leases []Lease) string {
+	b, err := json.Marshal(leases)
 	if err != nil {
 		return "\x00" + err.Error()
 	}
