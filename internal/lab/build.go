@@ -17,6 +17,7 @@ import (
 var UpstreamPlugins = []string{
 	"github.com/containernetworking/plugins/plugins/ipam/host-local",
 	"github.com/containernetworking/plugins/plugins/ipam/static",
+	"github.com/containernetworking/plugins/plugins/ipam/dhcp",
 	"github.com/containernetworking/plugins/plugins/main/loopback",
 }
 

@@ -26,20 +26,6 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// DHCPPluginPkg is upstream's dhcp IPAM plugin, whose binary is also its
-// daemon (`dhcp daemon`). It is a tool in go.mod.
-const DHCPPluginPkg = "github.com/containernetworking/plugins/plugins/ipam/dhcp"
-
-// BuildDHCPPlugin builds the dhcp plugin into dir and returns its path.
-//
-// Equivalent: go build -o $dir/ $DHCPPluginPkg
-func BuildDHCPPlugin(ctx context.Context, root, dir string) (string, error) {
-	if err := goBuild(ctx, root, dir, DHCPPluginPkg); err != nil {
-		return "", err
-	}
-	return filepath.Join(dir, "dhcp"), nil
-}
-
 // PinMAC sets the hardware address of link name to the one it has. A
 // bridge whose address was never set takes the lowest of its ports' and
 // changes it as ports come and go, leaving its neighbours with a stale

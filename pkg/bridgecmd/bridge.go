@@ -122,6 +122,14 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 		return finish(err, res, conf, store, rec, out)
 	}
 
+	if conf.IPAMConf.Type == "dhcp" && !conf.DisableContainerInterface {
+		// The dhcp plugin's daemon talks DHCP through the container's
+		// interface: up now, its first DISCOVER is not sent on a link
+		// whose queue the kernel has not yet started.
+		if err := link.ConfigureContainer(netns, link.ContainerSpec{IfName: args.IfName, Up: true}); err != nil {
+			return err
+		}
+	}
 	ipres, err := ipam.Add(ctx, conf.IPAMConf.Type, args.StdinData)
 	if err != nil {
 		return err
@@ -254,14 +262,24 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	// The steps are independent and each waits on something else (the
-	// kernel's RCU grace periods when a veth or an nft set element goes,
-	// the IPAM plugin's exec), so they run at once: DEL takes as long as
-	// the slowest, not the sum. Every step runs even if another fails, a
-	// missing object is success, and none needs the container's namespace
-	// (the host veth name derives from the owner; nft state is tagged).
+	// The steps each wait on something else (the kernel's RCU grace
+	// periods when a veth or an nft set element goes, the IPAM plugin's
+	// exec), so they run at once: DEL takes as long as the slowest, not
+	// the sum. Only the IPAM plugin's DEL comes before the veth's removal:
+	// the dhcp plugin sends its RELEASE through the container's interface
+	// (upstream bridge loses it, containernetworking/plugins#791). Every
+	// step runs even if another fails, a missing object is success, and
+	// none needs the container's namespace (the host veth name derives
+	// from the owner; nft state is tagged).
+	releaseThenUnplug := func() error {
+		var err error
+		if conf.IPAMConf.Type != "" {
+			err = ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData)
+		}
+		return errors.Join(err, link.DeleteHostVeth(link.HostVethName(owner)))
+	}
 	steps := []func() error{
-		func() error { return link.DeleteHostVeth(link.HostVethName(owner)) },
+		releaseThenUnplug,
 		func() error {
 			if !found {
 				return deleteMasq(natOwner(owner))
@@ -273,9 +291,6 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 			// sweep (and fork iptables-save for) the others.
 			return deleteMasqIn(rec.MasqBackend, natOwner(owner))
 		},
-	}
-	if conf.IPAMConf.Type != "" {
-		steps = append(steps, func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) })
 	}
 	if conf.MacSpoofChk {
 		steps = append(steps, func() error { return spoof.Delete(spoofOwner(owner)) })
