@@ -21,6 +21,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
@@ -144,8 +145,10 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	if err := link.ConfigureContainer(netns, spec); err != nil {
 		return err
 	}
-	if err := ensureGateways(conf, l3.Gateways); err != nil {
+	if gwIface, err := ensureGateways(conf, l3.Gateways); err != nil {
 		return err
+	} else if gwIface != nil {
+		res.Interfaces = append(res.Interfaces, gwIface)
 	}
 	if masq != nil {
 		m := nat.Masq{Owner: natOwner(owner), Addrs: masqAddrs(conf, l3.Addrs)}
@@ -225,30 +228,40 @@ func removeBridgeIfUnused(name string) error {
 	return link.DeleteBridgeIfUnused(name)
 }
 
-// ensureGateways puts the gateway addresses on the bridge and turns on
-// forwarding, under the bridge's lock (forceAddress replaces addresses).
-func ensureGateways(conf *config.Bridge, gws []netip.Prefix) error {
+// ensureGateways puts the gateway addresses on the bridge, or with vlan
+// on the VLAN's gateway interface "<bridge>.<vlan>" (returned, for the
+// result, as upstream lists it), and turns on forwarding, under the
+// bridge's lock (forceAddress replaces addresses).
+func ensureGateways(conf *config.Bridge, gws []netip.Prefix) (*current.Interface, error) {
 	if len(gws) == 0 {
-		return nil
+		return nil, nil
 	}
 	l, err := lock.Acquire("bridge-"+conf.BrName, lockWait)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer l.Unlock()
 	br, _, err := link.EnsureBridge(link.BridgeSpec{Name: conf.BrName})
 	if err != nil {
-		return err
+		return nil, err
+	}
+	var holder netlink.Link = br
+	var iface *current.Interface
+	if conf.Vlan != 0 {
+		if holder, err = link.EnsureVlanGateway(br, conf.Vlan, conf.PreserveDefaultVlan); err != nil {
+			return nil, err
+		}
+		iface = &current.Interface{Name: holder.Attrs().Name, Mac: holder.Attrs().HardwareAddr.String()}
 	}
 	for _, gw := range gws {
-		if err := link.EnsureGatewayAddr(br, gw, conf.ForceAddress); err != nil {
-			return err
+		if err := link.EnsureGatewayAddr(holder, gw, conf.ForceAddress); err != nil {
+			return nil, err
 		}
 		if err := link.EnableForwarding(gw.Addr()); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return iface, nil
 }
 
 // Del is the DEL command.

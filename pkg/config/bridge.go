@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -96,6 +97,10 @@ func ParseBridge(stdin []byte, cniArgs string) (*Bridge, error) {
 	}
 	if c.Vlans, err = trunkVlans(c.VlanTrunk); err != nil {
 		return nil, err
+	}
+	// The gateway of a VLAN lives on "<bridge>.<vlan>", a link name too.
+	if gw := c.BrName + "." + strconv.Itoa(c.Vlan); c.IsGW && c.Vlan != 0 && len(gw) > MaxIfName {
+		return nil, cnierr.Field("bridge", c.BrName, "with vlan %d and isGateway the gateway interface %q would pass the kernel's %d-byte name limit", c.Vlan, gw, MaxIfName)
 	}
 	if c.DataDir, err = dataDir(c.DataDir); err != nil {
 		return nil, err

@@ -77,6 +77,7 @@ func TestParseBridgeErrors(t *testing.T) {
 		{"hairpin and promisc", `{"name":"n","hairpinMode":true,"promiscMode":true}`, "", 7, "hairpinMode", "true"},
 		{"mtu", `{"name":"n","mtu":20}`, "", 7, "mtu", "20"},
 		{"vlan", `{"name":"n","vlan":5000}`, "", 7, "vlan", "5000"},
+		{"vlan gateway name", `{"name":"n","bridge":"berth-bridge01","isGateway":true,"vlan":100}`, "", 7, "bridge", `"berth-bridge01"`},
 		{"trunk range", `{"name":"n","vlanTrunk":[{"minID":10,"maxID":5}]}`, "", 7, "vlanTrunk[0].maxID", "5"},
 		{"trunk half", `{"name":"n","vlanTrunk":[{"minID":10}]}`, "", 7, "vlanTrunk[0].maxID", ""},
 		{"ipam with no interface", `{"name":"n","disableContainerInterface":true,"ipam":{"type":"static"}}`, "", 7, "disableContainerInterface", "true"},

@@ -181,8 +181,9 @@ func PrefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
-// DeleteBridgeIfUnused deletes the bridge if no link is attached to it; a
-// missing bridge is not an error. The caller holds the bridge's lock.
+// DeleteBridgeIfUnused deletes the bridge if no link is attached to it
+// but its own VLAN gateways (deleted with it); a missing bridge is not an
+// error. The caller holds the bridge's lock.
 //
 // Equivalent: [ -z "$(ip link show master $name)" ] && ip link del $name
 func DeleteBridgeIfUnused(name string) error {
@@ -197,10 +198,18 @@ func DeleteBridgeIfUnused(name string) error {
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
+	var gateways []netlink.Link // VLAN gateway ports: the bridge's own
 	for _, l := range links {
-		if l.Attrs().MasterIndex == br.Index {
+		if l.Attrs().MasterIndex != br.Index {
+			continue
+		}
+		if !IsVlanGatewayPort(l.Attrs().Alias) {
 			return nil
 		}
+		gateways = append(gateways, l)
+	}
+	if err := deleteVlanGateways(gateways); err != nil {
+		return err
 	}
 	if err := netlink.LinkDel(br); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("delete bridge %q: %w", name, err)
