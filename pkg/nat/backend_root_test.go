@@ -413,3 +413,29 @@ func TestBackendAdd(t *testing.T) {
 		})
 	}
 }
+
+// getElem reads one element by key: the comment of a present one, found
+// false for an absent key; Add's fast path rests on it.
+func TestNFTGetElem(t *testing.T) {
+	needRoot(t)
+	t.Parallel()
+	ns := newNS(t, "getelem")
+	m := masq("gnet", "ctr-a", "eth0", "10.22.0.5/16")
+	ns.must(t, "ensure", func() error { return nftBackend{}.Ensure(m) })
+	set := namesFor("gnet").Src[v4]
+	want := ownerTag("", entry{Owner: StoredOwner(m.Owner), Addr: m.Addrs[0]}).String()
+	ns.must(t, "get present", func() error {
+		c, found, err := getElem(set, []byte{10, 22, 0, 5})
+		if err != nil || !found || c != want {
+			return fmt.Errorf("getElem(10.22.0.5) = %q, %v, %v; want %q, true, nil", c, found, err, want)
+		}
+		return nil
+	})
+	ns.must(t, "get absent", func() error {
+		c, found, err := getElem(set, []byte{10, 22, 0, 6})
+		if err != nil || found {
+			return fmt.Errorf("getElem(10.22.0.6) = %q, %v, %v; want not found", c, found, err)
+		}
+		return nil
+	})
+}

@@ -34,16 +34,18 @@ func (nftBackend) Ensure(m Masq) error {
 }
 
 // Add writes m's address elements in one transaction without reading the
-// address sets: each address is added bare, deleted and added again with
-// m's owner comment, so an element a gone container left keeps no stale
-// owner. Only the subnet set is read (it holds a range per distinct
-// subnet, not per container). When the network's sets are not there yet,
-// or m's subnet is not in the subnet set, Ensure's read-plan-write path
-// runs instead.
+// address sets: each address is looked up alone (one netlink request, not
+// a dump), and only the missing ones are added, with m's owner comment.
+// Only the subnet set is read (it holds a range per distinct subnet, not
+// per container). When the network's sets are not there yet, m's subnet is
+// not in the subnet set, or an address is held under another owner (a gone
+// container's, whose DEL never ran), Ensure's read-plan-write path runs
+// instead: it moves the address to m's owner. (Replacing an element in the
+// batch, delete then add, would cost every ADD the ~10 ms the kernel takes
+// to commit an element deletion.)
 //
-// Equivalent: nft list set inet berth-nat dst4-$h; nft -f - <<< 'add element inet berth-nat src4-$h { 10.22.0.5 };
-// delete element inet berth-nat src4-$h { 10.22.0.5 };
-// add element inet berth-nat src4-$h { 10.22.0.5 comment "berth p=16 if=eth0 id=$id" }'
+// Equivalent: nft list set inet berth-nat dst4-$h; nft get element inet berth-nat src4-$h { 10.22.0.5 };
+// nft add element inet berth-nat src4-$h { 10.22.0.5 comment "berth p=16 if=eth0 id=$id" }
 func (nftBackend) Add(m Masq) error {
 	want, err := validateMasq(m)
 	if err != nil {
@@ -60,11 +62,13 @@ func (nftBackend) Add(m Masq) error {
 }
 
 // errSlowPath sends Add to Ensure's path.
-var errSlowPath = errors.New("subnet not in the subnet set")
+var errSlowPath = errors.New("needs the read-plan-write path")
 
 // addNFT sends Add's batch, or fails (having sent nothing) when the subnet
-// set is missing or lacks one of want's subnets.
+// set is missing or lacks one of want's subnets, or an address is held
+// under another comment.
 func addNFT(c *nftables.Conn, network string, want []entry) error {
+	queued := false
 	for _, f := range families {
 		es := ofFamily(want, f)
 		if len(es) == 0 {
@@ -80,14 +84,27 @@ func addNFT(c *nftables.Conn, network string, want []entry) error {
 				return errSlowPath
 			}
 		}
-		bare := srcElems("", es)
-		if err := errors.Join(
-			c.SetAddElements(src, bare),
-			c.SetDeleteElements(src, bare),
-			c.SetAddElements(src, srcElems(network, es)),
-		); err != nil {
-			return err
+		var missing []entry
+		for _, e := range es {
+			comment, found, err := getElem(src.Name, e.Addr.Addr().AsSlice())
+			switch {
+			case err != nil:
+				return err
+			case !found:
+				missing = append(missing, e)
+			case comment != ownerTag("", e).String():
+				return errSlowPath
+			}
 		}
+		if len(missing) > 0 {
+			if err := c.SetAddElements(src, srcElems(network, missing)); err != nil {
+				return err
+			}
+			queued = true
+		}
+	}
+	if !queued {
+		return nil
 	}
 	return c.Flush()
 }
