@@ -278,32 +278,33 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	// The steps each wait on something else (the kernel's RCU grace
 	// periods when a veth or an nft set element goes, the IPAM plugin's
 	// exec), so they run at once: DEL takes as long as the slowest, not
-	// the sum. Only the IPAM plugin's DEL comes before the veth's removal:
-	// the dhcp plugin sends its RELEASE through the container's interface
-	// (upstream bridge loses it, containernetworking/plugins#791). Every
-	// step runs even if another fails, a missing object is success, and
-	// none needs the container's namespace (the host veth name derives
-	// from the owner; nft state is tagged).
-	releaseThenUnplug := func() error {
-		var err error
-		if conf.IPAMConf.Type != "" {
-			err = ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData)
+	// the sum. Only the dhcp plugin's DEL comes before the veth's removal:
+	// it sends its RELEASE through the container's interface (upstream
+	// bridge loses it, containernetworking/plugins#791); other IPAM
+	// plugins release in their own files. Every step runs even if another
+	// fails, a missing object is success, and none needs the container's
+	// namespace (the host veth name derives from the owner; nft state is
+	// tagged).
+	unplug := func() error { return link.DeleteHostVeth(link.HostVethName(owner)) }
+	release := func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) }
+	unmasq := func() error {
+		if !found {
+			return deleteMasq(natOwner(owner))
 		}
-		return errors.Join(err, link.DeleteHostVeth(link.HostVethName(owner)))
+		if rec.MasqBackend == "" {
+			return nil
+		}
+		// The record names the backend the ADD used: no need to sweep
+		// (and fork iptables-save for) the others.
+		return deleteMasqIn(rec.MasqBackend, natOwner(owner))
 	}
-	steps := []func() error{
-		releaseThenUnplug,
-		func() error {
-			if !found {
-				return deleteMasq(natOwner(owner))
-			}
-			if rec.MasqBackend == "" {
-				return nil
-			}
-			// The record names the backend the ADD used: no need to
-			// sweep (and fork iptables-save for) the others.
-			return deleteMasqIn(rec.MasqBackend, natOwner(owner))
-		},
+	steps := []func() error{unplug, unmasq}
+	switch conf.IPAMConf.Type {
+	case "":
+	case "dhcp":
+		steps[0] = func() error { return errors.Join(release(), unplug()) }
+	default:
+		steps = append(steps, release)
 	}
 	if conf.MacSpoofChk {
 		steps = append(steps, func() error { return spoof.Delete(spoofOwner(owner)) })
