@@ -1,5 +1,8 @@
 // Package ipam delegates address management to the IPAM plugin a config
-// names, by executing it from CNI_PATH as the spec's delegation describes.
+// names, by executing it from CNI_PATH as the spec's delegation describes,
+// except host-local, which runs in-process on the pinned upstream library
+// (hostlocal.go): same leases, files and lock, one exec fewer. It touches
+// what the IPAM plugin touches (for host-local, files under its dataDir).
 package ipam
 
 import (
@@ -15,6 +18,13 @@ import (
 // Add runs the IPAM plugin's ADD for the current attachment (the CNI_*
 // environment) and returns its result in the current spec version.
 func Add(ctx context.Context, plugin string, netconf []byte) (*current.Result, error) {
+	if plugin == HostLocal {
+		res, err := hostLocalAdd(netconf, fromEnv())
+		if err != nil {
+			return nil, fmt.Errorf("ipam %s add: %w", plugin, err)
+		}
+		return res, nil
+	}
 	r, err := invoke.DelegateAdd(ctx, plugin, netconf, nil)
 	if err != nil {
 		return nil, fmt.Errorf("ipam %s add: %w", plugin, err)
@@ -28,6 +38,12 @@ func Add(ctx context.Context, plugin string, netconf []byte) (*current.Result, e
 
 // Del releases the current attachment's addresses.
 func Del(ctx context.Context, plugin string, netconf []byte) error {
+	if plugin == HostLocal {
+		if err := hostLocalDel(netconf, fromEnv()); err != nil {
+			return fmt.Errorf("ipam %s del: %w", plugin, err)
+		}
+		return nil
+	}
 	if err := invoke.DelegateDel(ctx, plugin, netconf, nil); err != nil {
 		return fmt.Errorf("ipam %s del: %w", plugin, err)
 	}
@@ -36,6 +52,12 @@ func Del(ctx context.Context, plugin string, netconf []byte) error {
 
 // Check asks the IPAM plugin to verify the current attachment.
 func Check(ctx context.Context, plugin string, netconf []byte) error {
+	if plugin == HostLocal {
+		if err := hostLocalCheck(netconf, fromEnv()); err != nil {
+			return fmt.Errorf("ipam %s check: %w", plugin, err)
+		}
+		return nil
+	}
 	if err := invoke.DelegateCheck(ctx, plugin, netconf, nil); err != nil {
 		return fmt.Errorf("ipam %s check: %w", plugin, err)
 	}
@@ -62,6 +84,12 @@ func GC(ctx context.Context, plugin string, netconf []byte) error {
 // (a stale one found by GC): same config, that attachment's container ID
 // and interface name, no netns.
 func ReleaseFor(ctx context.Context, plugin string, netconf []byte, containerID, ifName string) error {
+	if plugin == HostLocal {
+		if err := hostLocalDel(netconf, attachment{containerID: containerID, ifName: ifName}); err != nil {
+			return fmt.Errorf("ipam %s del for %s/%s: %w", plugin, containerID, ifName, err)
+		}
+		return nil
+	}
 	cniPath := os.Getenv("CNI_PATH")
 	path, err := invoke.FindInPath(plugin, filepath.SplitList(cniPath))
 	if err != nil {

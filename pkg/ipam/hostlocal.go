@@ -1,0 +1,155 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
+	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
+)
+
+// HostLocal is the IPAM type served in-process. berth links the pinned
+// upstream host-local's allocator and disk store, so leases, their files
+// under dataDir and the lock are the ones the host-local binary uses (and
+// the two can serve one network side by side); what is saved is the exec
+// of a second program on every ADD, DEL and CHECK, about a quarter of a
+// bridge ADD's time here.
+const HostLocal = "host-local"
+
+// attachment is the CNI environment a delegated plugin would inherit.
+type attachment struct{ containerID, ifName, args string }
+
+func fromEnv() attachment {
+	return attachment{os.Getenv("CNI_CONTAINERID"), os.Getenv("CNI_IFNAME"), os.Getenv("CNI_ARGS")}
+}
+
+// openHostLocal parses the ipam section (ranges, routes, requested IPs
+// from CNI_ARGS, args and runtimeConfig, as host-local does) and opens
+// the network's lease store.
+func openHostLocal(netconf []byte, cniArgs string) (*allocator.IPAMConfig, *disk.Store, error) {
+	conf, _, err := allocator.LoadIPAMConfig(netconf, cniArgs)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := disk.New(conf.Name, conf.DataDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conf, store, nil
+}
+
+// hostLocalAdd leases one address from each range set (a requested one
+// where a requested address falls in the set) and returns them with the
+// config's routes and resolvConf's DNS. On error nothing stays leased.
+//
+// Equivalent: CNI_COMMAND=ADD host-local < $netconf
+func hostLocalAdd(netconf []byte, a attachment) (res *current.Result, err error) {
+	conf, store, err := openHostLocal(netconf, a.args)
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	res = &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: conf.Routes}
+	if conf.ResolvConf != "" {
+		if res.DNS, err = readResolvConf(conf.ResolvConf); err != nil {
+			return nil, err
+		}
+	}
+	wanted := append([]net.IP(nil), conf.IPArgs...)
+	var taken []*allocator.IPAllocator
+	defer func() {
+		if err != nil {
+			for _, al := range taken {
+				err = errors.Join(err, al.Release(a.containerID, a.ifName))
+			}
+		}
+	}()
+	for i := range conf.Ranges {
+		al := allocator.NewIPAllocator(&conf.Ranges[i], store, i)
+		var want net.IP
+		for j, ip := range wanted {
+			if conf.Ranges[i].Contains(ip) {
+				want = ip
+				wanted = append(wanted[:j], wanted[j+1:]...)
+				break
+			}
+		}
+		ipc, err := al.Get(a.containerID, a.ifName, want)
+		if err != nil {
+			return nil, fmt.Errorf("range set %d: %w", i, err)
+		}
+		taken = append(taken, al)
+		res.IPs = append(res.IPs, ipc)
+	}
+	if len(wanted) > 0 {
+		return nil, fmt.Errorf("requested addresses %v are in none of the ranges", wanted)
+	}
+	return res, nil
+}
+
+// hostLocalDel releases every address a holds in the network.
+//
+// Equivalent: CNI_COMMAND=DEL host-local < $netconf
+func hostLocalDel(netconf []byte, a attachment) error {
+	conf, store, err := openHostLocal(netconf, a.args)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	var errs []error
+	for i := range conf.Ranges {
+		errs = append(errs, allocator.NewIPAllocator(&conf.Ranges[i], store, i).Release(a.containerID, a.ifName))
+	}
+	return errors.Join(errs...)
+}
+
+// hostLocalCheck fails when a holds no address in the network.
+//
+// Equivalent: CNI_COMMAND=CHECK host-local < $netconf
+func hostLocalCheck(netconf []byte, a attachment) error {
+	_, store, err := openHostLocal(netconf, a.args)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if !store.FindByID(a.containerID, a.ifName) {
+		return fmt.Errorf("no address leased to container %s interface %s", a.containerID, a.ifName)
+	}
+	return nil
+}
+
+// readResolvConf takes nameserver, domain, search and options lines from
+// a resolv.conf file, as host-local's resolvConf key does.
+func readResolvConf(path string) (types.DNS, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return types.DNS{}, fmt.Errorf("resolvConf: %w", err)
+	}
+	return parseResolvConf(string(b)), nil
+}
+
+func parseResolvConf(text string) types.DNS {
+	var dns types.DNS
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") || strings.HasPrefix(f[0], ";") {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			dns.Nameservers = append(dns.Nameservers, f[1])
+		case "domain":
+			dns.Domain = f[1]
+		case "search":
+			dns.Search = append(dns.Search, f[1:]...)
+		case "options":
+			dns.Options = append(dns.Options, f[1:]...)
+		}
+	}
+	return dns
+}
