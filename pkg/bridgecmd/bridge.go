@@ -141,6 +141,17 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	if err != nil {
 		return err
 	}
+	// The masquerade (host netfilter, its own lock) needs nothing but the
+	// addresses: it runs while the container and the gateway are set up.
+	masqDone := func() error { return nil }
+	if masq != nil {
+		m := nat.Masq{Owner: natOwner(owner), Addrs: masqAddrs(conf, l3.Addrs)}
+		masqDone = goResult(func() error { return masq.Add(m) })
+		steps.Push("masquerade", func() error {
+			_ = masqDone() // never delete under a running Add
+			return masq.Delete(m.Owner)
+		})
+	}
 	spec := link.ContainerSpec{IfName: args.IfName, Addrs: l3.Addrs, Routes: l3.Routes, DAD: conf.EnableDad}
 	if err := link.ConfigureContainer(netns, spec); err != nil {
 		return err
@@ -150,17 +161,29 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	} else if gwIface != nil {
 		res.Interfaces = append(res.Interfaces, gwIface)
 	}
-	if masq != nil {
-		m := nat.Masq{Owner: natOwner(owner), Addrs: masqAddrs(conf, l3.Addrs)}
-		if err := masq.Add(m); err != nil {
-			return err
-		}
-		steps.Push("masquerade", func() error { return masq.Delete(m.Owner) })
+	if err := masqDone(); err != nil {
+		return err
 	}
 	for _, p := range l3.Addrs {
 		rec.IPs = append(rec.IPs, p.String())
 	}
 	return finish(nil, res, conf, store, rec, out)
+}
+
+// goResult runs fn in a goroutine (on a thread of the host's namespace:
+// the container's is entered only by ns.Do's own locked threads) and
+// returns a function that waits for its error, as often as called.
+func goResult(fn func() error) func() error {
+	done := make(chan struct{})
+	var err error
+	go func() {
+		defer close(done)
+		err = fn()
+	}()
+	return func() error {
+		<-done
+		return err
+	}
 }
 
 // finish records the completed attachment and prints the result in the
