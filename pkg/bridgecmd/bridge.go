@@ -97,12 +97,27 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 
 	store := state.Open(conf.DataDir, conf.Name)
 	p.sweep(ctx, conf, args.StdinData, store)
+	// No record: no lease either (the record is written before the IPAM
+	// ADD and removed only after its DEL succeeded).
+	_, known, err := store.Get(args.ContainerID, args.IfName)
+	if err != nil {
+		return err
+	}
 	rec := state.Record{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName,
 		Netns: args.Netns, HostVeth: link.HostVethName(owner), MasqBackend: masqName}
 	if err := store.Put(rec); err != nil {
 		return err
 	}
-	steps.Push("attachment record", func() error { return store.Delete(args.ContainerID, args.IfName) })
+	// The record goes with a failed ADD unless its lease could not be
+	// released: then it stays for DEL, GC and the sweep to finish, and
+	// "no record, no lease" holds for the next ADD.
+	leaseKept := false
+	steps.Push("attachment record", func() error {
+		if leaseKept {
+			return nil
+		}
+		return store.Delete(args.ContainerID, args.IfName)
+	})
 
 	br, veth, err := attach(conf, owner, netns, &steps)
 	if err != nil {
@@ -131,11 +146,19 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 			return err
 		}
 	}
-	ipres, err := ipam.Add(ctx, conf.IPAMConf.Type, args.StdinData)
+	ipamAdd := ipam.AddNew
+	if known {
+		ipamAdd = ipam.Add
+	}
+	ipres, err := ipamAdd(ctx, conf.IPAMConf.Type, args.StdinData)
 	if err != nil {
 		return err
 	}
-	steps.Push("ipam", func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) })
+	steps.Push("ipam", func() error {
+		err := ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData)
+		leaseKept = err != nil
+		return err
+	})
 	res.IPs, res.Routes, res.DNS = ipres.IPs, ipres.Routes, ipres.DNS
 	l3, err := plan.PlanL3(res, plan.Gateway{IsGW: conf.IsGW, IsDefaultGW: conf.IsDefaultGW}, 2)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend"
 	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
 	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
 )
@@ -43,17 +44,29 @@ func openHostLocal(netconf []byte, cniArgs string) (*allocator.IPAMConfig, *disk
 	return conf, store, nil
 }
 
+// newAttachment is host-local's store for an attachment the caller knows
+// holds no lease yet: the duplicate-lease check, a read of every lease
+// file of the network (host-local's GetByID), is skipped, so an ADD's cost
+// does not grow with the leases already on the host.
+type newAttachment struct{ *disk.Store }
+
+func (newAttachment) GetByID(string, string) []net.IP { return nil }
+
 // hostLocalAdd leases one address from each range set (a requested one
 // where a requested address falls in the set) and returns them with the
 // config's routes and resolvConf's DNS. On error nothing stays leased.
 //
 // Equivalent: CNI_COMMAND=ADD host-local < $netconf
-func hostLocalAdd(netconf []byte, a attachment) (res *current.Result, err error) {
-	conf, store, err := openHostLocal(netconf, a.args)
+func hostLocalAdd(netconf []byte, a attachment, fresh bool) (res *current.Result, err error) {
+	conf, disk, err := openHostLocal(netconf, a.args)
 	if err != nil {
 		return nil, err
 	}
-	defer store.Close()
+	defer disk.Close()
+	var store backend.Store = disk
+	if fresh {
+		store = newAttachment{disk}
+	}
 	res = &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: conf.Routes}
 	if conf.ResolvConf != "" {
 		if res.DNS, err = readResolvConf(conf.ResolvConf); err != nil {

@@ -23,7 +23,7 @@ func TestHostLocal(t *testing.T) {
 	dir := t.TempDir()
 	conf := hlConf(t, dir)
 	a := attachment{containerID: "ctr-a", ifName: "eth0"}
-	res, err := hostLocalAdd(conf, a)
+	res, err := hostLocalAdd(conf, a, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestHostLocal(t *testing.T) {
 	}
 	// As the binary: a second ADD of the attachment is refused, and its
 	// lease stays.
-	if _, err := hostLocalAdd(conf, a); err == nil || !strings.Contains(err.Error(), "duplicate") {
+	if _, err := hostLocalAdd(conf, a, false); err == nil || !strings.Contains(err.Error(), "duplicate") {
 		t.Errorf("ADD again = %v, want host-local's duplicate allocation error", err)
 	}
 	if err := hostLocalCheck(conf, a); err != nil {
@@ -47,11 +47,11 @@ func TestHostLocal(t *testing.T) {
 	}
 
 	b1 := attachment{containerID: "ctr-b", ifName: "eth0", args: "IgnoreUnknown=1;IP=10.55.0.5"}
-	if res, err := hostLocalAdd(conf, b1); err != nil || res.IPs[0].Address.String() != "10.55.0.5/29" {
+	if res, err := hostLocalAdd(conf, b1, false); err != nil || res.IPs[0].Address.String() != "10.55.0.5/29" {
 		t.Errorf("ADD with IP=10.55.0.5 = %v, %v", res, err)
 	}
 	bad := attachment{containerID: "ctr-c", ifName: "eth0", args: "IgnoreUnknown=1;IP=10.66.0.5"}
-	if _, err := hostLocalAdd(conf, bad); err == nil || !strings.Contains(err.Error(), "10.66.0.5") {
+	if _, err := hostLocalAdd(conf, bad, false); err == nil || !strings.Contains(err.Error(), "10.66.0.5") {
 		t.Errorf("ADD with IP=10.66.0.5 (in no range) = %v, want an error naming it", err)
 	}
 	if err := hostLocalCheck(conf, bad); err == nil {
@@ -79,12 +79,12 @@ func TestHostLocalExhausted(t *testing.T) {
 	dir := t.TempDir()
 	conf := hlConf(t, dir)
 	for i := range 5 {
-		if _, err := hostLocalAdd(conf, attachment{containerID: "c" + string(rune('0'+i)), ifName: "eth0"}); err != nil {
+		if _, err := hostLocalAdd(conf, attachment{containerID: "c" + string(rune('0'+i)), ifName: "eth0"}, i%2 == 0); err != nil {
 			t.Fatalf("ADD %d: %v", i, err)
 		}
 	}
 	last := attachment{containerID: "c9", ifName: "eth0"}
-	if _, err := hostLocalAdd(conf, last); err == nil {
+	if _, err := hostLocalAdd(conf, last, true); err == nil {
 		t.Fatal("ADD past the range's end succeeded")
 	}
 	if err := hostLocalCheck(conf, last); err == nil {

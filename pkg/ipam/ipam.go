@@ -18,8 +18,19 @@ import (
 // Add runs the IPAM plugin's ADD for the current attachment (the CNI_*
 // environment) and returns its result in the current spec version.
 func Add(ctx context.Context, plugin string, netconf []byte) (*current.Result, error) {
+	return add(ctx, plugin, netconf, false)
+}
+
+// AddNew is Add for an attachment the caller knows holds no address (it
+// has no record of it): in-process host-local then skips its scan of every
+// lease file for a duplicate, whose cost grows with the network's leases.
+func AddNew(ctx context.Context, plugin string, netconf []byte) (*current.Result, error) {
+	return add(ctx, plugin, netconf, true)
+}
+
+func add(ctx context.Context, plugin string, netconf []byte, fresh bool) (*current.Result, error) {
 	if plugin == HostLocal {
-		res, err := hostLocalAdd(netconf, fromEnv())
+		res, err := hostLocalAdd(netconf, fromEnv(), fresh)
 		if err != nil {
 			return nil, fmt.Errorf("ipam %s add: %w", plugin, err)
 		}
