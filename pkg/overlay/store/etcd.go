@@ -300,6 +300,7 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want Lease, ttl
 			stopOnClose()
 			kcancel()
 		},
+		ttl:  time.Duration(grant.TTL) * time.Second,
 		lost: make(chan struct{}),
 		done: make(chan struct{}),
 	}
@@ -503,6 +504,7 @@ type etcdHold struct {
 
 	ctx      context.Context // Acquire's
 	cancel   context.CancelFunc
+	ttl      time.Duration // as etcd granted it
 	released atomic.Bool
 	lost     chan struct{} // closed by run only
 	done     chan struct{} // run returned
@@ -512,24 +514,71 @@ func (h *etcdHold) Lease() Lease          { return h.lease }
 func (h *etcdHold) Lost() <-chan struct{} { return h.lost }
 
 // run follows the keep-alive responses, checking on each that the key is
-// still attached to this Hold's etcd lease. The client closes ka when the
-// lease expired or no response came within the TTL; that is a loss unless
-// the Hold was released, its context ended or the store was closed.
+// still attached to this Hold's etcd lease. The client closes ka when it
+// had no response within the TTL, and also when etcd answered that it
+// does not know the lease, which a restarted etcd answers for a moment
+// before it has recovered its leases (seen here under load). So a closed
+// ka is a loss only once etcd says the lease is gone or the TTL since the
+// last renewal has run out; until then run asks etcd again and resumes the
+// keep-alive. Release, the Hold's context or the store's close end it
+// without a loss.
 func (h *etcdHold) run(kctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
 	defer h.s.t.done()
 	defer close(h.done)
 	defer h.cancel()
-	for range ka {
-		if h.taken(kctx) {
-			h.cancel()
-			close(h.lost)
+	renewed := time.Now()
+	for {
+		for range ka {
+			renewed = time.Now()
+			if h.taken(kctx) {
+				h.cancel()
+				close(h.lost)
+				return
+			}
+		}
+		if h.ended() {
+			return
+		}
+		var ok bool
+		if ka, ok = h.resume(kctx, renewed); !ok {
+			if !h.ended() {
+				close(h.lost)
+			}
 			return
 		}
 	}
-	if h.released.Load() || h.ctx.Err() != nil || h.s.t.ctx.Err() != nil {
-		return
+}
+
+// ended reports a Hold released, or whose context or store ended.
+func (h *etcdHold) ended() bool {
+	return h.released.Load() || h.ctx.Err() != nil || h.s.t.ctx.Err() != nil
+}
+
+// resume asks etcd for the lease's remaining TTL until it answers or the
+// TTL since renewed has passed, and restarts the keep-alive while the
+// lease lives.
+//
+// Equivalent: etcdctl lease timetolive $id && etcdctl lease keep-alive $id
+func (h *etcdHold) resume(ctx context.Context, renewed time.Time) (<-chan *clientv3.LeaseKeepAliveResponse, bool) {
+	for time.Since(renewed) < h.ttl {
+		rctx, cancel := h.s.request(ctx)
+		resp, err := h.s.cli.TimeToLive(rctx, h.id)
+		cancel()
+		if err == nil && resp.TTL <= 0 {
+			return nil, false // expired or revoked
+		}
+		if err == nil {
+			if ka, err := h.s.cli.KeepAlive(ctx, h.id); err == nil {
+				return ka, true
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
-	close(h.lost)
+	return nil, false
 }
 
 // taken reports whether the key is gone or attached to another etcd lease
