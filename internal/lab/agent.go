@@ -79,7 +79,7 @@ func (a *Agent) WaitReady(ctx context.Context) (overlay.Local, error) {
 	for {
 		l, err := overlay.ReadLocal(a.StateDir, a.Network)
 		if err == nil {
-			ok, why := l.Live()
+			ok, why := l.Live(a.StateDir)
 			if ok && l.PID == a.cmd.Process.Pid {
 				return l, nil
 			}

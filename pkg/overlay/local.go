@@ -12,8 +12,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/state"
 )
@@ -78,17 +79,74 @@ func ReadLocal(dir, network string) (Local, error) {
 	return l, nil
 }
 
-// Live reports whether l says ready and its agent process still runs; when
-// not, reason says why.
-func (l Local) Live() (ok bool, reason string) {
+// Live reports whether l says ready and its agent still runs (it holds
+// the agent lock of l's network under dir); when not, reason says why.
+func (l Local) Live(dir string) (ok bool, reason string) {
 	if !l.Ready {
 		if l.Reason != "" {
 			return false, "agent not ready: " + l.Reason
 		}
 		return false, "agent not ready"
 	}
-	if l.PID <= 0 || syscall.Kill(l.PID, 0) == syscall.ESRCH {
+	running, err := agentRunning(dir, l.Network)
+	if err != nil {
+		return false, err.Error()
+	}
+	if !running {
 		return false, fmt.Sprintf("agent (pid %d) is not running", l.PID)
 	}
 	return true, ""
+}
+
+// lockPath is the agent lock of network under dir.
+func lockPath(dir, network string) string {
+	return filepath.Join(dir, network+".lock")
+}
+
+// ErrAgentRunning is returned (wrapped) by LockAgent when another agent
+// holds the network's lock.
+var ErrAgentRunning = errors.New("another agent runs for this network")
+
+// LockAgent takes the agent lock of network under dir, an exclusive flock
+// on <dir>/<network>.lock held until unlock or the agent's death. Plugins
+// test it (Live) rather than the PID in the state file: the kernel drops
+// it when the agent dies, whichever PID namespaces the agent and the
+// plugin run in (an agent in a pod without hostPID, say).
+//
+// Equivalent: flock -xn $dir/$network.lock berth-overlayd …
+func LockAgent(dir, network string) (unlock func() error, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("agent lock: %w", err)
+	}
+	f, err := os.OpenFile(lockPath(dir, network), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("agent lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %q with state dir %s (%s is locked)", ErrAgentRunning, network, dir, f.Name())
+		}
+		return nil, fmt.Errorf("agent lock %s: %w", f.Name(), err)
+	}
+	return f.Close, nil
+}
+
+// agentRunning reports whether an agent holds network's lock under dir.
+func agentRunning(dir, network string) (bool, error) {
+	f, err := os.Open(lockPath(dir, network))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("agent lock: %w", err)
+	}
+	defer f.Close()
+	switch err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); {
+	case errors.Is(err, unix.EWOULDBLOCK):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("agent lock %s: %w", f.Name(), err)
+	}
+	return false, nil // closing f drops the lock just taken
 }

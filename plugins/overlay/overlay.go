@@ -59,7 +59,7 @@ func ready(args *skel.CmdArgs, code uint) error {
 	if err != nil {
 		return cnierr.WithCode(code, fmt.Errorf("overlay network %q not ready on this host: %w", conf.OverlayNetwork, err))
 	}
-	if ok, why := local.Live(); !ok {
+	if ok, why := local.Live(conf.StateDir); !ok {
 		return cnierr.WithCode(code, fmt.Errorf("overlay network %q not ready on this host: %s", conf.OverlayNetwork, why))
 	}
 	return nil

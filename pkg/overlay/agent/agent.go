@@ -138,6 +138,16 @@ func (f fatal) Unwrap() error { return f.err }
 // host settings (no underlay, no VTEP) or a network config in the store
 // that differs from this agent's.
 func (a *Agent) Run(ctx context.Context) error {
+	// One agent per network and state dir; plugins read its liveness
+	// from this lock, held until Run returns (or the process dies).
+	unlock, err := overlay.LockAgent(a.cfg.StateDir, a.cfg.Network.Name)
+	if err != nil {
+		if a.cfg.Listener != nil {
+			a.cfg.Listener.Close()
+		}
+		return fatal{err}
+	}
+	defer unlock()
 	if a.cfg.Listener != nil {
 		srv := &http.Server{Handler: a.st.handler(), ReadHeaderTimeout: 5 * time.Second}
 		served := make(chan struct{})

@@ -165,7 +165,7 @@ func (c *cluster) waitReady(i int) overlay.Local {
 		if l, err = c.local(i); err != nil {
 			return err.Error()
 		}
-		if ok, why := l.Live(); !ok {
+		if ok, why := l.Live(c.stateDir(i)); !ok {
 			return why
 		}
 		return ""
