@@ -173,7 +173,7 @@ func TestPortmapIPTablesOneOwner(t *testing.T) {
 		name string
 		conf *lab.Conflist
 	}{{"iptables", ipt}, {"nftables", e.portmapConf()}} {
-		c := e.newContainer(ctx, "x"+lab.RandomSuffix(3)).publish(pm("tcp", 8080, 81, ""))
+		c := e.newContainer(ctx, "x"+tc.name).publish(pm("tcp", 8080, 81, ""))
 		before := e.nftDump(ctx)
 		err := e.add(ctx, tc.conf, c)
 		if code := cniCode(err); code != 101 || !strings.Contains(fmt.Sprint(err), holder.att.ContainerID) {

@@ -142,7 +142,7 @@ func TestPortmapOneOwner(t *testing.T) {
 	if err := e.add(ctx, conf, holder); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
+	for i, tc := range []struct {
 		name    string
 		mapping map[string]any
 	}{
@@ -151,7 +151,7 @@ func TestPortmapOneOwner(t *testing.T) {
 		{"a specific address under a wildcard", pm("tcp", 8080, 81, h4)},
 		{"a specific IPv6 address under a wildcard", pm("tcp", 8080, 81, lab.HostUplink6.Addr().String())},
 	} {
-		c := e.newContainer(ctx, "x"+lab.RandomSuffix(3)).publish(tc.mapping)
+		c := e.newContainer(ctx, fmt.Sprintf("x%d", i)).publish(tc.mapping)
 		// nerdctl's DEL before ADD: must not free the holder's port.
 		if err := e.r.Del(ctx, conf.List, c.att); err != nil {
 			t.Fatalf("%s: pre-ADD DEL: %v", tc.name, err)
