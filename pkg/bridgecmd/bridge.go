@@ -332,7 +332,7 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	// namespace (the host veth name derives from the owner; nft state is
 	// tagged).
 	unplug := func() error { return link.DeleteHostVeth(link.HostVethName(owner)) }
-	release := func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) }
+	release := func() error { return ipam.DelKnown(ctx, conf.IPAMConf.Type, args.StdinData, recordedAddrs(rec)) }
 	unmasq := func() error {
 		if !found {
 			return deleteMasq(natOwner(owner))
@@ -369,6 +369,23 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 		return err
 	}
 	return store.Delete(args.ContainerID, args.IfName)
+}
+
+// recordedAddrs are the addresses a complete record lists; none for an
+// unfinished ADD (its IPAM result was never recorded).
+func recordedAddrs(rec state.Record) []netip.Addr {
+	if !rec.Complete {
+		return nil
+	}
+	var out []netip.Addr
+	for _, s := range rec.IPs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil // not berth's writing: let the IPAM plugin search
+		}
+		out = append(out, p.Addr())
+	}
+	return out
 }
 
 // deleteMasq removes the owner's masquerade state from every backend it

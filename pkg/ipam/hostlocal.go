@@ -3,8 +3,11 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -120,6 +123,52 @@ func hostLocalDel(netconf []byte, a attachment) error {
 	}
 	return errors.Join(errs...)
 }
+
+// hostLocalRelease frees the leases of addrs that a holds: the caller
+// knows them (berth's record of the ADD), so no lease file but theirs is
+// read, where host-local's own release reads every lease of the network.
+// A lease file naming another holder is left alone.
+//
+// Equivalent: rm $dataDir/$network/$ip, for each ip whose file names a
+func hostLocalRelease(netconf []byte, a attachment, addrs []netip.Addr) error {
+	conf, store, err := openHostLocal(netconf, a.args)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if err := store.Lock(); err != nil {
+		return err
+	}
+	defer store.Unlock()
+	dir := conf.DataDir
+	if dir == "" {
+		dir = defaultHostLocalDir
+	}
+	dir = filepath.Join(dir, conf.Name)
+	holder := strings.TrimSpace(a.containerID) + disk.LineBreak + a.ifName
+	var errs []error
+	for _, ip := range addrs {
+		path := disk.GetEscapedPath(dir, ip.String())
+		b, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if got := strings.TrimSpace(string(b)); got != holder && got != strings.TrimSpace(a.containerID) {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// defaultHostLocalDir is host-local's dataDir when the config names none.
+const defaultHostLocalDir = "/var/lib/cni/networks"
 
 // hostLocalCheck fails when a holds no address in the network.
 //

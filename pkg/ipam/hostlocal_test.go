@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,4 +111,39 @@ func FuzzParseResolvConf(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Release by recorded addresses frees exactly the holder's leases: a
+// listed address another container holds stays.
+func TestHostLocalRelease(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	conf := hlConf(t, dir)
+	a := attachment{containerID: "ctr-a", ifName: "eth0"}
+	b := attachment{containerID: "ctr-b", ifName: "eth0"}
+	ra, err := hostLocalAdd(conf, a, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := hostLocalAdd(conf, b, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []netip.Addr
+	for _, ip := range append(ra.IPs, rb.IPs[0]) { // b's v4 listed by mistake
+		p, _ := netip.AddrFromSlice(ip.Address.IP)
+		addrs = append(addrs, p.Unmap())
+	}
+	if err := hostLocalRelease(conf, a, addrs); err != nil {
+		t.Fatal(err)
+	}
+	if err := hostLocalCheck(conf, a); err == nil {
+		t.Error("a still holds a lease after its release")
+	}
+	if err := hostLocalCheck(conf, b); err != nil {
+		t.Errorf("b lost its lease to a's release: %v", err)
+	}
+	if err := hostLocalRelease(conf, a, addrs); err != nil {
+		t.Errorf("release again: %v", err)
+	}
 }

@@ -8,6 +8,7 @@ package ipam
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -56,6 +57,19 @@ func Del(ctx context.Context, plugin string, netconf []byte) error {
 		return nil
 	}
 	if err := invoke.DelegateDel(ctx, plugin, netconf, nil); err != nil {
+		return fmt.Errorf("ipam %s del: %w", plugin, err)
+	}
+	return nil
+}
+
+// DelKnown is Del for an attachment whose addresses the caller recorded
+// at its ADD: in-process host-local then frees just those leases instead
+// of reading every lease of the network. Without addresses it is Del.
+func DelKnown(ctx context.Context, plugin string, netconf []byte, addrs []netip.Addr) error {
+	if plugin != HostLocal || len(addrs) == 0 {
+		return Del(ctx, plugin, netconf)
+	}
+	if err := hostLocalRelease(netconf, fromEnv(), addrs); err != nil {
 		return fmt.Errorf("ipam %s del: %w", plugin, err)
 	}
 	return nil
