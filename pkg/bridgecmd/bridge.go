@@ -119,6 +119,30 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 		return store.Delete(args.ContainerID, args.IfName)
 	})
 
+	ipamAdd := ipam.AddNew
+	if known {
+		ipamAdd = ipam.Add
+	}
+	releaseLease := func() error {
+		err := ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData)
+		leaseKept = err != nil
+		return err
+	}
+	// In-process host-local needs neither the veth nor the container's
+	// interface: it leases while the veth is made. (An exec'd IPAM plugin
+	// runs after: dhcp needs the interface up, and the others gain
+	// nothing measurable.)
+	var leased func() (*current.Result, error)
+	if conf.IPAMConf.Type == ipam.HostLocal {
+		leased = async(func() (*current.Result, error) { return ipamAdd(ctx, conf.IPAMConf.Type, args.StdinData) })
+		steps.Push("ipam", func() error {
+			if _, err := leased(); err != nil {
+				return nil // nothing leased (a failed lease releases its part)
+			}
+			return releaseLease()
+		})
+	}
+
 	br, veth, err := attach(conf, owner, netns, &steps)
 	if err != nil {
 		return err
@@ -146,19 +170,17 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 			return err
 		}
 	}
-	ipamAdd := ipam.AddNew
-	if known {
-		ipamAdd = ipam.Add
+	var ipres *current.Result
+	if leased != nil {
+		if ipres, err = leased(); err != nil {
+			return err
+		}
+	} else {
+		if ipres, err = ipamAdd(ctx, conf.IPAMConf.Type, args.StdinData); err != nil {
+			return err
+		}
+		steps.Push("ipam", releaseLease)
 	}
-	ipres, err := ipamAdd(ctx, conf.IPAMConf.Type, args.StdinData)
-	if err != nil {
-		return err
-	}
-	steps.Push("ipam", func() error {
-		err := ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData)
-		leaseKept = err != nil
-		return err
-	})
 	res.IPs, res.Routes, res.DNS = ipres.IPs, ipres.Routes, ipres.DNS
 	l3, err := plan.PlanL3(res, plan.Gateway{IsGW: conf.IsGW, IsDefaultGW: conf.IsDefaultGW}, 2)
 	if err != nil {
@@ -169,7 +191,8 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	masqDone := func() error { return nil }
 	if masq != nil {
 		m := nat.Masq{Owner: natOwner(owner), Addrs: masqAddrs(conf, l3.Addrs)}
-		masqDone = goResult(func() error { return masq.Add(m) })
+		added := async(func() (struct{}, error) { return struct{}{}, masq.Add(m) })
+		masqDone = func() error { _, err := added(); return err }
 		steps.Push("masquerade", func() error {
 			_ = masqDone() // never delete under a running Add
 			return masq.Delete(m.Owner)
@@ -193,19 +216,20 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	return finish(nil, res, conf, store, rec, out)
 }
 
-// goResult runs fn in a goroutine (on a thread of the host's namespace:
-// the container's is entered only by ns.Do's own locked threads) and
-// returns a function that waits for its error, as often as called.
-func goResult(fn func() error) func() error {
+// async runs fn in a goroutine (on a thread of the host's namespace: the
+// container's is entered only by ns.Do's own locked threads) and returns a
+// function that waits for its result, as often as called.
+func async[T any](fn func() (T, error)) func() (T, error) {
 	done := make(chan struct{})
+	var v T
 	var err error
 	go func() {
 		defer close(done)
-		err = fn()
+		v, err = fn()
 	}()
-	return func() error {
+	return func() (T, error) {
 		<-done
-		return err
+		return v, err
 	}
 }
 
