@@ -162,10 +162,9 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 		return finish(err, res, conf, store, rec, out)
 	}
 
-	if conf.IPAMConf.Type == "dhcp" && !conf.DisableContainerInterface {
-		// The dhcp plugin's daemon talks DHCP through the container's
-		// interface: up now, its first DISCOVER is not sent on a link
-		// whose queue the kernel has not yet started.
+	if ipam.NeedsInterface(conf.IPAMConf.Type) && !conf.DisableContainerInterface {
+		// Up now: the plugin's first packet (dhcp's DISCOVER) is not
+		// sent on a link whose queue the kernel has not yet started.
 		if err := link.ConfigureContainer(netns, link.ContainerSpec{IfName: args.IfName, Up: true}); err != nil {
 			return err
 		}
@@ -348,10 +347,9 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	// The steps each wait on something else (the kernel's RCU grace
 	// periods when a veth or an nft set element goes, the IPAM plugin's
 	// exec), so they run at once: DEL takes as long as the slowest, not
-	// the sum. Only the dhcp plugin's DEL comes before the veth's removal:
-	// it sends its RELEASE through the container's interface (upstream
-	// bridge loses it, containernetworking/plugins#791); other IPAM
-	// plugins release in their own files. Every step runs even if another
+	// the sum. Only an IPAM plugin that talks through the container's
+	// interface (ipam.NeedsInterface: dhcp's RELEASE) is released before
+	// the veth goes; other IPAM plugins release in their own files. Every step runs even if another
 	// fails, a missing object is success, and none needs the container's
 	// namespace (the host veth name derives from the owner; nft state is
 	// tagged).
@@ -369,9 +367,9 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 		return deleteMasqIn(rec.MasqBackend, natOwner(owner))
 	}
 	steps := []func() error{unplug, unmasq}
-	switch conf.IPAMConf.Type {
-	case "":
-	case "dhcp":
+	switch {
+	case conf.IPAMConf.Type == "":
+	case ipam.NeedsInterface(conf.IPAMConf.Type):
 		steps[0] = func() error { return errors.Join(release(), unplug()) }
 	default:
 		steps = append(steps, release)

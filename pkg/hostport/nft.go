@@ -173,7 +173,7 @@ func portBytes(p uint16) []byte  { return []byte{byte(p >> 8), byte(p), 0, 0} }
 // Equivalent: nft add element inet berth-portmap any4 { tcp . 8080 : 10.88.0.5 . 80 }; …
 func (NFT) Add(a Attachment) error {
 	want := elementsOf(a)
-	return withConn(func(c *nftables.Conn) error {
+	return nat.WithNFT(func(c *nftables.Conn) error {
 		queueAdd(c, want)
 		err := c.Flush()
 		switch {
@@ -208,7 +208,7 @@ func (NFT) Add(a Attachment) error {
 // Equivalent: nft delete element inet berth-portmap any4 { tcp . 8080 }; …
 func (NFT) Remove(a Attachment) error {
 	have := elementsOf(a)
-	return withConn(func(c *nftables.Conn) error {
+	return nat.WithNFT(func(c *nftables.Conn) error {
 		if err := queueDel(c, have); err != nil {
 			return err
 		}
@@ -228,7 +228,7 @@ func (NFT) Remove(a Attachment) error {
 // that leads elsewhere.
 func (NFT) Check(a Attachment) error {
 	want := elementsOf(a)
-	return withConn(func(c *nftables.Conn) error {
+	return nat.WithNFT(func(c *nftables.Conn) error {
 		for _, f := range fams {
 			for _, s := range f.sets() {
 				if len(want[s.Name]) == 0 {
@@ -258,18 +258,6 @@ func nftErr(what string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("portmap: nftables: %s in table inet %s: %w", what, NFTTable, err)
-}
-
-func withConn(fn func(c *nftables.Conn) error) error {
-	c, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("portmap: nftables: open netlink: %w", err)
-	}
-	err = fn(c)
-	if cerr := c.CloseLasting(); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("portmap: nftables: close netlink: %w", cerr))
-	}
-	return err
 }
 
 func queueAdd(c *nftables.Conn, e elems) {

@@ -346,33 +346,11 @@ func (s Store) Claims() ([]Claim, error) {
 
 // Holders lists the index of every holder on the host.
 func (s Store) Holders() ([]Attachment, error) {
-	dir := filepath.Join(s.dir, "owners")
-	files, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	out, err := state.ReadJSONDir[Attachment](filepath.Join(s.dir, "owners"))
 	if err != nil {
-		return nil, fmt.Errorf("portmap: list holders: %w", err)
+		err = fmt.Errorf("portmap: list holders: %w", err)
 	}
-	var out []Attachment
-	var errs []error
-	for _, f := range files {
-		if !strings.HasSuffix(f.Name(), ".json") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(dir, f.Name()))
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		var a Attachment
-		if err := json.Unmarshal(b, &a); err != nil {
-			errs = append(errs, fmt.Errorf("portmap: decode index %s: %w", f.Name(), err))
-			continue
-		}
-		out = append(out, a)
-	}
-	return out, errors.Join(errs...)
+	return out, err
 }
 
 func readClaim(path string) (Claim, error) {

@@ -75,6 +75,13 @@ func DelKnown(ctx context.Context, plugin string, netconf []byte, addrs []netip.
 	return nil
 }
 
+// NeedsInterface reports whether the IPAM plugin talks through the
+// container's interface: dhcp's daemon sends DHCP over it. Such a plugin
+// gets the interface up before its ADD, and its DEL runs before the
+// interface goes (else its RELEASE is lost, as upstream bridge loses it:
+// containernetworking/plugins#791).
+func NeedsInterface(plugin string) bool { return plugin == "dhcp" }
+
 // Check asks the IPAM plugin to verify the current attachment.
 func Check(ctx context.Context, plugin string, netconf []byte) error {
 	if plugin == HostLocal {

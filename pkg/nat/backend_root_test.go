@@ -425,14 +425,24 @@ func TestNFTGetElem(t *testing.T) {
 	set := namesFor("gnet").Src[v4]
 	want := ownerTag("", entry{Owner: StoredOwner(m.Owner), Addr: m.Addrs[0]}).String()
 	ns.must(t, "get present", func() error {
-		c, found, err := getElem(set, []byte{10, 22, 0, 5})
+		conn, err := dialNetfilter()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		c, found, err := getElem(conn, set, []byte{10, 22, 0, 5})
 		if err != nil || !found || c != want {
 			return fmt.Errorf("getElem(10.22.0.5) = %q, %v, %v; want %q, true, nil", c, found, err, want)
 		}
 		return nil
 	})
 	ns.must(t, "get absent", func() error {
-		c, found, err := getElem(set, []byte{10, 22, 0, 6})
+		conn, err := dialNetfilter()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		c, found, err := getElem(conn, set, []byte{10, 22, 0, 6})
 		if err != nil || found {
 			return fmt.Errorf("getElem(10.22.0.6) = %q, %v, %v; want not found", c, found, err)
 		}

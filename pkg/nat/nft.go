@@ -53,7 +53,7 @@ func (nftBackend) Add(m Masq) error {
 	}
 	owner := StoredOwner(m.Owner)
 	return withLock(func() error {
-		err := withConn(func(c *nftables.Conn) error { return addNFT(c, m.Owner.Network, want) })
+		err := WithNFT(func(c *nftables.Conn) error { return addNFT(c, m.Owner.Network, want) })
 		if err == nil {
 			return nil
 		}
@@ -68,6 +68,11 @@ var errSlowPath = errors.New("needs the read-plan-write path")
 // set is missing or lacks one of want's subnets, or an address is held
 // under another comment.
 func addNFT(c *nftables.Conn, network string, want []entry) error {
+	conn, err := dialNetfilter()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
 	queued := false
 	for _, f := range families {
 		es := ofFamily(want, f)
@@ -86,7 +91,7 @@ func addNFT(c *nftables.Conn, network string, want []entry) error {
 		}
 		var missing []entry
 		for _, e := range es {
-			comment, found, err := getElem(src.Name, e.Addr.Addr().AsSlice())
+			comment, found, err := getElem(conn, src.Name, e.Addr.Addr().AsSlice())
 			switch {
 			case err != nil:
 				return err
@@ -145,7 +150,7 @@ func (nftBackend) List(network string) ([]Masq, error) {
 	}
 	var out []Masq
 	err := withLock(func() error {
-		return withConn(func(c *nftables.Conn) error {
+		return WithNFT(func(c *nftables.Conn) error {
 			st, err := readNFT(c, network)
 			out = group(network, st.Src)
 			return err
@@ -163,7 +168,7 @@ func (nftBackend) Check(m Masq) error {
 		return err
 	}
 	return withLock(func() error {
-		return withConn(func(c *nftables.Conn) error {
+		return WithNFT(func(c *nftables.Conn) error {
 			st, err := readNFT(c, m.Owner.Network)
 			if err != nil {
 				return err
@@ -173,9 +178,9 @@ func (nftBackend) Check(m Masq) error {
 	})
 }
 
-// withConn runs fn with one netlink socket opened in the calling thread's
-// network namespace.
-func withConn(fn func(c *nftables.Conn) error) error {
+// WithNFT runs fn with one nftables netlink socket opened in the calling
+// thread's network namespace (portmap's datapath uses it too).
+func WithNFT(fn func(c *nftables.Conn) error) error {
 	c, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return fmt.Errorf("nftables: open netlink: %w", err)
@@ -190,7 +195,7 @@ func withConn(fn func(c *nftables.Conn) error) error {
 // nftChange reads network's state, plans, and applies the plan as one
 // transaction; the caller holds the lock.
 func nftChange(network string, plan func(cur []entry) change) error {
-	return withConn(func(c *nftables.Conn) error {
+	return WithNFT(func(c *nftables.Conn) error {
 		st, err := readNFT(c, network)
 		if err != nil {
 			return err

@@ -8,18 +8,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// dialNetfilter opens the netlink socket getElem asks on, in the calling
+// thread's network namespace.
+func dialNetfilter() (*netlink.Conn, error) {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: open netlink: %w", err)
+	}
+	return conn, nil
+}
+
 // getElem reads one element of set in table inet berth-nat by its key and
 // returns its comment; found is false when the set has no such element.
 // It is one netlink request for that key, not a dump of the set (which
 // google/nftables offers only), so its cost does not grow with the set.
 //
 // Equivalent: nft get element inet berth-nat $set { $key }
-func getElem(set string, key []byte) (comment string, found bool, err error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return "", false, fmt.Errorf("nftables: open netlink: %w", err)
-	}
-	defer conn.Close()
+func getElem(conn *netlink.Conn, set string, key []byte) (comment string, found bool, err error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, nftTable)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)

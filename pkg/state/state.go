@@ -111,30 +111,41 @@ func (s Store) Delete(containerID, ifName string) error {
 // List returns every record of the network. Unreadable files are reported
 // in the error but do not hide the others.
 func (s Store) List() ([]Record, error) {
-	entries, err := os.ReadDir(s.dir)
+	out, err := ReadJSONDir[Record](s.dir)
+	if err != nil {
+		err = fmt.Errorf("list records: %w", err)
+	}
+	return out, err
+}
+
+// ReadJSONDir decodes every *.json file of dir (none when dir is missing).
+// A file that cannot be read or decoded is named in the joined error and
+// does not hide the others.
+func ReadJSONDir[T any](dir string) ([]T, error) {
+	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list records: %w", err)
+		return nil, err
 	}
-	var out []Record
+	var out []T
 	var errs []error
 	for _, e := range entries {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(s.dir, e.Name()))
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		var r Record
-		if err := json.Unmarshal(b, &r); err != nil {
-			errs = append(errs, fmt.Errorf("decode record %s: %w", e.Name(), err))
+		var v T
+		if err := json.Unmarshal(b, &v); err != nil {
+			errs = append(errs, fmt.Errorf("decode %s: %w", filepath.Join(dir, e.Name()), err))
 			continue
 		}
-		out = append(out, r)
+		out = append(out, v)
 	}
 	return out, errors.Join(errs...)
 }
