@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib.sh: what bench/run.sh and bench/growth.sh share. Sourced, not run,
 # right after the script sets ROOT (the repository): it defines die and log
 # and sets the paths both use. build_tools also needs TMP and GO.
@@ -33,7 +34,7 @@ RESULTS_DIR=/var/lib/cni/results STAMP=$(date +%Y%m%d-%H%M%S)-$$
 # version pinned in go.mod into UP_BIN, cnitool into CNITOOL and the timing
 # wrapper into BENCHTIME. Sets UPVER.
 build_tools() {
-	cd "$ROOT"
+	cd "$ROOT" || die "cd $ROOT failed"
 	UPVER=$("$GO" list -m -f '{{.Version}}' "$UPMOD")
 	log "building upstream $UPMOD $UPVER (bridge, host-local, portmap) into ${UP_BIN#"$ROOT"/}"
 	upbuild=(build -trimpath -ldflags '-s -w' -o "$UP_BIN/" "$UPMOD/plugins/main/bridge" "$UPMOD/plugins/ipam/host-local" "$UPMOD/plugins/meta/portmap")

@@ -4,7 +4,7 @@
 # go.mod), in one run. See bench/README.md.
 #
 # Everything runs inside network namespaces this script creates
-# (bbench-host-PID, bbench-c-PID-*) and removes on exit; the machine's own
+# (bbench-host-PID-*, bbench-c-PID-*) and removes on exit; the machine's own
 # network namespace is never touched.
 set -euo pipefail
 
@@ -62,12 +62,13 @@ fi
 [[ $N =~ ^[1-9][0-9]{0,3}$ ]] || die "-n wants an integer in 1..9999, got '$N'"
 [[ $P =~ ^[1-9][0-9]{0,3}$ ]] || die "-P wants an integer in 1..9999, got '$P'"
 [[ $PAR == 0 || $PAR == 1 ]] || die "PAR must be 0 or 1, got '$PAR'"
+[[ $PM == 0 || $PM == 1 ]] || die "PM must be 0 or 1, got '$PM'"
 
 [[ $(id -u) == 0 ]] || die "run as root: it creates network namespaces"
 command -v ip >/dev/null || die "needs ip (iproute2)"
 command -v "$GO" >/dev/null || die "needs go ($GO)"
 
-HOSTNS=bbench-host-$$
+HPFX=bbench-host-$$-
 CPFX=bbench-c-$$-
 CSV=$OUT/timings-$STAMP.csv
 SUMMARY=$OUT/summary-$STAMP.txt
@@ -77,9 +78,14 @@ IMPLS=(upstream berth)
 # plugin, the fixed cost every exec-delegating bridge + host-local chain pays
 # (cnitool, libcni, a plugin exec, the lease). Subtracting it leaves the time
 # the bridge plugin itself adds.
+#
+# Each of the three has its own throwaway host namespace, so with the
+# samples interleaved none sees the others' bridges, veths or netfilter
+# state, and the netfilter counts below are each implementation's own.
 declare -A TAG=([upstream]=u [berth]=b [floor]=f)
 declare -A NET=([upstream]=bbench-up-$$ [berth]=bbench-be-$$ [floor]=bbench-fl-$$)
 declare -A BINDIR=([upstream]=$UP_BIN [berth]=$BERTH_BIN [floor]=$UP_BIN)
+declare -A HOSTNS=([upstream]=${HPFX}u [berth]=${HPFX}b [floor]=${HPFX}f)
 declare -A FAILED=()   # impl -> why it has no (complete) numbers
 declare -A BACKEND=()  # impl -> masquerade backend seen
 declare -A PARWALL=()  # impl,op -> wall-clock ns of the concurrent run
@@ -98,7 +104,7 @@ cleanup() {
 	mapfile -t all < <(ip netns list 2>/dev/null | awk '{ print $1 }')
 	for ns in "${all[@]}"; do
 		case $ns in
-		"$HOSTNS" | "$CPFX"*) ip netns del "$ns" 2>/dev/null || log "could not delete netns $ns" ;;
+		"$HPFX"* | "$CPFX"*) ip netns del "$ns" 2>/dev/null || log "could not delete netns $ns" ;;
 		esac
 	done
 	rm -f "$RESULTS_DIR/${NET[upstream]}-"* "$RESULTS_DIR/${NET[berth]}-"* "$RESULTS_DIR/${NET[floor]}-"*
@@ -180,34 +186,39 @@ conflist berth bbe0 10.78.0.0/16 "
 
 # --- namespaces (created up front, never timed) -------------------------------
 
-ip netns add "$HOSTNS"
+# Containers: CPFX + tag + i (sequential), + "p" + i (concurrent, not for
+# floor); "w" instead of i for the warm-up.
 nsnames=()
 for impl in "${IMPLS[@]}" floor; do
 	t=${TAG[$impl]}
 	nsnames+=("$CPFX${t}w")
 	for ((i = 1; i <= N; i++)); do nsnames+=("$CPFX$t$i"); done
-	if ((PAR)); then
+	if ((PAR)) && [[ $impl != floor ]]; then
 		for ((i = 1; i <= P; i++)); do nsnames+=("$CPFX${t}p$i"); done
 	fi
 done
-log "creating ${#nsnames[@]} container namespaces + $HOSTNS"
+log "creating ${#nsnames[@]} container namespaces + 3 host namespaces ${HPFX}{u,b,f}"
+for impl in "${IMPLS[@]}" floor; do ip netns add "${HOSTNS[$impl]}"; done
 for ns in "${nsnames[@]}"; do ip netns add "$ns"; done
 
 # --- measuring ----------------------------------------------------------------
 
 echo "impl,op,seq,ns" >"$CSV"
 
-# cnicmd IMPL OP NETNS: the cnitool command line, run in the throwaway host
-# ns. nsenter enters only its network namespace (ip netns exec would also
-# unshare and remount /sys, ~2 ms a call); neither plugin reads /sys.
-# With -m, PORT is the host port the container publishes (to its port 80),
-# passed as runtimes do: the portMappings capability argument, on ADD and DEL.
+# cnicmd IMPL OP NETNS [PORT]: the benchtime arguments (after -o FILE) of
+# one cnitool call in IMPL's host namespace: benchtime joins only that
+# network namespace (like nsenter --net; ip netns exec would also unshare
+# and remount /sys, ~2 ms a call, and neither plugin reads /sys) and sets
+# cnitool's environment itself, so its timed region is the cnitool process
+# alone. With -m, PORT is the host port the container publishes (to its
+# port 80), passed as runtimes do: the portMappings capability argument, on
+# ADD and DEL.
 cnicmd() {
 	local impl=$1 op=$2 cns=$3 port=${4:-0} cap=""
 	if ((PM)) && [[ $impl != floor ]]; then
 		cap='{"portMappings":[{"hostPort":'$port',"containerPort":80,"protocol":"tcp"}]}'
 	fi
-	CMD=(nsenter "--net=/var/run/netns/$HOSTNS" env "NETCONFPATH=$TMP/net-$impl" "CNI_PATH=${BINDIR[$impl]}"
+	CMD=(-netns "/var/run/netns/${HOSTNS[$impl]}" "NETCONFPATH=$TMP/net-$impl" "CNI_PATH=${BINDIR[$impl]}"
 		CNI_IFNAME=eth0 ${cap:+"CAP_ARGS=$cap"} "$CNITOOL" "$op" "${NET[$impl]}" "/var/run/netns/$cns")
 }
 
@@ -238,20 +249,20 @@ timed() {
 	if ((seq > 0)); then echo "$t" >>"$TMP/$impl-$op.ns"; fi
 }
 
-# nft_tables: the nftables tables of the host namespace, one per line.
+# nft_tables IMPL: the nftables tables of IMPL's host namespace, one per line.
 nft_tables() {
 	command -v nft >/dev/null || return 0
-	ip netns exec "$HOSTNS" nft list tables 2>/dev/null | sort || true
+	ip netns exec "${HOSTNS[$1]}" nft list tables 2>/dev/null | sort || true
 }
 
 # masq_backend IMPL TABLES-BEFORE: which masquerade backend IMPL used, judged
-# from the host namespace's state while its N containers are attached.
+# from its host namespace's state while its N containers are attached.
 masq_backend() {
 	local impl=$1 before=$2 rules="" tables new
 	if command -v iptables >/dev/null; then
-		rules=$(ip netns exec "$HOSTNS" iptables -w -t nat -S POSTROUTING 2>/dev/null || true)
+		rules=$(ip netns exec "${HOSTNS[$impl]}" iptables -w -t nat -S POSTROUTING 2>/dev/null || true)
 	fi
-	tables=$(nft_tables)
+	tables=$(nft_tables "$impl")
 	new=$(comm -13 <(printf '%s\n' "$before") <(printf '%s\n' "$tables") | sed 's/^table //' | paste -sd, -)
 	if [[ $impl == upstream && $rules == *"-j CNI-"* ]]; then
 		echo "iptables ($(iptables --version 2>/dev/null))"
@@ -266,49 +277,76 @@ masq_backend() {
 	fi
 }
 
-# rule_counts: the host namespace's netfilter size, as "R rules, E
-# elements": nft rules in every table (iptables-nft's rules are nft rules
-# too) and set/map elements that name a container.
+# rule_counts IMPL: the netfilter size of IMPL's host namespace, as "R
+# rules, E elements": nft rules in every table (iptables-nft's rules are
+# nft rules too) and set/map elements that name a container.
 rule_counts() {
 	command -v nft >/dev/null || {
 		echo "not counted (no nft binary)"
 		return
 	}
-	ip netns exec "$HOSTNS" nft -a list ruleset 2>/dev/null | awk '
+	ip netns exec "${HOSTNS[$1]}" nft -a list ruleset 2>/dev/null | awk '
 		/# handle [0-9]+$/ && !/[{]/ { rules++ }
 		{ elems += gsub(/id=[^ "]+/, "") }
 		END { printf "%d rules, %d elements\n", rules, elems }'
 }
 
-# run_seq IMPL: warm-up ADD+DEL, then N sequential ADDs, then N sequential
-# DELs. Called in an `if`, so set -e is off here: every failure returns.
-run_seq() {
-	local impl=$1 t=${TAG[$1]} i before
-	log "$impl: warm-up ADD+DEL, then $N ADDs, then $N DELs"
-	before=$(nft_tables)
-	timed "$impl" add 0 "$CPFX${t}w" "$OUT/result-$impl.json" || return 1
-	timed "$impl" del 0 "$CPFX${t}w" || return 1
-	: >"$TMP/$impl-add.ns"
-	: >"$TMP/$impl-del.ns"
-	for ((i = 1; i <= N; i++)); do
-		timed "$impl" add "$i" "$CPFX$t$i" || return 1
-	done
-	BACKEND[$impl]=$(masq_backend "$impl" "$before")
-	[[ $impl == floor ]] || RULES[$impl]=$(rule_counts)
-	for ((i = 1; i <= N; i++)); do
-		timed "$impl" del "$i" "$CPFX$t$i" || return 1
+# running: the implementations whose cnitool samples are still coming.
+running() {
+	local impl
+	RUNNING=()
+	for impl in "${IMPLS[@]}" floor; do
+		[[ -n ${FAILED[$impl]:-} ]] || RUNNING+=("$impl")
 	done
 }
 
-# run_par IMPL OP: P concurrent cnitool calls, wall clock from before the
-# first start to after the last exit (date(1) costs ~1 ms of it).
+# run_seq: the sequential cnitool samples, interleaved so that the three
+# share the machine's drift: a warm-up ADD+DEL per implementation, then
+# for container i = 1..N upstream ADD i, berth ADD i, floor ADD i, then
+# the DELs in the same order. The netfilter checks run with every
+# implementation's N containers attached (after the ADDs, before the DELs).
+# An implementation whose call fails (timed records it in FAILED) is
+# skipped from then on; its containers stay until the exit trap.
+run_seq() {
+	local impl i op
+	local -A before=()
+	running
+	log "cnitool: warm-up ADD+DEL each, then $N ADDs, then $N DELs, interleaved (${RUNNING[*]})"
+	for impl in "${RUNNING[@]}"; do
+		before[$impl]=$(nft_tables "$impl")
+		: >"$TMP/$impl-add.ns"
+		: >"$TMP/$impl-del.ns"
+		if timed "$impl" add 0 "$CPFX${TAG[$impl]}w" "$OUT/result-$impl.json"; then
+			timed "$impl" del 0 "$CPFX${TAG[$impl]}w" || true
+		fi
+	done
+	for op in add del; do
+		for ((i = 1; i <= N; i++)); do
+			running
+			for impl in "${RUNNING[@]}"; do
+				timed "$impl" "$op" "$i" "$CPFX${TAG[$impl]}$i" || true
+			done
+		done
+		[[ $op == add ]] || continue
+		running
+		for impl in "${RUNNING[@]}"; do
+			[[ $impl != floor ]] || continue
+			BACKEND[$impl]=$(masq_backend "$impl" "${before[$impl]}")
+			RULES[$impl]=$(rule_counts "$impl")
+		done
+	done
+}
+
+# run_par IMPL OP: P concurrent cnitool calls (each under benchtime, in
+# IMPL's host namespace), wall clock from before the first start to after
+# the last exit (date(1) costs ~1 ms of it).
 run_par() {
 	local impl=$1 op=$2 t=${TAG[$1]} i t0 t1 bad=0
 	local -a pids=()
 	t0=$(date +%s%N)
 	for ((i = 1; i <= P; i++)); do
 		cnicmd "$impl" "$op" "$CPFX${t}p$i" $((30000 + i))
-		"${CMD[@]}" >"$TMP/par-$i.out" 2>"$TMP/par-$i.err" &
+		"$BENCHTIME" -o "$TMP/par-$i.t" "${CMD[@]}" >"$TMP/par-$i.out" 2>"$TMP/par-$i.err" &
 		pids+=($!)
 	done
 	for i in "${!pids[@]}"; do
@@ -323,10 +361,9 @@ run_par() {
 	echo "$impl,par-$op,$P,$((t1 - t0))" >>"$CSV"
 }
 
-for impl in "${IMPLS[@]}" floor; do
-	[[ -z ${FAILED[$impl]:-} ]] || continue
-	run_seq "$impl" || true
-done
+# Called with || so that set -e is off in it: a failed check or call marks
+# its implementation in FAILED and the run goes on.
+run_seq || true
 if ((PAR)); then
 	for impl in "${IMPLS[@]}"; do
 		[[ -z ${FAILED[$impl]:-} ]] || continue
@@ -426,12 +463,18 @@ report() {
 	done
 	echo
 	echo "notes:"
-	echo "- each sample is one 'nsenter --net=<host-ns> cnitool add|del' process, timed by"
-	echo "  bench/benchtime (monotonic ns); the floor row is the same for a host-local-only"
-	echo "  chain, the part of every sample neither bridge plugin can avoid"
+	echo "- each sample is one 'cnitool add|del' process, fork+exec+wait timed by bench/benchtime"
+	echo "  (monotonic ns), which joins the host namespace and sets cnitool's environment before"
+	echo "  its clock starts (no nsenter or env(1) in the sample); the floor row is the same for a"
+	echo "  host-local-only chain, the part of every sample neither bridge plugin can avoid"
+	echo "- samples are interleaved: for container i, upstream ADD i, berth ADD i, floor ADD i,"
+	echo "  then the DELs in the same order; each implementation has its own host namespace"
+	if ((PAR)); then
+		echo "- concurrent: each call is a cnitool under benchtime; the wall clock includes starting them"
+	fi
 	echo "- upstream: $UPMOD $UPVER built here (bridge, host-local);"
 	echo "  berth: ${BERTH_BIN#"$ROOT"/}/ (berth bridge, host-local from make build); each ran one"
-	echo "  warm-up ADD+DEL first (in the CSV as seq 0, not in the stats); upstream ran first"
+	echo "  warm-up ADD+DEL first (in the CSV as seq 0, not in the stats)"
 	if command -v iptables >/dev/null; then
 		echo "- upstream ipMasq backend (default): ${BACKEND[upstream]:-not reached}"
 	else
