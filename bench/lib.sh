@@ -24,9 +24,12 @@ BERTH_BIN=${BERTH_BIN:-$ROOT/bin}
 UP_BIN=$OUT/upstream-bin
 CNITOOL=$OUT/cnitool
 BENCHTIME=$OUT/benchtime
-# libcni caches ADD results here (cnitool has no knob to move it); DEL
-# removes each entry, the scripts' exit traps remove any left by a failed
-# run. STAMP names a run's output files.
+# shellcheck disable=SC2034 # used by run.sh, which builds it for -l
+CNIDRIVE=$OUT/cnidrive
+# libcni caches ADD results here, as runtimes' libcni does (cnitool has no
+# knob to move it, and bench/cnidrive keeps the default); DEL removes each
+# entry, the scripts' exit traps remove any left by a failed run. STAMP
+# names a run's output files.
 # shellcheck disable=SC2034 # both used by the scripts that source this
 RESULTS_DIR=/var/lib/cni/results STAMP=$(date +%Y%m%d-%H%M%S)-$$
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench/run.sh: time a bridge + host-local chain through cnitool, berth's
-# plugins (bin/) against the upstream reference plugins (the version pinned in
-# go.mod), in one run. See bench/README.md.
+# bench/run.sh: time a bridge + host-local chain through cnitool (and, with
+# -l, through libcni in-process), berth's plugins (bin/) against the upstream
+# reference plugins (the version pinned in go.mod), in one run. See
+# bench/README.md.
 #
 # Everything runs inside network namespaces this script creates
 # (bbench-host-PID-*, bbench-c-PID-*) and removes on exit; the machine's own
@@ -14,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
 	cat <<'EOF'
-usage: bench/run.sh [-n N] [-p] [-P COUNT] [-m]
+usage: bench/run.sh [-n N] [-p] [-P COUNT] [-m] [-l]
 
   -n N      containers in the sequential ADD/DEL runs (default 50; env N)
   -m        chain portmap after bridge, each container publishing one host
@@ -23,6 +24,9 @@ usage: bench/run.sh [-n N] [-p] [-P COUNT] [-m]
   -p        also time COUNT concurrent ADDs, then COUNT concurrent DELs,
             wall clock, per implementation (env PAR=1)
   -P COUNT  concurrency of -p (default 20; env P); implies -p
+  -l        also time the same chains driven by libcni in-process
+            (bench/cnidrive), as containerd and kubelet's runtimes call
+            plugins: no cnitool process per call (env LIBCNI=1)
   -h        this help
 
 Environment: BERTH_BIN (berth's plugins, default <repo>/bin), GO (default go).
@@ -34,12 +38,14 @@ N=${N:-50}
 P=${P:-20}
 PAR=${PAR:-0}
 PM=${PM:-0}
+LIBCNI=${LIBCNI:-0}
 GO=${GO:-go}
-while getopts ':n:pP:mh' opt; do
+while getopts ':n:pP:mlh' opt; do
 	case $opt in
 	n) N=$OPTARG ;;
 	p) PAR=1 ;;
 	m) PM=1 ;;
+	l) LIBCNI=1 ;;
 	P)
 		P=$OPTARG
 		PAR=1
@@ -63,6 +69,7 @@ fi
 [[ $P =~ ^[1-9][0-9]{0,3}$ ]] || die "-P wants an integer in 1..9999, got '$P'"
 [[ $PAR == 0 || $PAR == 1 ]] || die "PAR must be 0 or 1, got '$PAR'"
 [[ $PM == 0 || $PM == 1 ]] || die "PM must be 0 or 1, got '$PM'"
+[[ $LIBCNI == 0 || $LIBCNI == 1 ]] || die "LIBCNI must be 0 or 1, got '$LIBCNI'"
 
 [[ $(id -u) == 0 ]] || die "run as root: it creates network namespaces"
 command -v ip >/dev/null || die "needs ip (iproute2)"
@@ -86,7 +93,11 @@ declare -A TAG=([upstream]=u [berth]=b [floor]=f)
 declare -A NET=([upstream]=bbench-up-$$ [berth]=bbench-be-$$ [floor]=bbench-fl-$$)
 declare -A BINDIR=([upstream]=$UP_BIN [berth]=$BERTH_BIN [floor]=$UP_BIN)
 declare -A HOSTNS=([upstream]=${HPFX}u [berth]=${HPFX}b [floor]=${HPFX}f)
-declare -A FAILED=()   # impl -> why it has no (complete) numbers
+# LIB is "" for the cnitool samples, "-libcni" for the libcni ones (-l):
+# FAILED, the sample files and the CSV ops are keyed IMPL$LIB.
+LIBS=("")
+((LIBCNI)) && LIBS+=(-libcni)
+declare -A FAILED=()   # impl$lib -> why it has no (complete) numbers
 declare -A BACKEND=()  # impl -> masquerade backend seen
 declare -A PARWALL=()  # impl,op -> wall-clock ns of the concurrent run
 declare -A RULES=()    # impl -> netfilter size with its N containers attached
@@ -124,13 +135,16 @@ done
 
 cd "$ROOT"
 build_tools
+if ((LIBCNI)); then
+	"$GO" build -o "$CNIDRIVE" ./bench/cnidrive || die "building bench/cnidrive failed"
+fi
 
 missing=()
 for f in bridge host-local; do
 	[[ -x $BERTH_BIN/$f ]] || missing+=("$f")
 done
 if ((${#missing[@]} > 0)); then
-	FAILED[berth]="no ${missing[*]} in $BERTH_BIN: run 'make build' first"
+	for lib in "${LIBS[@]}"; do FAILED[berth$lib]="no ${missing[*]} in $BERTH_BIN: run 'make build' first"; done
 fi
 
 # --- configs ------------------------------------------------------------------
@@ -186,13 +200,17 @@ conflist berth bbe0 10.78.0.0/16 "
 
 # --- namespaces (created up front, never timed) -------------------------------
 
-# Containers: CPFX + tag + i (sequential), + "p" + i (concurrent, not for
-# floor); "w" instead of i for the warm-up.
+# Containers: CPFX + tag + i (cnitool), + "l" + i (libcni), + "p" + i
+# (concurrent, not for floor); "w" instead of i for the warm-up.
 nsnames=()
 for impl in "${IMPLS[@]}" floor; do
 	t=${TAG[$impl]}
 	nsnames+=("$CPFX${t}w")
 	for ((i = 1; i <= N; i++)); do nsnames+=("$CPFX$t$i"); done
+	if ((LIBCNI)); then
+		nsnames+=("$CPFX${t}lw")
+		for ((i = 1; i <= N; i++)); do nsnames+=("$CPFX${t}l$i"); done
+	fi
 	if ((PAR)) && [[ $impl != floor ]]; then
 		for ((i = 1; i <= P; i++)); do nsnames+=("$CPFX${t}p$i"); done
 	fi
@@ -337,6 +355,40 @@ run_seq() {
 	done
 }
 
+# run_libcni: the same chains driven by libcni in-process (bench/cnidrive,
+# one process for all three, interleaved the same way: warm-ups, then ADD
+# i of each, then DEL i of each), on their own containers CPFX tag l i.
+# Its samples go to the CSV as ops libcni-add and libcni-del.
+run_libcni() {
+	local impl rc=0 add del
+	local -a args=()
+	for impl in "${IMPLS[@]}" floor; do
+		[[ -z ${FAILED[$impl-libcni]:-} ]] || continue
+		args+=(-chain "label=$impl,hostns=/var/run/netns/${HOSTNS[$impl]},net=${NET[$impl]},confdir=$TMP/net-$impl,cni-path=${BINDIR[$impl]},netns-prefix=$CPFX${TAG[$impl]}l")
+	done
+	((${#args[@]} > 0)) || return 0
+	((PM)) && args+=(-hostport 20000)
+	log "libcni: warm-up ADD+DEL each, then $N ADDs, then $N DELs, interleaved, in one bench/cnidrive process"
+	"$CNIDRIVE" -n "$N" -o "$TMP/libcni.csv" "${args[@]}" 2>"$TMP/libcni.err" || rc=$?
+	if [[ -s $TMP/libcni.err ]]; then
+		log "bench/cnidrive's stderr (its own and the plugins'):"
+		sed 's/^/    /' "$TMP/libcni.err" >&2
+	fi
+	[[ -f $TMP/libcni.csv ]] || : >"$TMP/libcni.csv"
+	awk -F, -v OFS=, '{ print $1, "libcni-" $2, $3, $4 }' "$TMP/libcni.csv" >>"$CSV"
+	for impl in "${IMPLS[@]}" floor; do
+		[[ -z ${FAILED[$impl-libcni]:-} ]] || continue
+		awk -F, -v i="$impl" '$1 == i && $2 == "add" && $3 > 0 { print $4 }' "$TMP/libcni.csv" >"$TMP/$impl-libcni-add.ns"
+		awk -F, -v i="$impl" '$1 == i && $2 == "del" && $3 > 0 { print $4 }' "$TMP/libcni.csv" >"$TMP/$impl-libcni-del.ns"
+		add=$(wc -l <"$TMP/$impl-libcni-add.ns")
+		del=$(wc -l <"$TMP/$impl-libcni-del.ns")
+		if ((add != N || del != N)); then
+			FAILED[$impl-libcni]=$(grep -m1 "^cnidrive: $impl:" "$TMP/libcni.err" ||
+				echo "cnidrive exited $rc after $add ADDs, $del DELs: $(head -n1 "$TMP/libcni.err")")
+		fi
+	done
+}
+
 # run_par IMPL OP: P concurrent cnitool calls (each under benchtime, in
 # IMPL's host namespace), wall clock from before the first start to after
 # the last exit (date(1) costs ~1 ms of it).
@@ -361,9 +413,10 @@ run_par() {
 	echo "$impl,par-$op,$P,$((t1 - t0))" >>"$CSV"
 }
 
-# Called with || so that set -e is off in it: a failed check or call marks
-# its implementation in FAILED and the run goes on.
+# Called with || so that set -e is off in them: a failed check or call
+# marks its implementation in FAILED and the run goes on.
 run_seq || true
+if ((LIBCNI)); then run_libcni || true; fi
 if ((PAR)); then
 	for impl in "${IMPLS[@]}"; do
 		[[ -z ${FAILED[$impl]:-} ]] || continue
@@ -390,24 +443,23 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%
 net_ratio() { awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN { if (a - f > 0 && b - f > 0) printf "%.2f", (a - f) / (b - f); else printf "-" }'; }
 ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
 
-report() {
-	local impl a d
-	declare -A S=()
+# table LIB FLOOR-NOTE: the p50/p95 rows, ratio, floor and net ratio of the
+# sequential samples of one driver (LIB "": cnitool, "-libcni": libcni).
+table() {
+	local lib=$1 fnote=$2 impl a d i
+	local -A S=()
 	for impl in "${IMPLS[@]}" floor; do
 		S[$impl]="- - - -"
-		if [[ -z ${FAILED[$impl]:-} ]]; then
-			a=$(stats "$TMP/$impl-add.ns")
-			d=$(stats "$TMP/$impl-del.ns")
+		if [[ -z ${FAILED[$impl$lib]:-} ]]; then
+			a=$(stats "$TMP/$impl$lib-add.ns")
+			d=$(stats "$TMP/$impl$lib-del.ns")
 			S[$impl]="$a $d"
 		fi
 	done
-	local chain="bridge + host-local"
-	((PM)) && chain="bridge + host-local + portmap (one host port per container)"
-	echo "chain: $chain, N=$N, sequential (cniVersion 1.0.0, isGateway, ipMasq)"
 	printf '%-9s %8s %8s %8s %8s  (ms)\n' impl "ADD p50" "ADD p95" "DEL p50" "DEL p95"
 	for impl in "${IMPLS[@]}"; do
-		if [[ -n ${FAILED[$impl]:-} ]]; then
-			printf '%-9s FAILED: %s\n' "$impl" "${FAILED[$impl]}"
+		if [[ -n ${FAILED[$impl$lib]:-} ]]; then
+			printf '%-9s FAILED: %s\n' "$impl" "${FAILED[$impl$lib]}"
 		else
 			# shellcheck disable=SC2086 # split the four numbers
 			printf '%-9s %8s %8s %8s %8s\n' "$impl" ${S[$impl]}
@@ -420,14 +472,27 @@ report() {
 	printf '%-9s %8s %8s %8s %8s  (berth/upstream; < 1 = berth faster)\n' ratio "${r[@]}"
 	local -a f
 	read -r -a f <<<"${S[floor]}"
-	if [[ -n ${FAILED[floor]:-} ]]; then
-		printf '%-9s FAILED: %s\n' floor "${FAILED[floor]}"
+	if [[ -n ${FAILED[floor$lib]:-} ]]; then
+		printf '%-9s FAILED: %s\n' floor "${FAILED[floor$lib]}"
 	else
 		# shellcheck disable=SC2086 # split the four numbers
-		printf '%-9s %8s %8s %8s %8s  (cnitool + host-local alone: the fixed cost of both chains)\n' floor ${S[floor]}
+		printf '%-9s %8s %8s %8s %8s  (%s)\n' floor ${S[floor]} "$fnote"
 		r=()
 		for i in 0 2; do r+=("$(net_ratio "${b[$i]}" "${u[$i]}" "${f[$i]}")"); done
 		printf '%-9s %8s %8s %8s %8s  ((berth-floor)/(upstream-floor): the bridge plugin'"'"'s own time)\n' "net ratio" "${r[0]}" "" "${r[1]}" ""
+	fi
+}
+
+report() {
+	local impl a d
+	local chain="bridge + host-local"
+	((PM)) && chain="bridge + host-local + portmap (one host port per container)"
+	echo "chain: $chain, N=$N, sequential (cniVersion 1.0.0, isGateway, ipMasq)"
+	table "" "cnitool + host-local alone: the fixed cost of both chains"
+	if ((LIBCNI)); then
+		echo
+		echo "via libcni in-process (as containerd/kubelet call plugins), N=$N, sequential"
+		table -libcni "libcni + host-local alone: the fixed cost of both chains"
 	fi
 	if ((PAR)); then
 		echo
@@ -469,6 +534,11 @@ report() {
 	echo "  host-local-only chain, the part of every sample neither bridge plugin can avoid"
 	echo "- samples are interleaved: for container i, upstream ADD i, berth ADD i, floor ADD i,"
 	echo "  then the DELs in the same order; each implementation has its own host namespace"
+	if ((LIBCNI)); then
+		echo "- libcni rows: one AddNetworkList/DelNetworkList call each, timed in-process by"
+		echo "  bench/cnidrive (one process for all three, interleaved the same way, on their own"
+		echo "  containers): libcni, the plugin execs and its result cache; no cnitool process"
+	fi
 	if ((PAR)); then
 		echo "- concurrent: each call is a cnitool under benchtime; the wall clock includes starting them"
 	fi
@@ -491,8 +561,10 @@ ln -sfn "$(basename "$CSV")" "$OUT/timings-latest.csv"
 ln -sfn "$(basename "$SUMMARY")" "$OUT/summary-latest.txt"
 
 if ((${#FAILED[@]} > 0)); then
-	for impl in "${IMPLS[@]}"; do
-		[[ -z ${FAILED[$impl]:-} ]] || printf 'bench: %s: %s\n' "$impl" "${FAILED[$impl]}" >&2
+	for lib in "${LIBS[@]}"; do
+		for impl in "${IMPLS[@]}" floor; do
+			[[ -z ${FAILED[$impl$lib]:-} ]] || printf 'bench: %s%s: %s\n' "$impl" "${lib/-/ via }" "${FAILED[$impl$lib]}" >&2
+		done
 	done
 	exit 1
 fi
