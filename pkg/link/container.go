@@ -37,8 +37,13 @@ type ContainerSpec struct {
 // Equivalent: ip netns exec $c sh -c 'sysctl -w net.ipv4.conf.$if.arp_notify=1;
 // ip addr add …; ip link set $if up; ip route add …'
 func ConfigureContainer(netns ns.NetNS, spec ContainerSpec) error {
-	return netns.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(spec.IfName)
+	return inNS(netns, func() error {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink in container: %w", err)
+		}
+		defer h.Close()
+		l, err := h.LinkByName(spec.IfName)
 		if err != nil {
 			return fmt.Errorf("look up %s in container: %w", spec.IfName, err)
 		}
@@ -68,15 +73,15 @@ func ConfigureContainer(netns ns.NetNS, spec ContainerSpec) error {
 			if a.Addr().Is6() && !spec.DAD {
 				addr.Flags = unix.IFA_F_NODAD
 			}
-			if err := netlink.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			if err := h.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 				return fmt.Errorf("add address %s to %s: %w", a, spec.IfName, err)
 			}
 		}
-		if err := netlink.LinkSetUp(l); err != nil {
+		if err := h.LinkSetUp(l); err != nil {
 			return fmt.Errorf("set %s up: %w", spec.IfName, err)
 		}
 		if has6 && spec.DAD {
-			if err := settleDAD(l, 10*time.Second); err != nil {
+			if err := settleDAD(h, l, 10*time.Second); err != nil {
 				return err
 			}
 		}
@@ -87,7 +92,7 @@ func ConfigureContainer(netns ns.NetNS, spec ContainerSpec) error {
 			} else {
 				nr.Scope = netlink.SCOPE_LINK
 			}
-			if err := netlink.RouteAdd(nr); err != nil && !errors.Is(err, unix.EEXIST) {
+			if err := h.RouteAdd(nr); err != nil && !errors.Is(err, unix.EEXIST) {
 				return fmt.Errorf("add route %s via %s dev %s: %w", r.Dst, r.GW, spec.IfName, err)
 			}
 		}
@@ -97,10 +102,10 @@ func ConfigureContainer(netns ns.NetNS, spec ContainerSpec) error {
 
 // settleDAD waits until no IPv6 address of l is tentative; a duplicate
 // address fails the ADD.
-func settleDAD(l netlink.Link, timeout time.Duration) error {
+func settleDAD(h *netlink.Handle, l netlink.Link, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+		addrs, err := h.AddrList(l, netlink.FAMILY_V6)
 		if err != nil {
 			return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
 		}

@@ -2,6 +2,10 @@ package link
 
 import (
 	"errors"
+	"fmt"
+	"log"
+	"os"
+	"runtime"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netns"
@@ -68,13 +72,51 @@ func OpenContainerNSForAdd(path, ifName string) (ns.NetNS, error) {
 	if err != nil {
 		return nil, err
 	}
-	taken, err := LinkExistsIn(n, ifName)
-	if err == nil && taken {
-		err = cnierr.Env("CNI_IFNAME", ifName, nil, "an interface of that name already exists in container namespace %s", path)
-	}
-	if err != nil {
+	if err := RefuseTakenIfName(n, ifName); err != nil {
 		n.Close()
 		return nil, err
 	}
 	return n, nil
+}
+
+// RefuseTakenIfName fails (a CNI_IFNAME error) when the container's
+// namespace has an interface called ifName.
+func RefuseTakenIfName(n ns.NetNS, ifName string) error {
+	taken, err := LinkExistsIn(n, ifName)
+	if err == nil && taken {
+		err = cnierr.Env("CNI_IFNAME", ifName, nil, "an interface of that name already exists in container namespace %s", n.Path())
+	}
+	return err
+}
+
+// inNS runs fn on the calling goroutine's own OS thread switched into the
+// namespace n, then switches the thread back. Unlike ns.Do it starts no
+// goroutine, so it needs no new OS thread (a thread's creation costs about
+// 0.2 ms on a 2-CPU VM, more than the rest of the switch). The goroutine
+// is locked to its thread meanwhile, so nothing else runs there.
+//
+// A thread that cannot switch back would leave the goroutine's later host
+// work in the container's namespace, with no way back: the process exits at
+// once (status 70), running no deferred undo on the wrong namespace. The
+// attachment's record, written before anything is made, lets DEL, GC and
+// the sweep clean up what the ADD made.
+func inNS(n ns.NetNS, fn func() error) error {
+	runtime.LockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open the thread's own network namespace: %w", err)
+	}
+	defer self.Close()
+	if err := unix.Setns(int(n.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace %s: %w", n.Path(), err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		log.Printf("cannot return from network namespace %s: %v; exiting", n.Path(), err)
+		os.Exit(70)
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }

@@ -3,10 +3,12 @@ package link
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
@@ -18,7 +20,7 @@ type VethSpec struct {
 	Bridge      *netlink.Bridge
 	ContainerNS int              // fd of the container's network namespace
 	MTU         int              // 0: the bridge's
-	MAC         net.HardwareAddr // container side; nil: kernel-chosen
+	MAC         net.HardwareAddr // container side; nil: a random one
 	Hairpin     bool
 	Isolated    bool
 	Vlan        int   // access VLAN (pvid, untagged); 0: none
@@ -35,89 +37,117 @@ type Veth struct {
 
 // AddVeth creates the pair with its container end born inside the
 // container's namespace under its final name (so it never clashes with a
-// host link), attaches the host end to the bridge, tags it with the owner's
-// alias and brings it up. The container end stays down. On error nothing
-// is left.
+// host link), the host end already attached to the bridge, tagged with the
+// owner's alias and up: one RTM_NEWLINK and one RTM_SETLINK for the alias
+// (the kernel ignores IFLA_IFALIAS on creation). Both MACs are chosen here, not by
+// the kernel: the result can name them without reading them back, and a
+// MAC that was set (addr_assign_type 3) is one udev's MACAddressPolicy
+// leaves alone, so it never changes after the result reported it. The
+// container end stays down. On error nothing is left.
 //
-// Equivalent: ip link add $host type veth peer name $ifname netns $ns;
-// ip link set $host master $bridge alias … up
+// Equivalent: ip link add $host address $hmac mtu $mtu master $bridge up
+// type veth peer name $ifname address $cmac mtu $mtu netns $ns;
+// ip link set $host alias …
 func AddVeth(spec VethSpec) (v Veth, err error) {
 	mtu := spec.MTU
 	if mtu == 0 {
 		mtu = spec.Bridge.MTU
 	}
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = HostVethName(spec.Owner)
-	attrs.MTU = mtu
-	veth := &netlink.Veth{
-		LinkAttrs:        attrs,
-		PeerName:         spec.Owner.IfName,
-		PeerHardwareAddr: spec.MAC,
-		PeerNamespace:    netlink.NsFd(spec.ContainerNS),
-		PeerMTU:          uint32(mtu),
+	v.HostName = HostVethName(spec.Owner)
+	v.HostMAC = RandomMAC()
+	v.ContainerMAC = spec.MAC
+	if v.ContainerMAC == nil {
+		v.ContainerMAC = RandomMAC()
 	}
-	if err := netlink.LinkAdd(veth); err != nil {
+	if err := newVeth(v, spec.Owner.IfName, mtu, spec.Bridge.Index, spec.ContainerNS); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			// The host name is unique per attachment, so the clash is the
 			// container's name (or a half-done earlier ADD: DEL clears it).
-			return v, cnierr.Env("CNI_IFNAME", spec.Owner.IfName, err, "an interface of that name already exists in the container (or a previous ADD of this attachment was not deleted)")
+			return Veth{}, cnierr.Env("CNI_IFNAME", spec.Owner.IfName, err, "an interface of that name already exists in the container (or a previous ADD of this attachment was not deleted)")
 		}
-		return v, fmt.Errorf("create veth %s <-> %s: %w", attrs.Name, spec.Owner.IfName, err)
+		return Veth{}, fmt.Errorf("create veth %s <-> %s on bridge %q: %w", v.HostName, spec.Owner.IfName, spec.Bridge.Name, err)
 	}
 	defer func() {
 		if err != nil {
-			_ = DeleteHostVeth(attrs.Name)
+			_ = DeleteHostVeth(v.HostName)
 		}
 	}()
-	host, err := netlink.LinkByName(attrs.Name)
-	if err != nil {
-		return v, fmt.Errorf("look up new veth %s: %w", attrs.Name, err)
-	}
 	if alias := Alias(spec.Owner); alias != "" {
-		if err := netlink.LinkSetAlias(host, alias); err != nil {
-			return v, fmt.Errorf("tag veth %s: %w", attrs.Name, err)
+		if err := setAlias(v.HostName, alias); err != nil {
+			return v, fmt.Errorf("tag veth %s: %w", v.HostName, err)
 		}
 	}
-	if err := netlink.LinkSetMasterByIndex(host, spec.Bridge.Index); err != nil {
-		return v, fmt.Errorf("attach %s to bridge %q: %w", attrs.Name, spec.Bridge.Name, err)
+	if !spec.Hairpin && !spec.Isolated && spec.Vlan == 0 && len(spec.Trunk) == 0 {
+		return v, nil
+	}
+	host, err := netlink.LinkByName(v.HostName)
+	if err != nil {
+		return v, fmt.Errorf("look up new veth %s: %w", v.HostName, err)
 	}
 	if spec.Hairpin {
 		if err := netlink.LinkSetHairpin(host, true); err != nil {
-			return v, fmt.Errorf("set hairpin on %s: %w", attrs.Name, err)
+			return v, fmt.Errorf("set hairpin on %s: %w", v.HostName, err)
 		}
 	}
 	if spec.Isolated {
 		if err := netlink.LinkSetIsolated(host, true); err != nil {
-			return v, fmt.Errorf("set port isolation on %s: %w", attrs.Name, err)
+			return v, fmt.Errorf("set port isolation on %s: %w", v.HostName, err)
 		}
 	}
-	if err := setPortVlans(host, spec); err != nil {
-		return v, err
-	}
-	if err := netlink.LinkSetUp(host); err != nil {
-		return v, fmt.Errorf("set %s up: %w", attrs.Name, err)
-	}
-	v.HostName = attrs.Name
-	v.HostMAC = host.Attrs().HardwareAddr
-	peer, err := peerMAC(spec.ContainerNS, spec.Owner.IfName)
-	if err != nil {
-		return v, err
-	}
-	v.ContainerMAC = peer
-	return v, nil
+	return v, setPortVlans(host, spec)
 }
 
-func peerMAC(nsFd int, ifName string) (net.HardwareAddr, error) {
-	h, err := netlink.NewHandleAt(nsHandle(nsFd))
-	if err != nil {
-		return nil, fmt.Errorf("netlink in container namespace: %w", err)
+// newVeth sends the RTM_NEWLINK of AddVeth: the host end (name, MAC, MTU,
+// master, up) with its peer (name, MAC, MTU, namespace) in
+// IFLA_LINKINFO. The kernel applies IFLA_MASTER and the up flag after it
+// registered both ends, and undoes the whole link if either fails.
+func newVeth(v Veth, peerName string, mtu, master, nsFd int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(v.HostName)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, v.HostMAC))
+	if mtu > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
 	}
-	defer h.Close()
-	l, err := h.LinkByName(ifName)
-	if err != nil {
-		return nil, fmt.Errorf("look up %s in container: %w", ifName, err)
+	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(master))))
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
+	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
+	peer.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(peerName))
+	peer.AddRtAttr(unix.IFLA_ADDRESS, v.ContainerMAC)
+	if mtu > 0 {
+		peer.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu)))
 	}
-	return l.Attrs().HardwareAddr, nil
+	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(nsFd)))
+	req.AddData(info)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// setAlias sets the alias of the link called name, found by name in the
+// same request.
+func setAlias(name, alias string) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// RandomMAC is a random unicast, locally administered MAC, as the kernel's
+// eth_random_addr makes them.
+func RandomMAC() net.HardwareAddr {
+	mac := make(net.HardwareAddr, 6)
+	v := rand.Uint64()
+	for i := range mac {
+		mac[i] = byte(v >> (8 * i))
+	}
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
 }
 
 // setPortVlans configures the port's VLANs as upstream does: the access
@@ -202,7 +232,7 @@ func ListHostVeths(network string) ([]HostVeth, error) {
 }
 
 func netlinkHandleIn(n ns.NetNS) (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(nsHandle(int(n.Fd())))
+	h, err := netlink.NewHandleAt(nsHandle(int(n.Fd())), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in namespace %s: %w", n.Path(), err)
 	}

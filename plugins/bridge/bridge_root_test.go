@@ -326,6 +326,38 @@ func checkMAC(t *testing.T, n *lab.NS, res *types100.Result, want string) {
 	}
 }
 
+// With no MAC asked for, berth picks both ends' MACs itself: random,
+// unicast, locally administered, different per container, and the result
+// names what the kernel has.
+func TestChosenMACs(t *testing.T) {
+	t.Parallel()
+	b := newBed(t)
+	c := b.conflist("bopt-mac", `{"type":"bridge","bridge":"bopt-mac","isGateway":true,
+		"ipam":{"type":"host-local","subnet":"10.54.2.0/24"}}`)
+	seen := map[string]bool{}
+	for _, role := range []string{"c1", "c2"} {
+		n, a := b.container(role)
+		res := b.add(c, a)
+		host := hostVethOf(t, res)
+		for _, got := range []struct{ what, result, kernel string }{
+			{"host veth " + host, res.Interfaces[1].Mac, nlLink(t, b.host, host).Attrs().HardwareAddr.String()},
+			{role + " eth0", res.Interfaces[2].Mac, nlLink(t, n, "eth0").Attrs().HardwareAddr.String()},
+		} {
+			if got.result != got.kernel {
+				t.Errorf("%s: result says MAC %s, kernel has %s", got.what, got.result, got.kernel)
+			}
+			mac, err := net.ParseMAC(got.kernel)
+			if err != nil || mac[0]&0x01 != 0 || mac[0]&0x02 == 0 {
+				t.Errorf("%s: MAC %s is not unicast and locally administered (%v)", got.what, got.kernel, err)
+			}
+			if seen[got.kernel] {
+				t.Errorf("%s: MAC %s used twice", got.what, got.kernel)
+			}
+			seen[got.kernel] = true
+		}
+	}
+}
+
 func TestRuntimeConfigMAC(t *testing.T) {
 	t.Parallel()
 	b := newBed(t)
