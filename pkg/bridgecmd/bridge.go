@@ -32,6 +32,7 @@ import (
 	"github.com/berth-cni/berth/pkg/plan"
 	"github.com/berth-cni/berth/pkg/spoof"
 	"github.com/berth-cni/berth/pkg/state"
+	"github.com/berth-cni/berth/pkg/trace"
 	"github.com/berth-cni/berth/pkg/undo"
 )
 
@@ -86,7 +87,7 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 			return err
 		}
 	}
-	netns, err := link.OpenContainerNSForAdd(args.Netns, args.IfName)
+	netns, err := link.OpenContainerNS(args.Netns)
 	if err != nil {
 		return err
 	}
@@ -103,11 +104,20 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	if err != nil {
 		return err
 	}
+	// A repeated ADD must not touch the attachment it repeats: refuse it
+	// before the record is rewritten. With no record nothing of this
+	// attachment exists, and the veth's creation refuses a taken name.
+	if known {
+		if err := link.RefuseTakenIfName(netns, args.IfName); err != nil {
+			return err
+		}
+	}
 	rec := state.Record{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName,
 		Netns: args.Netns, HostVeth: link.HostVethName(owner), MasqBackend: masqName}
 	if err := store.Put(rec); err != nil {
 		return err
 	}
+	trace.Step("record")
 	// The record goes with a failed ADD unless its lease could not be
 	// released: then it stays for DEL, GC and the sweep to finish, and
 	// "no record, no lease" holds for the next ADD.
@@ -147,10 +157,11 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	if err != nil {
 		return err
 	}
+	trace.Step("veth")
 	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
-			br,
+			{Name: br.Name, Mac: br.HardwareAddr.String()},
 			{Name: veth.HostName, Mac: veth.HostMAC.String()},
 			{Name: args.IfName, Mac: veth.ContainerMAC.String(), Sandbox: args.Netns},
 		},
@@ -180,6 +191,7 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 		}
 		steps.Push("ipam", releaseLease)
 	}
+	trace.Step("lease")
 	res.IPs, res.Routes, res.DNS = ipres.IPs, ipres.Routes, ipres.DNS
 	l3, err := plan.PlanL3(res, plan.Gateway{IsGW: conf.IsGW, IsDefaultGW: conf.IsDefaultGW}, 2)
 	if err != nil {
@@ -201,23 +213,27 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	if err := link.ConfigureContainer(netns, spec); err != nil {
 		return err
 	}
-	if gwIface, err := ensureGateways(conf, l3.Gateways); err != nil {
+	trace.Step("container")
+	if gwIface, err := ensureGateways(conf, br, l3.Gateways); err != nil {
 		return err
 	} else if gwIface != nil {
 		res.Interfaces = append(res.Interfaces, gwIface)
 	}
+	trace.Step("gateway")
 	if err := masqDone(); err != nil {
 		return err
 	}
+	trace.Step("masquerade")
 	for _, p := range l3.Addrs {
 		rec.IPs = append(rec.IPs, p.String())
 	}
 	return finish(nil, res, conf, store, rec, out)
 }
 
-// async runs fn in a goroutine (on a thread of the host's namespace: the
-// container's is entered only by ns.Do's own locked threads) and returns a
-// function that waits for its result, as often as called.
+// async runs fn in a goroutine (on a thread of the host's namespace: a
+// thread enters the container's only while locked to the goroutine that
+// switched it) and returns a function that waits for its result, as often
+// as called.
 func async[T any](fn func() (T, error)) func() (T, error) {
 	done := make(chan struct{})
 	var v T
@@ -245,6 +261,7 @@ func finish(err error, res *current.Result, conf *config.Bridge, store state.Sto
 	if err := store.Put(rec); err != nil {
 		return err
 	}
+	trace.Step("recorded")
 	vres, err := res.GetAsVersion(conf.CNIVersion)
 	if err != nil {
 		return fmt.Errorf("convert result to %s: %w", conf.CNIVersion, err)
@@ -256,7 +273,7 @@ func finish(err error, res *current.Result, conf *config.Bridge, store state.Sto
 // happen under the bridge's lock, so concurrent ADDs on a new bridge do
 // not race and a failed ADD can remove a bridge it created without
 // pulling it from under another container.
-func attach(conf *config.Bridge, owner link.Owner, netns ns.NetNS, steps *undo.Stack) (*current.Interface, link.Veth, error) {
+func attach(conf *config.Bridge, owner link.Owner, netns ns.NetNS, steps *undo.Stack) (*netlink.Bridge, link.Veth, error) {
 	l, err := lock.Acquire("bridge-"+conf.BrName, lockWait)
 	if err != nil {
 		return nil, link.Veth{}, err
@@ -269,6 +286,7 @@ func attach(conf *config.Bridge, owner link.Owner, netns ns.NetNS, steps *undo.S
 	if created {
 		steps.Push("bridge", func() error { return removeBridgeIfUnused(conf.BrName) })
 	}
+	trace.Step("bridge")
 	veth, err := link.AddVeth(link.VethSpec{
 		Owner: owner, Bridge: br, ContainerNS: int(netns.Fd()), MTU: conf.MTU, MAC: conf.MAC,
 		Hairpin: conf.HairpinMode, Isolated: conf.PortIsolation,
@@ -285,7 +303,7 @@ func attach(conf *config.Bridge, owner link.Owner, netns ns.NetNS, steps *undo.S
 		}
 		steps.Push("macspoofchk", func() error { return spoof.Delete(g.Owner) })
 	}
-	return &current.Interface{Name: br.Name, Mac: br.HardwareAddr.String()}, veth, nil
+	return br, veth, nil
 }
 
 func removeBridgeIfUnused(name string) error {
@@ -300,8 +318,9 @@ func removeBridgeIfUnused(name string) error {
 // ensureGateways puts the gateway addresses on the bridge, or with vlan
 // on the VLAN's gateway interface "<bridge>.<vlan>" (returned, for the
 // result, as upstream lists it), and turns on forwarding, under the
-// bridge's lock (forceAddress replaces addresses).
-func ensureGateways(conf *config.Bridge, gws []netip.Prefix) (*current.Interface, error) {
+// bridge's lock (forceAddress replaces addresses). br is the bridge attach
+// ensured: it stays, as the container's veth is on it.
+func ensureGateways(conf *config.Bridge, br *netlink.Bridge, gws []netip.Prefix) (*current.Interface, error) {
 	if len(gws) == 0 {
 		return nil, nil
 	}
@@ -310,10 +329,6 @@ func ensureGateways(conf *config.Bridge, gws []netip.Prefix) (*current.Interface
 		return nil, err
 	}
 	defer l.Unlock()
-	br, _, err := link.EnsureBridge(link.BridgeSpec{Name: conf.BrName})
-	if err != nil {
-		return nil, err
-	}
 	var holder netlink.Link = br
 	var iface *current.Interface
 	if conf.Vlan != 0 {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/berth-cni/berth/pkg/buildinfo"
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/trace"
 )
 
 // SpecVersions are the CNI spec versions every berth plugin accepts and
@@ -50,6 +51,7 @@ type Funcs struct {
 // unsupported cniVersion) itself, naming the key and the value; then skel
 // gets the same bytes and runs as before.
 func Run(name string, f Funcs) {
+	trace.Step("start")
 	runtime.LockOSThread()
 	if cmd := os.Getenv("CNI_COMMAND"); carriesConfig(cmd) {
 		if err := precheck(cmd); err != nil {

@@ -159,6 +159,31 @@ func TestIfNameTaken(t *testing.T) {
 	}
 }
 
+// A second ADD of an attachment that is there (the spec forbids it; a
+// confused runtime sends it) fails with CNI_IFNAME and leaves the first
+// attachment whole: CHECK still passes and its lease, record and
+// masquerade survive the failed ADD's undo. DEL then leaves no trace of it.
+func TestRepeatedAddKeepsFirst(t *testing.T) {
+	t.Parallel()
+	b := newBed(t)
+	c := b.conflist("bopt-env", errConf)
+	n, a := b.container("c1")
+	first := b.add(c, a)
+	_, err := b.run.Add(b.ctx, c.List, a)
+	wantCNIError(t, err, 4, "CNI_IFNAME", `"eth0"`)
+	if err := b.run.Check(b.ctx, c.List, a); err != nil {
+		t.Errorf("CHECK after the refused repeat: %v", err)
+	}
+	if got, want := globalAddrs(t, n, "eth0"), []netip.Prefix{resultAddr(t, first, 4)}; !slices.Equal(got, want) {
+		t.Errorf("container eth0 addresses %v after the refused repeat, want %v", got, want)
+	}
+	if lines := lab.LinesContaining(b.nft(), a.ContainerID); len(lines) == 0 {
+		t.Errorf("after the refused repeat: no masquerade element for %s", a.ContainerID)
+	}
+	b.del(c, a)
+	b.assertNoAttachment("bopt-env", a.ContainerID)
+}
+
 // vlan needs bridge VLAN filtering; on a kernel without it the ADD fails
 // with berth's code 100 naming the feature, and the bridge it tried to
 // create is not left behind.
