@@ -5,6 +5,7 @@
 package state
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -47,21 +48,43 @@ func (s Store) path(containerID, ifName string) string {
 	return filepath.Join(s.dir, hex.EncodeToString(sum[:10])+".json")
 }
 
-// Put writes r atomically (temp file, rename). There is no fsync: the
-// records guard against a killed plugin, not a lost disk cache, and an
-// fsync per ADD costs more than the rest of the record keeping.
+// Put makes r the attachment's record. A new record is written atomically
+// (temp file, rename). A record that exists gets r appended as a new line,
+// the line readers take: appending costs one write, where a new file costs
+// an inode (0.15-0.4 ms on ext4 here, and a rename over a file makes ext4
+// flush it first). A file past maxRecordFile is rewritten with r alone.
+// There is no fsync: the records guard against a killed plugin, not a lost
+// disk cache, and an fsync per ADD costs more than the rest of the record
+// keeping. A kill cannot tear a write of a line this small.
 //
-// Equivalent: echo "$json" > $dir/$hash.json
+// Equivalent: echo "$json" >> $dir/$hash.json
 func (s Store) Put(r Record) error {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
-	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
-	return WriteAtomic(s.path(r.ContainerID, r.IfName), b)
+	path := s.path(r.ContainerID, r.IfName)
+	if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		fi, serr := f.Stat()
+		if serr == nil && fi.Size() < maxRecordFile {
+			// The leading newline ends a line a lost disk cache tore.
+			_, werr := f.Write(append(append([]byte{'\n'}, b...), '\n'))
+			cerr := f.Close()
+			if err := errors.Join(werr, cerr); err != nil {
+				return fmt.Errorf("append to record %s: %w", path, err)
+			}
+			return nil
+		}
+		f.Close()
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	return WriteAtomic(path, append(b, '\n'))
 }
+
+// maxRecordFile bounds a record file: past it, Put starts it afresh.
+const maxRecordFile = 8 << 10
 
 // WriteAtomic replaces the file at path with data: a temp file in the same
 // directory, renamed over it, so a reader sees the old or the new content,
@@ -93,7 +116,7 @@ func (s Store) Get(containerID, ifName string) (r Record, ok bool, err error) {
 	if err != nil {
 		return Record{}, false, fmt.Errorf("read record: %w", err)
 	}
-	if err := json.Unmarshal(b, &r); err != nil {
+	if r, err = lastValue[Record](b); err != nil {
 		return Record{}, false, fmt.Errorf("decode record %s: %w", s.path(containerID, ifName), err)
 	}
 	return r, true, nil
@@ -118,9 +141,10 @@ func (s Store) List() ([]Record, error) {
 	return out, err
 }
 
-// ReadJSONDir decodes every *.json file of dir (none when dir is missing).
-// A file that cannot be read or decoded is named in the joined error and
-// does not hide the others.
+// ReadJSONDir decodes every *.json file of dir (none when dir is missing):
+// its last line that holds a value, as Put appends them. A file that cannot
+// be read or decoded is named in the joined error and does not hide the
+// others.
 func ReadJSONDir[T any](dir string) ([]T, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -140,12 +164,36 @@ func ReadJSONDir[T any](dir string) ([]T, error) {
 			errs = append(errs, err)
 			continue
 		}
-		var v T
-		if err := json.Unmarshal(b, &v); err != nil {
+		v, err := lastValue[T](b)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("decode %s: %w", filepath.Join(dir, e.Name()), err))
 			continue
 		}
 		out = append(out, v)
 	}
 	return out, errors.Join(errs...)
+}
+
+// lastValue decodes the last line of b that holds a JSON value of type T;
+// blank lines and lines that do not decode (a line a lost disk cache tore)
+// are skipped. A file of one value over several lines (written before
+// records were appended to) is that value.
+func lastValue[T any](b []byte) (T, error) {
+	var v T
+	err := json.Unmarshal(b, &v)
+	if err == nil {
+		return v, nil
+	}
+	lines := bytes.Split(b, []byte{'\n'})
+	for i := len(lines) - 1; i >= 0; i-- {
+		line := bytes.TrimSpace(lines[i])
+		if len(line) == 0 {
+			continue
+		}
+		var w T
+		if json.Unmarshal(line, &w) == nil {
+			return w, nil
+		}
+	}
+	return v, err
 }
