@@ -96,6 +96,17 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 	var steps undo.Stack
 	defer steps.OnError(&err)
 
+	// In-process host-local parses its config and opens its lease store
+	// while the attachment is looked up and recorded; it leases once the
+	// record is written (no record, no lease), while the veth is made.
+	// (An exec'd IPAM plugin runs after the veth: dhcp needs the interface
+	// up, and the others gain nothing measurable.)
+	var lease *pendingLease
+	if conf.IPAMConf.Type == ipam.HostLocal {
+		lease = prepareLease(ctx, conf.IPAMConf.Type, args.StdinData)
+		defer lease.abort()
+	}
+
 	store := state.Open(conf.DataDir, conf.Name)
 	p.sweep(ctx, conf, args.StdinData, store)
 	// No record: no lease either (the record is written before the IPAM
@@ -138,13 +149,10 @@ func (p Plugin) Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err
 		leaseKept = err != nil
 		return err
 	}
-	// In-process host-local needs neither the veth nor the container's
-	// interface: it leases while the veth is made. (An exec'd IPAM plugin
-	// runs after: dhcp needs the interface up, and the others gain
-	// nothing measurable.)
 	var leased func() (*current.Result, error)
-	if conf.IPAMConf.Type == ipam.HostLocal {
-		leased = async(func() (*current.Result, error) { return ipamAdd(ctx, conf.IPAMConf.Type, args.StdinData) })
+	if lease != nil {
+		lease.begin(!known)
+		leased = lease.result
 		steps.Push("ipam", func() error {
 			if _, err := leased(); err != nil {
 				return nil // nothing leased (a failed lease releases its part)
@@ -247,6 +255,36 @@ func async[T any](fn func() (T, error)) func() (T, error) {
 		return v, err
 	}
 }
+
+// pendingLease is an IPAM ADD prepared in a goroutine that waits for
+// begin (lease, fresh as ipam.AddNew promises) or abort (no lease).
+type pendingLease struct {
+	start  chan bool
+	once   sync.Once
+	result func() (*current.Result, error)
+}
+
+var errNoLease = errors.New("no lease taken: the ADD ended before its record was written")
+
+func prepareLease(ctx context.Context, plugin string, netconf []byte) *pendingLease {
+	l := &pendingLease{start: make(chan bool, 1)}
+	l.result = async(func() (*current.Result, error) {
+		p := ipam.Prepare(plugin, netconf)
+		fresh, ok := <-l.start
+		if !ok {
+			p.Close()
+			return nil, errNoLease
+		}
+		return p.Lease(ctx, fresh)
+	})
+	return l
+}
+
+func (l *pendingLease) begin(fresh bool) {
+	l.once.Do(func() { l.start <- fresh; close(l.start) })
+}
+
+func (l *pendingLease) abort() { l.once.Do(func() { close(l.start) }) }
 
 // finish records the completed attachment and prints the result in the
 // config's version.

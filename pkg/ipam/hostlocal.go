@@ -55,20 +55,37 @@ type newAttachment struct{ *disk.Store }
 
 func (newAttachment) GetByID(string, string) []net.IP { return nil }
 
-// hostLocalAdd leases one address from each range set (a requested one
-// where a requested address falls in the set) and returns them with the
-// config's routes and resolvConf's DNS. On error nothing stays leased.
-//
-// Equivalent: CNI_COMMAND=ADD host-local < $netconf
-func hostLocalAdd(netconf []byte, a attachment, fresh bool) (res *current.Result, err error) {
-	conf, disk, err := openHostLocal(netconf, a.args)
+// hostLocalLease is an in-process host-local ADD with its config parsed and
+// its lease store open: what an ADD can do before the attachment is
+// recorded. Its take leases (and closes the store); close is for an ADD
+// that will not.
+type hostLocalLease struct {
+	conf  *allocator.IPAMConfig
+	store *disk.Store
+	a     attachment
+}
+
+func prepareHostLocal(netconf []byte, a attachment) (*hostLocalLease, error) {
+	conf, store, err := openHostLocal(netconf, a.args)
 	if err != nil {
 		return nil, err
 	}
-	defer disk.Close()
-	var store backend.Store = disk
+	return &hostLocalLease{conf: conf, store: store, a: a}, nil
+}
+
+func (l *hostLocalLease) close() { l.store.Close() }
+
+// take leases one address from each range set (a requested one where a
+// requested address falls in the set) and returns them with the config's
+// routes and resolvConf's DNS. On error nothing stays leased.
+//
+// Equivalent: CNI_COMMAND=ADD host-local < $netconf
+func (l *hostLocalLease) take(fresh bool) (res *current.Result, err error) {
+	defer l.close()
+	conf, a := l.conf, l.a
+	var store backend.Store = l.store
 	if fresh {
-		store = newAttachment{disk}
+		store = newAttachment{l.store}
 	}
 	res = &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: conf.Routes}
 	if conf.ResolvConf != "" {

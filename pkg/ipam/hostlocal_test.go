@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
 func hlConf(t *testing.T, dir string) []byte {
@@ -146,4 +148,13 @@ func TestHostLocalRelease(t *testing.T) {
 	if err := hostLocalRelease(conf, a, addrs); err != nil {
 		t.Errorf("release again: %v", err)
 	}
+}
+
+// hostLocalAdd is an in-process host-local ADD in one call.
+func hostLocalAdd(netconf []byte, a attachment, fresh bool) (*current.Result, error) {
+	l, err := prepareHostLocal(netconf, a)
+	if err != nil {
+		return nil, err
+	}
+	return l.take(fresh)
 }

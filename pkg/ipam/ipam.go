@@ -19,33 +19,65 @@ import (
 // Add runs the IPAM plugin's ADD for the current attachment (the CNI_*
 // environment) and returns its result in the current spec version.
 func Add(ctx context.Context, plugin string, netconf []byte) (*current.Result, error) {
-	return add(ctx, plugin, netconf, false)
+	return Prepare(plugin, netconf).Lease(ctx, false)
 }
 
 // AddNew is Add for an attachment the caller knows holds no address (it
 // has no record of it): in-process host-local then skips its scan of every
 // lease file for a duplicate, whose cost grows with the network's leases.
 func AddNew(ctx context.Context, plugin string, netconf []byte) (*current.Result, error) {
-	return add(ctx, plugin, netconf, true)
+	return Prepare(plugin, netconf).Lease(ctx, true)
 }
 
-func add(ctx context.Context, plugin string, netconf []byte, fresh bool) (*current.Result, error) {
+// Prepared is an IPAM ADD split in two. Prepare does what takes no lease
+// (in-process host-local parses its config and opens its lease store), so
+// it may run before the caller has recorded the attachment; Lease takes
+// the lease, and Close is for a caller that will not.
+type Prepared struct {
+	plugin  string
+	netconf []byte
+	hl      *hostLocalLease
+	err     error
+}
+
+// Prepare begins the current attachment's ADD with plugin.
+func Prepare(plugin string, netconf []byte) *Prepared {
+	p := &Prepared{plugin: plugin, netconf: netconf}
 	if plugin == HostLocal {
-		res, err := hostLocalAdd(netconf, fromEnv(), fresh)
+		p.hl, p.err = prepareHostLocal(netconf, fromEnv())
+	}
+	return p
+}
+
+// Lease runs the ADD (once); fresh is AddNew's promise that the
+// attachment holds no address.
+func (p *Prepared) Lease(ctx context.Context, fresh bool) (*current.Result, error) {
+	if p.err != nil {
+		return nil, fmt.Errorf("ipam %s add: %w", p.plugin, p.err)
+	}
+	if p.hl != nil {
+		res, err := p.hl.take(fresh)
 		if err != nil {
-			return nil, fmt.Errorf("ipam %s add: %w", plugin, err)
+			return nil, fmt.Errorf("ipam %s add: %w", p.plugin, err)
 		}
 		return res, nil
 	}
-	r, err := invoke.DelegateAdd(ctx, plugin, netconf, nil)
+	r, err := invoke.DelegateAdd(ctx, p.plugin, p.netconf, nil)
 	if err != nil {
-		return nil, fmt.Errorf("ipam %s add: %w", plugin, err)
+		return nil, fmt.Errorf("ipam %s add: %w", p.plugin, err)
 	}
 	res, err := current.NewResultFromResult(r)
 	if err != nil {
-		return nil, fmt.Errorf("ipam %s add: convert result: %w", plugin, err)
+		return nil, fmt.Errorf("ipam %s add: convert result: %w", p.plugin, err)
 	}
 	return res, nil
+}
+
+// Close ends a Prepared whose Lease will not run.
+func (p *Prepared) Close() {
+	if p.hl != nil {
+		p.hl.close()
+	}
 }
 
 // Del releases the current attachment's addresses.
