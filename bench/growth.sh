@@ -102,10 +102,12 @@ EOF
 	done
 done
 
-# cni IMPL HOST OP CONTAINER PORT: cnitool in the host namespace, publishing PORT.
+# cni IMPL HOST OP CONTAINER PORT: benchtime's arguments for cnitool in the
+# host namespace, publishing PORT: benchtime joins the namespace and sets
+# the environment before its clock starts, so a sample is cnitool alone.
 cni() {
 	local net=$PFX-$1-$2
-	CMD=(nsenter "--net=/var/run/netns/$net" env "NETCONFPATH=$TMP/conf-$net" "CNI_PATH=${BIN[$1]}" CNI_IFNAME=eth0
+	CMD=(-netns "/var/run/netns/$net" "NETCONFPATH=$TMP/conf-$net" "CNI_PATH=${BIN[$1]}" CNI_IFNAME=eth0
 		"CAP_ARGS={\"portMappings\":[{\"hostPort\":$5,\"containerPort\":80,\"protocol\":\"tcp\"}]}"
 		"$CNITOOL" "$3" "$net" "/var/run/netns/$4")
 }
@@ -118,7 +120,7 @@ for impl in upstream berth; do
 			c=$PFX-$impl-$h-$i
 			ip netns add "$c"
 			cni "$impl" "$h" add "$c" $((20000 + i))
-			"${CMD[@]}" >/dev/null 2>"$TMP/err" || die "$impl $h: ADD $i failed: $(head -n1 "$TMP/err")"
+			"$BENCHTIME" -o "$TMP/t" "${CMD[@]}" >/dev/null 2>"$TMP/err" || die "$impl $h: ADD $i failed: $(head -n1 "$TMP/err")"
 		done
 		ip netns add "$PFX-$impl-$h-x"
 	done
