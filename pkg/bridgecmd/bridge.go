@@ -357,7 +357,9 @@ func removeBridgeIfUnused(name string) error {
 // on the VLAN's gateway interface "<bridge>.<vlan>" (returned, for the
 // result, as upstream lists it), and turns on forwarding, under the
 // bridge's lock (forceAddress replaces addresses). br is the bridge attach
-// ensured: it stays, as the container's veth is on it.
+// ensured: it stays, as the container's veth is on it (its index and name
+// hold; its MTU may have dropped with the new port, so the VLAN gateway,
+// made with the bridge's MTU, reads it afresh).
 func ensureGateways(conf *config.Bridge, br *netlink.Bridge, gws []netip.Prefix) (*current.Interface, error) {
 	if len(gws) == 0 {
 		return nil, nil
@@ -370,6 +372,9 @@ func ensureGateways(conf *config.Bridge, br *netlink.Bridge, gws []netip.Prefix)
 	var holder netlink.Link = br
 	var iface *current.Interface
 	if conf.Vlan != 0 {
+		if br, _, err = link.EnsureBridge(link.BridgeSpec{Name: conf.BrName}); err != nil {
+			return nil, err
+		}
 		if holder, err = link.EnsureVlanGateway(br, conf.Vlan, conf.PreserveDefaultVlan); err != nil {
 			return nil, err
 		}

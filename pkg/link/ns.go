@@ -84,22 +84,32 @@ func OpenContainerNSForAdd(path, ifName string) (ns.NetNS, error) {
 func RefuseTakenIfName(n ns.NetNS, ifName string) error {
 	taken, err := LinkExistsIn(n, ifName)
 	if err == nil && taken {
-		err = cnierr.Env("CNI_IFNAME", ifName, nil, "an interface of that name already exists in container namespace %s", n.Path())
+		err = ifNameTaken(ifName, nil)
 	}
 	return err
+}
+
+// ifNameTaken is the one error for an interface name the container has
+// already, found before anything is made (RefuseTakenIfName) or by the
+// veth's creation (AddVeth: EEXIST, which can also be a half-done earlier
+// ADD of the same attachment that DEL clears).
+func ifNameTaken(ifName string, cause error) error {
+	return cnierr.Env("CNI_IFNAME", ifName, cause, "an interface of that name already exists in the container (or a previous ADD of this attachment was not deleted)")
 }
 
 // inNS runs fn on the calling goroutine's own OS thread switched into the
 // namespace n, then switches the thread back. Unlike ns.Do it starts no
 // goroutine, so it needs no new OS thread (a thread's creation costs about
 // 0.2 ms on a 2-CPU VM, more than the rest of the switch). The goroutine
-// is locked to its thread meanwhile, so nothing else runs there.
+// is locked to its thread meanwhile, so nothing else runs there; threads
+// the runtime starts meanwhile come from its template thread, not this one.
 //
-// A thread that cannot switch back would leave the goroutine's later host
-// work in the container's namespace, with no way back: the process exits at
-// once (status 70), running no deferred undo on the wrong namespace. The
-// attachment's record, written before anything is made, lets DEL, GC and
-// the sweep clean up what the ADD made.
+// A thread that cannot switch back (also after a panic in fn) would leave
+// the goroutine's later host work in the container's namespace, with no way
+// back: the process exits at once (status 70, no CNI error on stdout),
+// running no deferred undo on the wrong namespace. The attachment's record,
+// written before anything is made, lets DEL and GC clean up what the ADD
+// made.
 func inNS(n ns.NetNS, fn func() error) error {
 	runtime.LockOSThread()
 	self, err := os.Open("/proc/thread-self/ns/net")
@@ -112,11 +122,12 @@ func inNS(n ns.NetNS, fn func() error) error {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("enter network namespace %s: %w", n.Path(), err)
 	}
-	ferr := fn()
-	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-		log.Printf("cannot return from network namespace %s: %v; exiting", n.Path(), err)
-		os.Exit(70)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	defer func() {
+		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+			log.Printf("cannot return from network namespace %s: %v; exiting", n.Path(), err)
+			os.Exit(70)
+		}
+		runtime.UnlockOSThread()
+	}()
+	return fn()
 }

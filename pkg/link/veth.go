@@ -10,8 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
-
-	"github.com/berth-cni/berth/pkg/cnierr"
 )
 
 // VethSpec is one container's veth pair on a bridge.
@@ -59,21 +57,21 @@ func AddVeth(spec VethSpec) (v Veth, err error) {
 	if v.ContainerMAC == nil {
 		v.ContainerMAC = RandomMAC()
 	}
-	if err := newVeth(v, spec.Owner.IfName, mtu, spec.Bridge.Index, spec.ContainerNS); err != nil {
+	if err = newVeth(v, spec.Owner.IfName, mtu, spec.Bridge.Index, spec.ContainerNS); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			// The host name is unique per attachment, so the clash is the
 			// container's name (or a half-done earlier ADD: DEL clears it).
-			return Veth{}, cnierr.Env("CNI_IFNAME", spec.Owner.IfName, err, "an interface of that name already exists in the container (or a previous ADD of this attachment was not deleted)")
+			return Veth{}, ifNameTaken(spec.Owner.IfName, err)
 		}
 		return Veth{}, fmt.Errorf("create veth %s <-> %s on bridge %q: %w", v.HostName, spec.Owner.IfName, spec.Bridge.Name, err)
 	}
 	defer func() {
 		if err != nil {
-			_ = DeleteHostVeth(v.HostName)
+			err = errors.Join(err, DeleteHostVeth(v.HostName))
 		}
 	}()
 	if alias := Alias(spec.Owner); alias != "" {
-		if err := setAlias(v.HostName, alias); err != nil {
+		if err = setAlias(v.HostName, alias); err != nil {
 			return v, fmt.Errorf("tag veth %s: %w", v.HostName, err)
 		}
 	}
@@ -85,16 +83,17 @@ func AddVeth(spec VethSpec) (v Veth, err error) {
 		return v, fmt.Errorf("look up new veth %s: %w", v.HostName, err)
 	}
 	if spec.Hairpin {
-		if err := netlink.LinkSetHairpin(host, true); err != nil {
+		if err = netlink.LinkSetHairpin(host, true); err != nil {
 			return v, fmt.Errorf("set hairpin on %s: %w", v.HostName, err)
 		}
 	}
 	if spec.Isolated {
-		if err := netlink.LinkSetIsolated(host, true); err != nil {
+		if err = netlink.LinkSetIsolated(host, true); err != nil {
 			return v, fmt.Errorf("set port isolation on %s: %w", v.HostName, err)
 		}
 	}
-	return v, setPortVlans(host, spec)
+	err = setPortVlans(host, spec)
+	return v, err
 }
 
 // newVeth sends the RTM_NEWLINK of AddVeth: the host end (name, MAC, MTU,

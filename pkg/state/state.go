@@ -1,7 +1,8 @@
 // Package state keeps one record per attachment in files under
 // <dataDir>/<network>/ (default /var/lib/berth). A record is written before
 // the ADD creates anything, so a plugin killed mid-ADD leaves a record that
-// DEL and GC find; it is removed last by DEL.
+// DEL and GC find; it is removed last by DEL. A record file holds JSON
+// lines, each a later version of the record: the last that decodes is it.
 package state
 
 import (
@@ -52,10 +53,14 @@ func (s Store) path(containerID, ifName string) string {
 // (temp file, rename). A record that exists gets r appended as a new line,
 // the line readers take: appending costs one write, where a new file costs
 // an inode (0.15-0.4 ms on ext4 here, and a rename over a file makes ext4
-// flush it first). A file past maxRecordFile is rewritten with r alone.
-// There is no fsync: the records guard against a killed plugin, not a lost
-// disk cache, and an fsync per ADD costs more than the rest of the record
-// keeping. A kill cannot tear a write of a line this small.
+// flush it first). A file past maxRecordFile is rewritten with r alone, as
+// is one that was renamed over or removed while r was appended (only
+// concurrent Puts and Deletes of one attachment do that, which the spec's
+// one-operation-at-a-time rule excludes). There is no fsync: the records
+// guard against a killed plugin, not a lost disk cache, and an fsync per
+// ADD costs more than the rest of the record keeping. A line cut short
+// (a kill in mid-write) is skipped by readers, and the next append starts
+// on a line of its own.
 //
 // Equivalent: echo "$json" >> $dir/$hash.json
 func (s Store) Put(r Record) error {
@@ -64,23 +69,33 @@ func (s Store) Put(r Record) error {
 		return err
 	}
 	path := s.path(r.ContainerID, r.IfName)
-	if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0); err == nil {
-		fi, serr := f.Stat()
-		if serr == nil && fi.Size() < maxRecordFile {
-			// The leading newline ends a line a lost disk cache tore.
-			_, werr := f.Write(append(append([]byte{'\n'}, b...), '\n'))
-			cerr := f.Close()
-			if err := errors.Join(werr, cerr); err != nil {
-				return fmt.Errorf("append to record %s: %w", path, err)
-			}
-			return nil
-		}
-		f.Close()
+	if appended, err := appendRecord(path, b); appended || err != nil {
+		return err
 	}
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
 	return WriteAtomic(path, append(b, '\n'))
+}
+
+// appendRecord appends b as a line to the record file at path if there is
+// one under maxRecordFile, and reports whether b is now its last line.
+func appendRecord(path string, b []byte) (bool, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return false, nil // none (or unwritable: WriteAtomic says why)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() >= maxRecordFile {
+		return false, nil
+	}
+	// The leading newline ends a line a lost disk cache or a kill tore.
+	if _, err := f.Write(append(append([]byte{'\n'}, b...), '\n')); err != nil {
+		return false, fmt.Errorf("append to record %s: %w", path, err)
+	}
+	now, err := os.Stat(path)
+	return err == nil && os.SameFile(fi, now), nil
 }
 
 // maxRecordFile bounds a record file: past it, Put starts it afresh.
@@ -134,18 +149,25 @@ func (s Store) Delete(containerID, ifName string) error {
 // List returns every record of the network. Unreadable files are reported
 // in the error but do not hide the others.
 func (s Store) List() ([]Record, error) {
-	out, err := ReadJSONDir[Record](s.dir)
+	out, err := readJSONDir(s.dir, lastValue[Record])
 	if err != nil {
 		err = fmt.Errorf("list records: %w", err)
 	}
 	return out, err
 }
 
-// ReadJSONDir decodes every *.json file of dir (none when dir is missing):
-// its last line that holds a value, as Put appends them. A file that cannot
-// be read or decoded is named in the joined error and does not hide the
-// others.
+// ReadJSONDir decodes every *.json file of dir (none when dir is missing),
+// each one JSON value. A file that cannot be read or decoded is named in
+// the joined error and does not hide the others.
 func ReadJSONDir[T any](dir string) ([]T, error) {
+	return readJSONDir(dir, func(b []byte) (T, error) {
+		var v T
+		err := json.Unmarshal(b, &v)
+		return v, err
+	})
+}
+
+func readJSONDir[T any](dir string, decode func([]byte) (T, error)) ([]T, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -164,7 +186,7 @@ func ReadJSONDir[T any](dir string) ([]T, error) {
 			errs = append(errs, err)
 			continue
 		}
-		v, err := lastValue[T](b)
+		v, err := decode(b)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("decode %s: %w", filepath.Join(dir, e.Name()), err))
 			continue

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -326,9 +327,11 @@ func checkMAC(t *testing.T, n *lab.NS, res *types100.Result, want string) {
 	}
 }
 
-// With no MAC asked for, berth picks both ends' MACs itself: random,
-// unicast, locally administered, different per container, and the result
-// names what the kernel has.
+// With no MAC asked for, berth picks both ends' MACs itself: set, not
+// kernel-chosen (addr_assign_type 3, which udev's MACAddressPolicy leaves
+// alone; the kernel's own random ones are 1), unicast, locally
+// administered, different per container, and the result names what the
+// kernel has.
 func TestChosenMACs(t *testing.T) {
 	t.Parallel()
 	b := newBed(t)
@@ -354,6 +357,20 @@ func TestChosenMACs(t *testing.T) {
 				t.Errorf("%s: MAC %s used twice", got.what, got.kernel)
 			}
 			seen[got.kernel] = true
+		}
+		for _, end := range []struct {
+			ns   *lab.NS
+			name string
+		}{{b.host, host}, {n, "eth0"}} {
+			// ip netns exec mounts a sysfs of that namespace.
+			out, err := exec.CommandContext(b.ctx, "ip", "netns", "exec", end.ns.Name, "cat",
+				"/sys/class/net/"+end.name+"/addr_assign_type").CombinedOutput()
+			if err != nil {
+				t.Fatalf("addr_assign_type of %s: %v: %s", end.name, err, out)
+			}
+			if got := strings.TrimSpace(string(out)); got != "3" {
+				t.Errorf("%s in %s: addr_assign_type %s, want 3 (set by berth)", end.name, end.ns.Name, got)
+			}
 		}
 	}
 }
