@@ -35,17 +35,18 @@ type Veth struct {
 
 // AddVeth creates the pair with its container end born inside the
 // container's namespace under its final name (so it never clashes with a
-// host link), the host end already attached to the bridge, tagged with the
-// owner's alias and up: one RTM_NEWLINK and one RTM_SETLINK for the alias
-// (the kernel ignores IFLA_IFALIAS on creation). Both MACs are chosen here, not by
-// the kernel: the result can name them without reading them back, and a
-// MAC that was set (addr_assign_type 3) is one udev's MACAddressPolicy
-// leaves alone, so it never changes after the result reported it. The
-// container end stays down. On error nothing is left.
+// host link) and the host end already a port of the bridge, down (one
+// RTM_NEWLINK); then it brings the host end up and tags it with the
+// owner's alias (the kernel ignores IFLA_IFALIAS on creation). Both MACs
+// are chosen here, not by the kernel: the result can name them without
+// reading them back, and a MAC that was set (addr_assign_type 3) is one
+// udev's MACAddressPolicy leaves alone, so it never changes after the
+// result reported it. The container end stays down. On error nothing is
+// left.
 //
-// Equivalent: ip link add $host address $hmac mtu $mtu master $bridge up
+// Equivalent: ip link add $host address $hmac mtu $mtu master $bridge
 // type veth peer name $ifname address $cmac mtu $mtu netns $ns;
-// ip link set $host alias …
+// ip link set $host up alias …
 func AddVeth(spec VethSpec) (v Veth, err error) {
 	mtu := spec.MTU
 	if mtu == 0 {
@@ -70,14 +71,6 @@ func AddVeth(spec VethSpec) (v Veth, err error) {
 			err = errors.Join(err, DeleteHostVeth(v.HostName))
 		}
 	}()
-	if alias := Alias(spec.Owner); alias != "" {
-		if err = setAlias(v.HostName, alias); err != nil {
-			return v, fmt.Errorf("tag veth %s: %w", v.HostName, err)
-		}
-	}
-	if !spec.Hairpin && !spec.Isolated && spec.Vlan == 0 && len(spec.Trunk) == 0 {
-		return v, nil
-	}
 	host, err := netlink.LinkByName(v.HostName)
 	if err != nil {
 		return v, fmt.Errorf("look up new veth %s: %w", v.HostName, err)
@@ -92,19 +85,29 @@ func AddVeth(spec VethSpec) (v Veth, err error) {
 			return v, fmt.Errorf("set port isolation on %s: %w", v.HostName, err)
 		}
 	}
-	err = setPortVlans(host, spec)
-	return v, err
+	if err = setPortVlans(host, spec); err != nil {
+		return v, err
+	}
+	// Up by index, after the lookup: up at creation, or by name, made an
+	// ADD 1-1.5 ms slower on a bridge with 500 ports here.
+	if err = netlink.LinkSetUp(host); err != nil {
+		return v, fmt.Errorf("set %s up: %w", v.HostName, err)
+	}
+	if alias := Alias(spec.Owner); alias != "" {
+		if err = netlink.LinkSetAlias(host, alias); err != nil {
+			return v, fmt.Errorf("tag veth %s: %w", v.HostName, err)
+		}
+	}
+	return v, nil
 }
 
 // newVeth sends the RTM_NEWLINK of AddVeth: the host end (name, MAC, MTU,
-// master, up) with its peer (name, MAC, MTU, namespace) in
-// IFLA_LINKINFO. The kernel applies IFLA_MASTER and the up flag after it
-// registered both ends, and undoes the whole link if either fails.
+// master) with its peer (name, MAC, MTU, namespace) in
+// IFLA_LINKINFO. The kernel applies IFLA_MASTER after it registered both
+// ends, and undoes the whole link if that fails.
 func newVeth(v Veth, peerName string, mtu, master, nsFd int) error {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
-	req.AddData(msg)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
 	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(v.HostName)))
 	req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, v.HostMAC))
 	if mtu > 0 {
@@ -122,17 +125,6 @@ func newVeth(v Veth, peerName string, mtu, master, nsFd int) error {
 	}
 	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(nsFd)))
 	req.AddData(info)
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
-}
-
-// setAlias sets the alias of the link called name, found by name in the
-// same request.
-func setAlias(name, alias string) error {
-	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
 }
