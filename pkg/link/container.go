@@ -130,48 +130,53 @@ func settleDAD(h *netlink.Handle, l netlink.Link, timeout time.Duration) error {
 
 // CheckContainer compares the container interface with spec and returns
 // the first difference: the link, its MAC, an address, or a route missing.
+// It only reads, over a netlink socket opened in the namespace: no thread
+// switches into it.
 func CheckContainer(netns ns.NetNS, spec ContainerSpec) error {
-	return netns.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(spec.IfName)
-		if err != nil {
-			return fmt.Errorf("interface %s not found in container %s: %w", spec.IfName, netns.Path(), err)
+	h, err := netlinkHandleIn(netns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(spec.IfName)
+	if err != nil {
+		return fmt.Errorf("interface %s not found in container %s: %w", spec.IfName, netns.Path(), err)
+	}
+	if spec.MAC != nil && l.Attrs().HardwareAddr.String() != spec.MAC.String() {
+		return fmt.Errorf("interface %s has MAC %s, want %s", spec.IfName, l.Attrs().HardwareAddr, spec.MAC)
+	}
+	if (len(spec.Addrs) > 0 || spec.Up) && l.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("interface %s is down", spec.IfName)
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", spec.IfName, err)
+	}
+	have := map[netip.Prefix]bool{}
+	for _, a := range addrs {
+		if p, ok := PrefixOf(a.IPNet); ok {
+			have[p] = true
 		}
-		if spec.MAC != nil && l.Attrs().HardwareAddr.String() != spec.MAC.String() {
-			return fmt.Errorf("interface %s has MAC %s, want %s", spec.IfName, l.Attrs().HardwareAddr, spec.MAC)
+	}
+	for _, want := range spec.Addrs {
+		if !have[want] {
+			return fmt.Errorf("address %s missing from %s", want, spec.IfName)
 		}
-		if (len(spec.Addrs) > 0 || spec.Up) && l.Attrs().Flags&net.FlagUp == 0 {
-			return fmt.Errorf("interface %s is down", spec.IfName)
-		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return fmt.Errorf("list addresses of %s: %w", spec.IfName, err)
-		}
-		have := map[netip.Prefix]bool{}
-		for _, a := range addrs {
-			if p, ok := PrefixOf(a.IPNet); ok {
-				have[p] = true
+	}
+	routes, err := h.RouteList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list routes of %s: %w", spec.IfName, err)
+	}
+	for _, want := range spec.Routes {
+		if !hasRoute(routes, want) {
+			gw := "on-link"
+			if want.GW.IsValid() {
+				gw = "via " + want.GW.String()
 			}
+			return fmt.Errorf("route %s %s missing from %s", want.Dst, gw, spec.IfName)
 		}
-		for _, want := range spec.Addrs {
-			if !have[want] {
-				return fmt.Errorf("address %s missing from %s", want, spec.IfName)
-			}
-		}
-		routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return fmt.Errorf("list routes of %s: %w", spec.IfName, err)
-		}
-		for _, want := range spec.Routes {
-			if !hasRoute(routes, want) {
-				gw := "on-link"
-				if want.GW.IsValid() {
-					gw = "via " + want.GW.String()
-				}
-				return fmt.Errorf("route %s %s missing from %s", want.Dst, gw, spec.IfName)
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 func hasRoute(routes []netlink.Route, want Route) bool {
@@ -200,11 +205,10 @@ func hasRoute(routes []netlink.Route, want Route) bool {
 
 // ContainerLinks lists the link names in the container's namespace.
 func ContainerLinks(netns ns.NetNS) ([]netlink.Link, error) {
-	var out []netlink.Link
-	err := netns.Do(func(ns.NetNS) error {
-		var err error
-		out, err = netlink.LinkList()
-		return err
-	})
-	return out, err
+	h, err := netlinkHandleIn(netns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	return h.LinkList()
 }

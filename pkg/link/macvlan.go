@@ -305,7 +305,7 @@ func CheckMacvlan(n ns.NetNS, o Owner, master Master, mode string) error {
 //
 // Equivalent: ip netns exec $c sysctl -w net.ipv4.conf.$if.arp_notify=1 net.ipv6.conf.$if.ndisc_notify=1
 func NotifyNeighbours(n ns.NetNS, ifName string) error {
-	return n.Do(func(ns.NetNS) error {
+	return inNS(n, func() error {
 		if err := writeSysctl(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/arp_notify", ifName), "1"); err != nil {
 			return err
 		}
