@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // TempLinkPrefix starts the name a container's macvlan has between its
@@ -113,43 +114,29 @@ func FindMaster(name string, n ns.NetNS) (Master, error) {
 	return m, nil
 }
 
-// DefaultRouteLink returns the name of the link of n's default route (nil:
+// DefaultRouteName returns the name of the link of n's default route (nil:
 // the host's namespace), IPv4 first, then IPv6: upstream macvlan's default
 // master. It wraps ErrNoSuchLink when there is no default route.
-//
-// Equivalent: ip route show default; ip -6 route show default
-func DefaultRouteLink(n ns.NetNS) (string, error) {
-	h, err := handleIn(n)
+func DefaultRouteName(n ns.NetNS) (string, error) {
+	var h *netns.NS
+	var err error
+	if n == nil {
+		h, err = netns.Host()
+	} else {
+		h, err = netns.Open(n.Path())
+	}
 	if err != nil {
 		return "", err
 	}
 	defer h.Close()
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if err != nil {
-			return "", fmt.Errorf("list routes in %s: %w", where(n), err)
-		}
-		for _, r := range routes {
-			if r.Dst != nil {
-				if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-					continue
-				}
-			}
-			index := r.LinkIndex
-			if index == 0 && len(r.MultiPath) > 0 {
-				index = r.MultiPath[0].LinkIndex
-			}
-			if index == 0 {
-				continue
-			}
-			l, err := h.LinkByIndex(index)
-			if err != nil {
-				return "", fmt.Errorf("link %d of the default route: %w", index, err)
-			}
-			return l.Attrs().Name, nil
-		}
+	l, err := DefaultRouteLink(h, netlink.FAMILY_V4, netlink.FAMILY_V6)
+	if errors.Is(err, ErrNoDefaultRoute) {
+		return "", fmt.Errorf("no default route in %s: %w", where(n), ErrNoSuchLink)
 	}
-	return "", fmt.Errorf("no default route in %s: %w", where(n), ErrNoSuchLink)
+	if err != nil {
+		return "", err
+	}
+	return l.Attrs().Name, nil
 }
 
 // MacvlanSpec is one container's macvlan.

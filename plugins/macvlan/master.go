@@ -26,7 +26,7 @@ func findMaster(conf *config.Macvlan, container ns.NetNS) (link.Master, ns.NetNS
 	name := conf.Master
 	if name == "" {
 		var err error
-		if name, err = link.DefaultRouteLink(in); err != nil {
+		if name, err = link.DefaultRouteName(in); err != nil {
 			if errors.Is(err, link.ErrNoSuchLink) {
 				return link.Master{}, in, hostState("no master given, and %s has no default route to take it from: set \"master\"", side(conf))
 			}
