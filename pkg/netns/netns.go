@@ -12,11 +12,13 @@
 package netns
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -343,3 +345,28 @@ func RetryDump[T any](dump func() ([]T, error)) ([]T, error) {
 
 // dumpRetries bounds RetryDump.
 const dumpRetries = 5
+
+// Run runs the program name (looked up in PATH) with args and stdin in n
+// and returns its standard output. Its error names the command and carries
+// its stderr, and its stdin when there was one.
+//
+// Equivalent: ip netns exec $n name args… < stdin
+func (n *NS) Run(stdin, name string, args ...string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found in PATH: %w", name, err)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// The child is forked from this thread, so it starts in n.
+	if err := n.Do(cmd.Run); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if stdin != "" {
+			msg += "; input:\n" + stdin
+		}
+		return "", fmt.Errorf("%s %s in %s: %w: %s", name, strings.Join(args, " "), n, err, msg)
+	}
+	return stdout.String(), nil
+}

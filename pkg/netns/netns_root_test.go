@@ -1,0 +1,139 @@
+package netns_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/nftables"
+
+	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/netns"
+)
+
+func testNS(t *testing.T) *lab.NS {
+	t.Helper()
+	lab.RequireRoot(t)
+	n, err := lab.NewNS(context.Background(), "bnetns-"+lab.RandomSuffix(6))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	return n
+}
+
+// TestOpenActsInThatNamespace: the netlink handle, sysctls and programs of
+// an NS act in its namespace, from any goroutine, never in the caller's.
+func TestOpenActsInThatNamespace(t *testing.T) {
+	l := testNS(t)
+	n, err := netns.Open(l.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if n.IsHost() {
+		t.Fatal("a test namespace is reported as the host's")
+	}
+	host, err := netns.Host()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	if !host.IsHost() {
+		t.Fatal("Host() is not the host's")
+	}
+	hostFwd, err := host.ReadSysctl("ipv4/ip_forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Many goroutines at once: each must land in n and leave the host alone.
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() {
+			links, err := n.Netlink().LinkList()
+			if err == nil && (len(links) != 1 || links[0].Attrs().Name != "lo") {
+				err = errors.New("netlink handle lists links that are not the test namespace's")
+			}
+			if err == nil {
+				err = n.WriteSysctl("ipv4/ip_forward", "1")
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, err := l.ReadSysctl("net.ipv4.ip_forward"); err != nil || v != "1" {
+		t.Fatalf("ip_forward in the test namespace = %q, %v; want 1", v, err)
+	}
+	if v, err := host.ReadSysctl("ipv4/ip_forward"); err != nil || v != hostFwd {
+		t.Fatalf("the host's ip_forward changed: %q -> %q (%v)", hostFwd, v, err)
+	}
+	out, err := n.Run("", "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 1 || !strings.Contains(lines[0], " lo:") {
+		t.Fatalf("ip link show in the namespace printed %q", out)
+	}
+	if err := n.EnsureSysctl("ipv4/ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	lab.RequireRoot(t)
+	if _, err := netns.Open(filepath.Join(t.TempDir(), "none")); !errors.Is(err, netns.ErrGone) {
+		t.Errorf("missing path: %v, want ErrGone", err)
+	}
+	f := filepath.Join(t.TempDir(), "plain")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netns.Open(f); !errors.Is(err, netns.ErrNotNetns) {
+		t.Errorf("plain file: %v, want ErrNotNetns", err)
+	}
+	if _, err := netns.Open("/proc/self/ns/uts"); !errors.Is(err, netns.ErrNotNetns) {
+		t.Errorf("a UTS namespace: %v, want ErrNotNetns", err)
+	}
+	// This goroutine's thread is in the namespace the process started in
+	// (lab's Do may have wedged the main thread elsewhere: /proc/self is
+	// not the test's to trust).
+	runtime.LockOSThread()
+	n, err := netns.Open("/proc/thread-self/ns/net")
+	runtime.UnlockOSThread()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if !n.IsHost() {
+		t.Error("the process's own namespace opened by path is not IsHost")
+	}
+}
+
+func TestNFTInNamespace(t *testing.T) {
+	l := testNS(t)
+	n, err := netns.Open(l.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	err = n.WithNFT(func(c *nftables.Conn) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
