@@ -29,6 +29,7 @@ import (
 	"github.com/berth-cni/berth/pkg/link"
 	"github.com/berth-cni/berth/pkg/lock"
 	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/plan"
 	"github.com/berth-cni/berth/pkg/spoof"
 	"github.com/berth-cni/berth/pkg/state"
@@ -516,7 +517,12 @@ func backendName(conf *config.Bridge) string {
 	if conf.IPMasqBackend != nil {
 		return *conf.IPMasqBackend
 	}
-	return nat.Detect()
+	host, err := netns.Host()
+	if err != nil {
+		return nat.NFTables
+	}
+	defer host.Close()
+	return nat.Detect(host)
 }
 
 func spoofOwner(o link.Owner) spoof.Owner {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // Datapath forwards held host ports to their containers. Add and Remove
@@ -19,7 +20,14 @@ type Datapath interface {
 // DefaultBackend is the backend for a config that names none: what the
 // host's NAT already uses (nat.Detect: iptables when the legacy xtables nat
 // table is in use, else nftables).
-func DefaultBackend() string { return nat.Detect() }
+func DefaultBackend() string {
+	host, err := netns.Host()
+	if err != nil {
+		return config.BackendNFTables
+	}
+	defer host.Close()
+	return nat.Detect(host)
+}
 
 // NewDatapath returns the datapath of backend ("nftables" or "iptables").
 // conditions are the config's extra iptables matches per family.

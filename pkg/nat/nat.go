@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/pkg/lock"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // Owner identifies one attachment; every kernel object berth writes carries it.
@@ -93,21 +94,21 @@ func New(name string) (Backend, error) {
 	return nil, fmt.Errorf("nat backend %q: must be %q or %q", name, NFTables, IPTables)
 }
 
-// ipTablesNames lists the legacy xtables tables of the calling thread's
-// network namespace (thread-self, not self: /proc/self/net is the namespace
-// of the main thread, which may differ from a locked goroutine's).
-const ipTablesNames = "/proc/thread-self/net/ip_tables_names"
-
-// Detect returns "iptables" when the calling thread's network namespace
-// already does NAT through legacy xtables (ip_tables_names lists "nat") and
-// iptables-restore is on PATH; else "nftables". Mixing a legacy nat table
-// with nftables nat chains works, but an operator reading one tool's output
-// would miss the other's rules.
+// Detect returns "iptables" when n already does NAT through legacy
+// xtables (its ip_tables_names lists "nat") and iptables-restore is on
+// PATH; else "nftables". Mixing a legacy nat table with nftables nat
+// chains works, but an operator reading one tool's output would miss the
+// other's rules.
 //
-// Equivalent: grep -qx nat /proc/net/ip_tables_names && command -v iptables-restore
-func Detect() string {
-	b, err := os.ReadFile(ipTablesNames)
-	if err != nil || !slices.Contains(strings.Fields(string(b)), "nat") {
+// Equivalent: ip netns exec $n grep -qx nat /proc/net/ip_tables_names && command -v iptables-restore
+func Detect(n *netns.NS) string {
+	var names []byte
+	_ = n.Do(func() error {
+		var err error
+		names, err = os.ReadFile("/proc/thread-self/net/ip_tables_names")
+		return err
+	})
+	if !slices.Contains(strings.Fields(string(names)), "nat") {
 		return NFTables
 	}
 	if _, err := exec.LookPath(DefaultIPTablesCommands.Restore4); err != nil {

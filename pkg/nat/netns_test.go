@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	bnetns "github.com/berth-cni/berth/pkg/netns"
 )
 
 // needRoot skips a test that needs root, with the reason; under CI, which
@@ -42,6 +44,7 @@ func needCommand(t *testing.T, name string) {
 type testNS struct {
 	Name   string
 	handle netns.NsHandle
+	ns     *bnetns.NS // what berth's code is given
 }
 
 // newNS creates "berthnat-<role>-<random>" with lo up.
@@ -69,6 +72,10 @@ func newNS(t *testing.T, role string) *testNS {
 	}
 	n.handle = h
 	t.Cleanup(func() { h.Close() })
+	if n.ns, err = bnetns.Open("/var/run/netns/" + n.Name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.ns.Close() })
 	n.ip(t, "link", "set", "lo", "up")
 	return n
 }

@@ -154,13 +154,12 @@ func TestDetect(t *testing.T) {
 	needCommand(t, "iptables-legacy")
 	t.Parallel()
 	ns := newNS(t, "detect")
-	var got string
-	ns.must(t, "detect", func() error { got = Detect(); return nil })
+	got := Detect(ns.ns)
 	if got != NFTables {
 		t.Errorf("Detect in a fresh namespace = %q, want %q", got, NFTables)
 	}
 	ns.output(t, "iptables-legacy", "-t", "nat", "-S")
-	ns.must(t, "detect", func() error { got = Detect(); return nil })
+	got = Detect(ns.ns)
 	if got != IPTables {
 		t.Errorf("Detect after legacy nat use = %q, want %q", got, IPTables)
 	}
