@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/internal/lab"
-	"github.com/berth-cni/berth/pkg/link"
 	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // overlayPlugins are the binaries the overlay tests run.
@@ -369,7 +369,7 @@ func testOverlayCluster(t *testing.T, c *ovCluster, midway func(ctx context.Cont
 func (h *ovHost) leftovers(ctx context.Context, c *container) []string {
 	h.c.t.Helper()
 	var left []string
-	veth := link.HostVethName(link.Owner{Network: h.c.network, ContainerID: c.att.ContainerID, IfName: c.att.IfName})
+	veth := owner.Owner{Network: h.c.network, ContainerID: c.att.ContainerID, IfName: c.att.IfName}.HostVeth()
 	if _, err := h.ns.LinkByName(veth); err == nil {
 		left = append(left, "host veth "+veth)
 	} else if !errors.Is(err, lab.ErrNotFound) {

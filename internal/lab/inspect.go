@@ -17,7 +17,7 @@ import (
 	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netns"
 
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // HostVethPrefix starts the name of every host-side veth berth creates.
@@ -234,7 +234,7 @@ func ResultAddrs(r types.Result) ([]netip.Prefix, error) {
 	}
 	var out []netip.Prefix
 	for _, ip := range res.IPs {
-		if p, ok := link.PrefixOf(&ip.Address); ok {
+		if p, ok := cidr.Prefix(&ip.Address); ok {
 			out = append(out, p)
 		}
 	}

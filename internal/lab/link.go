@@ -10,7 +10,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // LinkUp sets the link name up in this namespace.
@@ -55,7 +55,7 @@ func (n *NS) AddAddr(name string, addr netip.Prefix) error {
 		if err != nil {
 			return fmt.Errorf("link %s in %s: %w", name, n.Name, err)
 		}
-		a := &netlink.Addr{IPNet: link.IPNet(addr)}
+		a := &netlink.Addr{IPNet: cidr.IPNet(addr)}
 		if addr.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
@@ -75,7 +75,7 @@ func (n *NS) DelAddr(name string, addr netip.Prefix) error {
 		if err != nil {
 			return fmt.Errorf("link %s in %s: %w", name, n.Name, err)
 		}
-		if err := h.AddrDel(l, &netlink.Addr{IPNet: link.IPNet(addr)}); err != nil {
+		if err := h.AddrDel(l, &netlink.Addr{IPNet: cidr.IPNet(addr)}); err != nil {
 			return fmt.Errorf("del %s from %s in %s: %w", addr, name, n.Name, err)
 		}
 		return nil
@@ -91,7 +91,7 @@ func (n *NS) AddDefaultRoute(gw netip.Addr) error {
 		if gw.Is6() {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
-		r := &netlink.Route{Dst: link.IPNet(dst), Gw: gw.AsSlice()}
+		r := &netlink.Route{Dst: cidr.IPNet(dst), Gw: gw.AsSlice()}
 		if err := h.RouteAdd(r); err != nil {
 			return fmt.Errorf("add default route via %s in %s: %w", gw, n.Name, err)
 		}
@@ -191,7 +191,7 @@ func (n *NS) Links() ([]Link, error) {
 				return fmt.Errorf("list addresses of %s in %s: %w", a.Name, n.Name, err)
 			}
 			for _, ad := range addrs {
-				if p, ok := link.PrefixOf(ad.IPNet); ok {
+				if p, ok := cidr.Prefix(ad.IPNet); ok {
 					lk.Addrs = append(lk.Addrs, p)
 				}
 			}
@@ -252,7 +252,7 @@ func (n *NS) Routes() ([]Route, error) {
 			}
 			for _, r := range rs {
 				rt := Route{Dev: names[r.LinkIndex], Proto: int(r.Protocol), Family: fam}
-				if p, ok := link.PrefixOf(r.Dst); ok {
+				if p, ok := cidr.Prefix(r.Dst); ok {
 					rt.Dst = p
 				} else if fam == netlink.FAMILY_V4 {
 					rt.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)

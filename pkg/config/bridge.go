@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/netip"
 	"sort"
 	"strconv"
 
@@ -46,12 +45,6 @@ type Bridge struct {
 	Args          argsMAC    `json:"args,omitempty"`
 	RuntimeConfig runtimeMAC `json:"runtimeConfig,omitempty"`
 
-	// MasqExempt, set by the overlay plugin (never from JSON), is a
-	// network whose destinations are not masqueraded: the cluster
-	// network, so containers on different hosts see each other's
-	// addresses.
-	MasqExempt netip.Prefix `json:"-"`
-
 	// Derived by ParseBridge.
 	IPAMConf IPAM             `json:"-"`
 	MAC      net.HardwareAddr `json:"-"` // requested container MAC, or nil
@@ -69,7 +62,13 @@ type VlanTrunk struct {
 // The MAC is taken, lowest to highest priority, from CNI_ARGS MAC,
 // args.cni.mac and runtimeConfig.mac, as upstream does.
 func ParseBridge(stdin []byte, cniArgs string) (*Bridge, error) {
-	c := &Bridge{BrName: DefaultBridge}
+	return parseBridge(stdin, cniArgs, Bridge{BrName: DefaultBridge})
+}
+
+// parseBridge is ParseBridge with the values of keys the config does not
+// set taken from defaults.
+func parseBridge(stdin []byte, cniArgs string, defaults Bridge) (*Bridge, error) {
+	c := &defaults
 	var err error
 	if c.IPAMConf, err = decodeConfig(stdin, c, &c.NetConf); err != nil {
 		return nil, err

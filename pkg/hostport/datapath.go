@@ -48,7 +48,7 @@ func BackendAvailable(backend string) bool {
 	case config.BackendNFTables:
 		return true
 	case config.BackendIPTables:
-		return nat.Available(nat.IPTables)
+		return nat.Available(config.BackendIPTables)
 	}
 	return false
 }

@@ -1,11 +1,16 @@
 package hostport
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/google/nftables"
 
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/iptables"
 )
 
 // IPTables is the iptables datapath: the same behaviour as NFT, in the nat
@@ -43,22 +48,22 @@ import (
 // attachment's owner alone, so a DEL with another config, a second DEL
 // and a DEL after a crashed ADD all succeed.
 type IPTables struct {
-	cmds nat.IPTablesCommands
+	cmds iptables.Commands
 	opts iptOpts
 	err  error // a bad iptables option in the config: Add and Check report it
 }
 
 // NewIPTables returns the iptables datapath running cmds (e.g.
-// nat.DefaultIPTablesCommands) with conf's conditions and marks; conf may
+// iptables.Default) with conf's conditions and marks; conf may
 // be nil. A bad option is reported by Add and Check, not by Remove, so
 // that DEL works whatever the config says.
-func NewIPTables(conf *config.Portmap, cmds nat.IPTablesCommands) *IPTables {
+func NewIPTables(conf *config.Portmap, cmds iptables.Commands) *IPTables {
 	o, err := optsOf(conf)
 	return &IPTables{cmds: cmds, opts: o, err: err}
 }
 
 func newIPTables(conf *config.Portmap) *IPTables {
-	return NewIPTables(conf, nat.DefaultIPTablesCommands)
+	return NewIPTables(conf, iptables.Default)
 }
 
 // families are the address families a has a container address in, where
@@ -153,7 +158,7 @@ func (d *IPTables) save(v6 bool) (iptSaved, error) {
 	if v6 {
 		name = d.cmds.Save6
 	}
-	out, err := nat.RunIPTables(name, "", "-t", "nat")
+	out, err := runIPTables(name, "", "-t", "nat")
 	if err != nil {
 		return iptSaved{}, fmt.Errorf("portmap: %w", err)
 	}
@@ -176,8 +181,40 @@ func (d *IPTables) restore(v6 bool, p iptPayload) error {
 	if v6 {
 		name = d.cmds.Restore6
 	}
-	if _, err := nat.RunIPTables(name, p.String(), "--noflush", "-w"); err != nil {
+	if _, err := runIPTables(name, p.String(), "--noflush", "-w"); err != nil {
 		return fmt.Errorf("portmap: %w", err)
 	}
 	return nil
+}
+
+// runIPTables runs an iptables program in the calling thread's namespace
+// (a child inherits the thread's namespaces), as before the datapath took
+// an explicit namespace.
+func runIPTables(name, stdin string, args ...string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("iptables backend: %s not found in PATH: %w", name, err)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// withNFT runs fn on an nftables connection in the calling thread's
+// namespace, as before the datapath took an explicit namespace.
+func withNFT(fn func(c *nftables.Conn) error) error {
+	c, err := nftables.New(nftables.AsLasting())
+	if err != nil {
+		return fmt.Errorf("nftables: open netlink: %w", err)
+	}
+	err = fn(c)
+	if cerr := c.CloseLasting(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	return err
 }

@@ -11,8 +11,8 @@ import (
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/link"
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // The iptables layout (iptables.go has the picture). Names are an API once
@@ -35,7 +35,7 @@ const iptMaxPorts = 15
 // IPTChain is the chain of one attachment's rules: BERTH-DN- and 12 hex
 // digits of SHA-256(network NUL containerID NUL ifName), as the host veth
 // name hashes them.
-func IPTChain(o link.Owner) string {
+func IPTChain(o owner.Owner) string {
 	sum := sha256.Sum256([]byte(o.Network + "\x00" + o.ContainerID + "\x00" + o.IfName))
 	return iptDNPrefix + hex.EncodeToString(sum[:])[:12]
 }
@@ -213,7 +213,7 @@ func (o iptOpts) plan(a Attachment, v6 bool) (iptWant, error) {
 
 // validOwner checks the owner's strings, which go into the jump's comment.
 // pkg/config has checked them in the plugin; this guards other callers.
-func validOwner(o link.Owner) error {
+func validOwner(o owner.Owner) error {
 	if err := config.ValidateNetworkName(o.Network); err != nil {
 		return err
 	}
@@ -244,11 +244,12 @@ func boolInt(b bool) int {
 // iptSaved is one family's nat table as iptables-save printed it.
 type iptSaved struct {
 	chains map[string]bool
-	rules  []nat.SavedRule
+	rules  []iptables.Rule
 }
 
 func parseIPTSaved(out string) (iptSaved, error) {
-	chains, rules, err := nat.ParseNATSave(out)
+	tb, err := iptables.ParseSave(out)
+	chains, rules := tb.Chains, tb.Rules
 	if err != nil {
 		return iptSaved{}, err
 	}
@@ -261,17 +262,17 @@ func parseIPTSaved(out string) (iptSaved, error) {
 
 // has reports whether chain holds a rule saved as spec.
 func (s iptSaved) has(chain, spec string) bool {
-	return slices.ContainsFunc(s.rules, func(r nat.SavedRule) bool { return r.Chain == chain && r.Spec == spec })
+	return slices.ContainsFunc(s.rules, func(r iptables.Rule) bool { return r.Chain == chain && r.Spec == spec })
 }
 
 // jumps reports whether chain has a rule jumping to target.
 func (s iptSaved) jumps(chain, target string) bool {
-	return slices.ContainsFunc(s.rules, func(r nat.SavedRule) bool { return r.Chain == chain && r.Jump == target })
+	return slices.ContainsFunc(s.rules, func(r iptables.Rule) bool { return r.Chain == chain && r.Jump == target })
 }
 
 // jumpsTo returns the rules, in any chain, that jump to target.
-func (s iptSaved) jumpsTo(target string) []nat.SavedRule {
-	var out []nat.SavedRule
+func (s iptSaved) jumpsTo(target string) []iptables.Rule {
+	var out []iptables.Rule
 	for _, r := range s.rules {
 		if r.Jump == target {
 			out = append(out, r)
@@ -357,7 +358,7 @@ func planRemove(chain string, s iptSaved) iptPayload {
 }
 
 // check names the first piece of w missing from s.
-func (w iptWant) check(s iptSaved, o link.Owner) error {
+func (w iptWant) check(s iptSaved, o owner.Owner) error {
 	if len(w.body) == 0 {
 		return nil
 	}
@@ -377,7 +378,7 @@ func (w iptWant) check(s iptSaved, o link.Owner) error {
 	if !s.chains[w.chain] {
 		return fmt.Errorf("portmap: %s: chain %s of %s is missing", tool, w.chain, who)
 	}
-	found := slices.ContainsFunc(s.jumpsTo(w.chain), func(r nat.SavedRule) bool {
+	found := slices.ContainsFunc(s.jumpsTo(w.chain), func(r iptables.Rule) bool {
 		return r.Chain == IPTHostports && r.Comment == w.comment && (w.cond || r.Spec == w.jump)
 	})
 	if !found {

@@ -9,15 +9,15 @@ import (
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/iptables"
 )
 
 // iptFlavours are the iptables programs to run the root tests with: the
 // host's default iptables, and the legacy one when installed.
-func iptFlavours(t *testing.T) map[string]nat.IPTablesCommands {
+func iptFlavours(t *testing.T) map[string]iptables.Commands {
 	t.Helper()
-	out := map[string]nat.IPTablesCommands{}
-	for name, cmds := range map[string]nat.IPTablesCommands{"default": nat.DefaultIPTablesCommands, "legacy": nat.LegacyIPTablesCommands} {
+	out := map[string]iptables.Commands{}
+	for name, cmds := range map[string]iptables.Commands{"default": iptables.Default, "legacy": iptables.Legacy} {
 		ok := true
 		for _, c := range []string{cmds.Restore4, cmds.Save4, cmds.Restore6, cmds.Save6} {
 			if _, err := exec.LookPath(c); err != nil {
@@ -50,7 +50,7 @@ func iptNS(t *testing.T) *lab.NS {
 }
 
 // iptSave is both families' nat tables in n.
-func iptSave(t *testing.T, n *lab.NS, cmds nat.IPTablesCommands) string {
+func iptSave(t *testing.T, n *lab.NS, cmds iptables.Commands) string {
 	t.Helper()
 	var b strings.Builder
 	for _, c := range []string{cmds.Save4, cmds.Save6} {
@@ -176,7 +176,7 @@ func TestIPTOptions(t *testing.T) {
 		err := n.Do(func() error {
 			if tc.conf.ExternalSetMarkChain != nil {
 				for _, r := range []string{cmds.Restore4, cmds.Restore6} {
-					if _, err := nat.RunIPTables(r, "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n", "--noflush", "-w"); err != nil {
+					if _, err := runIPTables(r, "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n", "--noflush", "-w"); err != nil {
 						return err
 					}
 				}

@@ -10,8 +10,8 @@ import (
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/link"
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // fakeNat is one family's nat table as iptables-restore --noflush changes
@@ -93,7 +93,8 @@ func (f *fakeNat) apply(payload string) error {
 
 // jumpOf is the target of a rule, read as iptables-save output is read.
 func jumpOf(spec string) string {
-	_, rules, err := nat.ParseNATSave("*nat\n-A X " + spec + "\nCOMMIT\n")
+	tb, err := iptables.ParseSave("*nat\n-A X " + spec + "\nCOMMIT\n")
+	rules := tb.Rules
 	if err != nil || len(rules) != 1 {
 		return ""
 	}
@@ -203,14 +204,14 @@ func iptAttachment(id string, ms ...Mapping) Attachment {
 // The chain name is an API: it must not change between releases.
 func TestIPTChainName(t *testing.T) {
 	t.Parallel()
-	got := IPTChain(link.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"})
+	got := IPTChain(owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"})
 	if got != "BERTH-DN-836d7657cb16" {
 		t.Errorf("IPTChain = %q; it is an API once released", got)
 	}
 	if len(got) > 28 {
 		t.Errorf("IPTChain = %q, longer than xtables' 28", got)
 	}
-	if IPTChain(link.Owner{Network: "n1", ContainerID: "c1", IfName: "eth1"}) == got {
+	if IPTChain(owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth1"}) == got {
 		t.Error("two interfaces of one container share a chain")
 	}
 }
@@ -438,7 +439,7 @@ func TestIPTPlanConditions(t *testing.T) {
 			t.Errorf("conditions %q: %v, want a field error on conditionsV4", bad, err)
 		}
 		// Remove works whatever the config says.
-		d := NewIPTables(&config.Portmap{ConditionsV4: &bad}, nat.IPTablesCommands{})
+		d := NewIPTables(&config.Portmap{ConditionsV4: &bad}, iptables.Commands{})
 		if d.Add(a) == nil || d.Check(a) == nil {
 			t.Errorf("conditions %q: Add or Check did not report the bad config", bad)
 		}
@@ -456,11 +457,12 @@ func TestIPTCommentQuoting(t *testing.T) {
 	if want := `--comment "berth id=c1 if=e\"t\\h\'0 net=n1"`; !strings.Contains(h.last[0], want) {
 		t.Errorf("payload lacks %s:\n%s", want, h.last[0])
 	}
-	_, rules, err := nat.ParseNATSave(h.fams[0].save())
+	tb, err := iptables.ParseSave(h.fams[0].save())
+	rules := tb.Rules
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := slices.IndexFunc(rules, func(r nat.SavedRule) bool { return r.Jump == IPTChain(a.Owner) })
+	i := slices.IndexFunc(rules, func(r iptables.Rule) bool { return r.Jump == IPTChain(a.Owner) })
 	if i < 0 || rules[i].Comment != holderComment(a) {
 		t.Errorf("saved comment does not read back as %q: %+v", holderComment(a), rules)
 	}
@@ -472,7 +474,7 @@ func TestIPTCommentQuoting(t *testing.T) {
 	if h.dump() != before || strings.Contains(h.last[0], "-D ") {
 		t.Errorf("retried Add rewrote the jump:\n%s", h.last[0])
 	}
-	for _, bad := range []link.Owner{
+	for _, bad := range []owner.Owner{
 		{Network: "n1", ContainerID: "c1\n", IfName: "eth0"},
 		{Network: "n 1", ContainerID: "c1", IfName: "eth0"},
 		{Network: "n1", ContainerID: "c1", IfName: "eth 0"},
@@ -552,7 +554,8 @@ func FuzzIPTQuoteWord(f *testing.F) {
 		if s == "" || strings.ContainsFunc(s, isControl) {
 			return
 		}
-		_, rules, err := nat.ParseNATSave("*nat\n-A X -m comment --comment " + quoteWord(s) + " -j Y\nCOMMIT\n")
+		tb, err := iptables.ParseSave("*nat\n-A X -m comment --comment " + quoteWord(s) + " -j Y\nCOMMIT\n")
+		rules := tb.Rules
 		if err != nil {
 			t.Fatalf("%q quoted as %s: %v", s, quoteWord(s), err)
 		}

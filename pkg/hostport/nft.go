@@ -12,7 +12,7 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // NFTTable is the table berth's portmap owns, in family inet:
@@ -147,7 +147,7 @@ func elementsOf(a Attachment) elems {
 		for _, s := range srcs {
 			out.add(f.hairpin, nftables.SetElement{
 				Key:     slices.Concat(s.Addr().AsSlice(), t.Addr().AsSlice()),
-				KeyEnd:  slices.Concat(nat.LastAddr(s).AsSlice(), t.Addr().AsSlice()),
+				KeyEnd:  slices.Concat(cidr.Last(s).AsSlice(), t.Addr().AsSlice()),
 				Comment: comment,
 			})
 		}
@@ -173,7 +173,7 @@ func portBytes(p uint16) []byte  { return []byte{byte(p >> 8), byte(p), 0, 0} }
 // Equivalent: nft add element inet berth-portmap any4 { tcp . 8080 : 10.88.0.5 . 80 }; …
 func (NFT) Add(a Attachment) error {
 	want := elementsOf(a)
-	return nat.WithNFT(func(c *nftables.Conn) error {
+	return withNFT(func(c *nftables.Conn) error {
 		queueAdd(c, want)
 		err := c.Flush()
 		switch {
@@ -208,7 +208,7 @@ func (NFT) Add(a Attachment) error {
 // Equivalent: nft delete element inet berth-portmap any4 { tcp . 8080 }; …
 func (NFT) Remove(a Attachment) error {
 	have := elementsOf(a)
-	return nat.WithNFT(func(c *nftables.Conn) error {
+	return withNFT(func(c *nftables.Conn) error {
 		if err := queueDel(c, have); err != nil {
 			return err
 		}
@@ -228,7 +228,7 @@ func (NFT) Remove(a Attachment) error {
 // that leads elsewhere.
 func (NFT) Check(a Attachment) error {
 	want := elementsOf(a)
-	return nat.WithNFT(func(c *nftables.Conn) error {
+	return withNFT(func(c *nftables.Conn) error {
 		for _, f := range fams {
 			for _, s := range f.sets() {
 				if len(want[s.Name]) == 0 {

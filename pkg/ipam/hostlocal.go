@@ -25,13 +25,6 @@ import (
 // bridge ADD's time here.
 const HostLocal = "host-local"
 
-// attachment is the CNI environment a delegated plugin would inherit.
-type attachment struct{ containerID, ifName, args string }
-
-func fromEnv() attachment {
-	return attachment{os.Getenv("CNI_CONTAINERID"), os.Getenv("CNI_IFNAME"), os.Getenv("CNI_ARGS")}
-}
-
 // openHostLocal parses the ipam section (ranges, routes, requested IPs
 // from CNI_ARGS, args and runtimeConfig, as host-local does) and opens
 // the network's lease store.
@@ -47,7 +40,7 @@ func openHostLocal(netconf []byte, cniArgs string) (*allocator.IPAMConfig, *disk
 	return conf, store, nil
 }
 
-// newAttachment is host-local's store for an attachment the caller knows
+// newAttachment is host-local's store for an Attachment the caller knows
 // holds no lease yet: the duplicate-lease check, a read of every lease
 // file of the network (host-local's GetByID), is skipped, so an ADD's cost
 // does not grow with the leases already on the host.
@@ -58,22 +51,23 @@ func (newAttachment) GetByID(string, string) []net.IP { return nil }
 // hostLocalLease is an in-process host-local ADD with its config parsed and
 // its lease store open: what an ADD can do before the attachment is
 // recorded. Its take leases (and closes the store); close is for an ADD
-// that will not.
+// that will not, and does nothing after take.
 type hostLocalLease struct {
-	conf  *allocator.IPAMConfig
-	store *disk.Store
-	a     attachment
+	conf   *allocator.IPAMConfig
+	store  *disk.Store
+	a      Attachment
+	closed once
 }
 
-func prepareHostLocal(netconf []byte, a attachment) (*hostLocalLease, error) {
-	conf, store, err := openHostLocal(netconf, a.args)
+func prepareHostLocal(netconf []byte, a Attachment) (*hostLocalLease, error) {
+	conf, store, err := openHostLocal(netconf, a.Args)
 	if err != nil {
 		return nil, err
 	}
 	return &hostLocalLease{conf: conf, store: store, a: a}, nil
 }
 
-func (l *hostLocalLease) close() { l.store.Close() }
+func (l *hostLocalLease) close() { l.closed.Do(func() { l.store.Close() }) }
 
 // take leases one address from each range set (a requested one where a
 // requested address falls in the set) and returns them with the config's
@@ -98,7 +92,7 @@ func (l *hostLocalLease) take(fresh bool) (res *current.Result, err error) {
 	defer func() {
 		if err != nil {
 			for _, al := range taken {
-				err = errors.Join(err, al.Release(a.containerID, a.ifName))
+				err = errors.Join(err, al.Release(a.ContainerID, a.IfName))
 			}
 		}
 	}()
@@ -112,7 +106,7 @@ func (l *hostLocalLease) take(fresh bool) (res *current.Result, err error) {
 				break
 			}
 		}
-		ipc, err := al.Get(a.containerID, a.ifName, want)
+		ipc, err := al.Get(a.ContainerID, a.IfName, want)
 		if err != nil {
 			return nil, fmt.Errorf("range set %d: %w", i, err)
 		}
@@ -128,15 +122,15 @@ func (l *hostLocalLease) take(fresh bool) (res *current.Result, err error) {
 // hostLocalDel releases every address a holds in the network.
 //
 // Equivalent: CNI_COMMAND=DEL host-local < $netconf
-func hostLocalDel(netconf []byte, a attachment) error {
-	conf, store, err := openHostLocal(netconf, a.args)
+func hostLocalDel(netconf []byte, a Attachment) error {
+	conf, store, err := openHostLocal(netconf, a.Args)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
 	var errs []error
 	for i := range conf.Ranges {
-		errs = append(errs, allocator.NewIPAllocator(&conf.Ranges[i], store, i).Release(a.containerID, a.ifName))
+		errs = append(errs, allocator.NewIPAllocator(&conf.Ranges[i], store, i).Release(a.ContainerID, a.IfName))
 	}
 	return errors.Join(errs...)
 }
@@ -147,8 +141,8 @@ func hostLocalDel(netconf []byte, a attachment) error {
 // A lease file naming another holder is left alone.
 //
 // Equivalent: rm $dataDir/$network/$ip, for each ip whose file names a
-func hostLocalRelease(netconf []byte, a attachment, addrs []netip.Addr) error {
-	conf, store, err := openHostLocal(netconf, a.args)
+func hostLocalRelease(netconf []byte, a Attachment, addrs []netip.Addr) error {
+	conf, store, err := openHostLocal(netconf, a.Args)
 	if err != nil {
 		return err
 	}
@@ -162,7 +156,7 @@ func hostLocalRelease(netconf []byte, a attachment, addrs []netip.Addr) error {
 		dir = defaultHostLocalDir
 	}
 	dir = filepath.Join(dir, conf.Name)
-	holder := strings.TrimSpace(a.containerID) + disk.LineBreak + a.ifName
+	holder := strings.TrimSpace(a.ContainerID) + disk.LineBreak + a.IfName
 	var errs []error
 	for _, ip := range addrs {
 		path := disk.GetEscapedPath(dir, ip.String())
@@ -174,7 +168,7 @@ func hostLocalRelease(netconf []byte, a attachment, addrs []netip.Addr) error {
 			errs = append(errs, err)
 			continue
 		}
-		if got := strings.TrimSpace(string(b)); got != holder && got != strings.TrimSpace(a.containerID) {
+		if got := strings.TrimSpace(string(b)); got != holder && got != strings.TrimSpace(a.ContainerID) {
 			continue
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -190,14 +184,14 @@ const defaultHostLocalDir = "/var/lib/cni/networks"
 // hostLocalCheck fails when a holds no address in the network.
 //
 // Equivalent: CNI_COMMAND=CHECK host-local < $netconf
-func hostLocalCheck(netconf []byte, a attachment) error {
-	_, store, err := openHostLocal(netconf, a.args)
+func hostLocalCheck(netconf []byte, a Attachment) error {
+	_, store, err := openHostLocal(netconf, a.Args)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	if !store.FindByID(a.containerID, a.ifName) {
-		return fmt.Errorf("no address leased to container %s interface %s", a.containerID, a.ifName)
+	if !store.FindByID(a.ContainerID, a.IfName) {
+		return fmt.Errorf("no address leased to container %s interface %s", a.ContainerID, a.IfName)
 	}
 	return nil
 }

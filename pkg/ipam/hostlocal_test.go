@@ -25,7 +25,7 @@ func TestHostLocal(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	conf := hlConf(t, dir)
-	a := attachment{containerID: "ctr-a", ifName: "eth0"}
+	a := Attachment{ContainerID: "ctr-a", IfName: "eth0"}
 	res, err := hostLocalAdd(conf, a, false)
 	if err != nil {
 		t.Fatal(err)
@@ -49,11 +49,11 @@ func TestHostLocal(t *testing.T) {
 		t.Errorf("CHECK: %v", err)
 	}
 
-	b1 := attachment{containerID: "ctr-b", ifName: "eth0", args: "IgnoreUnknown=1;IP=10.55.0.5"}
+	b1 := Attachment{ContainerID: "ctr-b", IfName: "eth0", Args: "IgnoreUnknown=1;IP=10.55.0.5"}
 	if res, err := hostLocalAdd(conf, b1, false); err != nil || res.IPs[0].Address.String() != "10.55.0.5/29" {
 		t.Errorf("ADD with IP=10.55.0.5 = %v, %v", res, err)
 	}
-	bad := attachment{containerID: "ctr-c", ifName: "eth0", args: "IgnoreUnknown=1;IP=10.66.0.5"}
+	bad := Attachment{ContainerID: "ctr-c", IfName: "eth0", Args: "IgnoreUnknown=1;IP=10.66.0.5"}
 	if _, err := hostLocalAdd(conf, bad, false); err == nil || !strings.Contains(err.Error(), "10.66.0.5") {
 		t.Errorf("ADD with IP=10.66.0.5 (in no range) = %v, want an error naming it", err)
 	}
@@ -82,11 +82,11 @@ func TestHostLocalExhausted(t *testing.T) {
 	dir := t.TempDir()
 	conf := hlConf(t, dir)
 	for i := range 5 {
-		if _, err := hostLocalAdd(conf, attachment{containerID: "c" + string(rune('0'+i)), ifName: "eth0"}, i%2 == 0); err != nil {
+		if _, err := hostLocalAdd(conf, Attachment{ContainerID: "c" + string(rune('0'+i)), IfName: "eth0"}, i%2 == 0); err != nil {
 			t.Fatalf("ADD %d: %v", i, err)
 		}
 	}
-	last := attachment{containerID: "c9", ifName: "eth0"}
+	last := Attachment{ContainerID: "c9", IfName: "eth0"}
 	if _, err := hostLocalAdd(conf, last, true); err == nil {
 		t.Fatal("ADD past the range's end succeeded")
 	}
@@ -121,8 +121,8 @@ func TestHostLocalRelease(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	conf := hlConf(t, dir)
-	a := attachment{containerID: "ctr-a", ifName: "eth0"}
-	b := attachment{containerID: "ctr-b", ifName: "eth0"}
+	a := Attachment{ContainerID: "ctr-a", IfName: "eth0"}
+	b := Attachment{ContainerID: "ctr-b", IfName: "eth0"}
 	ra, err := hostLocalAdd(conf, a, true)
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +151,7 @@ func TestHostLocalRelease(t *testing.T) {
 }
 
 // hostLocalAdd is an in-process host-local ADD in one call.
-func hostLocalAdd(netconf []byte, a attachment, fresh bool) (*current.Result, error) {
+func hostLocalAdd(netconf []byte, a Attachment, fresh bool) (*current.Result, error) {
 	l, err := prepareHostLocal(netconf, a)
 	if err != nil {
 		return nil, err

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"strings"
 )
 
@@ -48,17 +47,8 @@ func (c Commands) Save(v6 bool) string {
 	return c.Save4
 }
 
-// Available reports whether all four programs are on PATH.
-//
-// Equivalent: command -v iptables-restore iptables-save ip6tables-restore ip6tables-save
-func (c Commands) Available() bool {
-	for _, bin := range []string{c.Restore4, c.Save4, c.Restore6, c.Save6} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return false
-		}
-	}
-	return true
-}
+// Programs are the four programs, for a caller that looks them up.
+func (c Commands) Programs() []string { return []string{c.Restore4, c.Save4, c.Restore6, c.Save6} }
 
 // Rule is one "-A" line of iptables-save, with the fields berth reads.
 type Rule struct {

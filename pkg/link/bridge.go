@@ -10,7 +10,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-cni/berth/pkg/cidr"
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // BridgeSpec is the bridge a network wants.
@@ -26,9 +28,10 @@ type BridgeSpec struct {
 // a bridge is an error. Filtering is set at creation, in the same request,
 // so a kernel without it refuses before anything exists.
 //
-// Equivalent: ip link add $name type bridge [vlan_filtering 1]; ip link set $name up
-func EnsureBridge(spec BridgeSpec) (br *netlink.Bridge, created bool, err error) {
-	br, err = bridgeByName(spec.Name)
+// Equivalent: ip -n $host link add $name type bridge [vlan_filtering 1]; ip -n $host link set $name up
+func EnsureBridge(host *netns.NS, spec BridgeSpec) (br *netlink.Bridge, created bool, err error) {
+	h := host.Netlink()
+	br, err = bridgeByName(h, spec.Name)
 	if err != nil && !IsNotFound(err) {
 		return nil, false, err
 	}
@@ -42,25 +45,25 @@ func EnsureBridge(spec BridgeSpec) (br *netlink.Bridge, created bool, err error)
 			on := true
 			nb.VlanFiltering = &on
 		}
-		if err := netlink.LinkAdd(nb); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := h.LinkAdd(nb); err != nil && !errors.Is(err, unix.EEXIST) {
 			if spec.VlanFiltering && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
 				return nil, false, cnierr.KernelFeature("bridge VLAN filtering (needed by vlan/vlanTrunk)", err)
 			}
 			return nil, false, fmt.Errorf("create bridge %q: %w", spec.Name, err)
 		}
-		if br, err = bridgeByName(spec.Name); err != nil {
+		if br, err = bridgeByName(h, spec.Name); err != nil {
 			return nil, false, err
 		}
 		// Pin the bridge MAC to its own random address: otherwise the
 		// kernel gives it the lowest MAC of its ports, and it changes as
 		// containers come and go (neighbours then hold a stale entry).
-		if err := netlink.LinkSetHardwareAddr(br, br.HardwareAddr); err != nil {
+		if err := h.LinkSetHardwareAddr(br, br.HardwareAddr); err != nil {
 			return nil, false, fmt.Errorf("pin mac of bridge %q: %w", spec.Name, err)
 		}
 		// A bridge with a gateway address must not autoconfigure from RAs.
-		_ = writeSysctl(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/accept_ra", spec.Name), "0")
+		_ = host.WriteSysctl("ipv6/conf/"+spec.Name+"/accept_ra", "0")
 	} else if spec.VlanFiltering && (br.VlanFiltering == nil || !*br.VlanFiltering) {
-		if err := netlink.BridgeSetVlanFiltering(br, true); err != nil {
+		if err := h.BridgeSetVlanFiltering(br, true); err != nil {
 			if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
 				return nil, false, cnierr.KernelFeature("bridge VLAN filtering (needed by vlan/vlanTrunk)", err)
 			}
@@ -68,20 +71,20 @@ func EnsureBridge(spec BridgeSpec) (br *netlink.Bridge, created bool, err error)
 		}
 	}
 	if spec.Promisc && br.Promisc == 0 {
-		if err := netlink.SetPromiscOn(br); err != nil {
+		if err := h.SetPromiscOn(br); err != nil {
 			return nil, false, fmt.Errorf("set bridge %q promiscuous: %w", spec.Name, err)
 		}
 	}
 	if br.OperState != netlink.OperUp && br.Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(br); err != nil {
+		if err := h.LinkSetUp(br); err != nil {
 			return nil, false, fmt.Errorf("set bridge %q up: %w", spec.Name, err)
 		}
 	}
 	return br, created, nil
 }
 
-func bridgeByName(name string) (*netlink.Bridge, error) {
-	l, err := netlink.LinkByName(name)
+func bridgeByName(h *netlink.Handle, name string) (*netlink.Bridge, error) {
+	l, err := h.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("look up bridge %q: %w", name, err)
 	}
@@ -97,18 +100,19 @@ func bridgeByName(name string) (*netlink.Bridge, error) {
 // or an IPv6 one in an overlapping subnet, is an error — unless force, when
 // it is replaced (upstream's forceAddress).
 //
-// Equivalent: ip addr add $gw dev $bridge
-func EnsureGatewayAddr(br netlink.Link, gw netip.Prefix, force bool) error {
+// Equivalent: ip -n $host addr add $gw dev $bridge
+func EnsureGatewayAddr(host *netns.NS, br netlink.Link, gw netip.Prefix, force bool) error {
+	h := host.Netlink()
 	family := netlink.FAMILY_V4
 	if gw.Addr().Is6() {
 		family = netlink.FAMILY_V6
 	}
-	addrs, err := netlink.AddrList(br, family)
+	addrs, err := h.AddrList(br, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %q: %w", br.Attrs().Name, err)
 	}
 	for _, a := range addrs {
-		have, ok := PrefixOf(a.IPNet)
+		have, ok := cidr.Prefix(a.IPNet)
 		if !ok || have.Addr().IsLinkLocalUnicast() {
 			continue
 		}
@@ -119,34 +123,30 @@ func EnsureGatewayAddr(br netlink.Link, gw netip.Prefix, force bool) error {
 			if !force {
 				return cnierr.WithCode(cnierr.CodeHostState, fmt.Errorf("bridge %q already has address %s, not gateway %s (set forceAddress to replace it)", br.Attrs().Name, have, gw))
 			}
-			if err := netlink.AddrDel(br, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			if err := h.AddrDel(br, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				return fmt.Errorf("remove address %s from %q: %w", have, br.Attrs().Name, err)
 			}
 		}
 	}
-	addr := &netlink.Addr{IPNet: IPNet(gw)}
+	addr := &netlink.Addr{IPNet: cidr.IPNet(gw)}
 	if family == netlink.FAMILY_V6 {
 		addr.Flags = unix.IFA_F_NODAD
 	}
-	if err := netlink.AddrAdd(br, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := h.AddrAdd(br, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add gateway %s to %q: %w", gw, br.Attrs().Name, err)
 	}
 	return nil
 }
 
-// EnableForwarding turns on IP forwarding for the family of a, in the
-// calling thread's network namespace.
+// EnableForwarding turns on IP forwarding for the family of a in host.
 //
-// Equivalent: sysctl -w net.ipv4.ip_forward=1 (net.ipv6.conf.all.forwarding=1)
-func EnableForwarding(a netip.Addr) error {
-	path := "/proc/sys/net/ipv4/ip_forward"
+// Equivalent: ip netns exec $host sysctl -w net.ipv4.ip_forward=1 (net.ipv6.conf.all.forwarding=1)
+func EnableForwarding(host *netns.NS, a netip.Addr) error {
+	key := "ipv4/ip_forward"
 	if a.Is6() {
-		path = "/proc/sys/net/ipv6/conf/all/forwarding"
+		key = "ipv6/conf/all/forwarding"
 	}
-	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '1' {
-		return nil
-	}
-	return writeSysctl(path, "1")
+	return host.EnsureSysctl(key, "1")
 }
 
 func writeSysctl(path, value string) error {
@@ -162,39 +162,21 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }
 
-// IPNet converts at the netlink edge.
-func IPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// PrefixOf converts a net.IPNet from netlink (host bits kept, an IPv4
-// address unmapped) to a prefix; false for nil or a malformed address.
-func PrefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
 // DeleteBridgeIfUnused deletes the bridge if no link is attached to it
 // but its own VLAN gateways (deleted with it); a missing bridge is not an
 // error. The caller holds the bridge's lock.
 //
-// Equivalent: [ -z "$(ip link show master $name)" ] && ip link del $name
-func DeleteBridgeIfUnused(name string) error {
-	br, err := bridgeByName(name)
+// Equivalent: [ -z "$(ip -n $host link show master $name)" ] && ip -n $host link del $name
+func DeleteBridgeIfUnused(host *netns.NS, name string) error {
+	h := host.Netlink()
+	br, err := bridgeByName(h, name)
 	if err != nil {
 		if IsNotFound(err) {
 			return nil
 		}
 		return err
 	}
-	links, err := netlink.LinkList()
+	links, err := netns.RetryDump(h.LinkList)
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
@@ -208,10 +190,10 @@ func DeleteBridgeIfUnused(name string) error {
 		}
 		gateways = append(gateways, l)
 	}
-	if err := deleteVlanGateways(gateways); err != nil {
+	if err := deleteVlanGateways(h, gateways); err != nil {
 		return err
 	}
-	if err := netlink.LinkDel(br); err != nil && !IsNotFound(err) {
+	if err := h.LinkDel(br); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("delete bridge %q: %w", name, err)
 	}
 	return nil
@@ -219,15 +201,16 @@ func DeleteBridgeIfUnused(name string) error {
 
 // CheckHostVeth verifies that the host veth exists, is up and is attached
 // to the named bridge.
-func CheckHostVeth(name, bridge string) error {
-	l, err := netlink.LinkByName(name)
+func CheckHostVeth(host *netns.NS, name, bridge string) error {
+	h := host.Netlink()
+	l, err := h.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("host veth %s not found: %w", name, err)
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("host veth %s is down", name)
 	}
-	br, err := bridgeByName(bridge)
+	br, err := bridgeByName(h, bridge)
 	if err != nil {
 		return fmt.Errorf("bridge %q: %w", bridge, err)
 	}

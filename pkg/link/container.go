@@ -8,96 +8,87 @@ import (
 	"os"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/cidr"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/plan"
 )
-
-// Route is a route inside the container. A zero GW means on-link.
-type Route struct {
-	Dst netip.Prefix
-	GW  netip.Addr
-}
-
-// ContainerSpec is the container side of an attachment after IPAM.
-type ContainerSpec struct {
-	IfName string
-	MAC    net.HardwareAddr // expected MAC (CHECK); nil: any
-	Addrs  []netip.Prefix
-	Routes []Route
-	DAD    bool // run IPv6 duplicate address detection (upstream enabledad)
-	Up     bool // bring the interface up even with no address
-}
 
 // ConfigureContainer gives the container interface its addresses, brings it
 // up and adds its routes, inside the container's namespace. arp_notify is set
 // first, so bringing the link up after the addresses are on it sends a
 // gratuitous ARP: neighbours learn the new MAC at once.
 //
+// The sysctls are written from the caller's own thread switched into the
+// namespace (netns.Do); the rest goes over the namespace's netlink socket.
+//
 // Equivalent: ip netns exec $c sh -c 'sysctl -w net.ipv4.conf.$if.arp_notify=1;
 // ip addr add …; ip link set $if up; ip route add …'
-func ConfigureContainer(netns ns.NetNS, spec ContainerSpec) error {
-	return inNS(netns, func() error {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			return fmt.Errorf("netlink in container: %w", err)
-		}
-		defer h.Close()
-		l, err := h.LinkByName(spec.IfName)
-		if err != nil {
-			return fmt.Errorf("look up %s in container: %w", spec.IfName, err)
-		}
-		if len(spec.Addrs) == 0 && !spec.Up {
+func ConfigureContainer(c *netns.NS, spec plan.Container) error {
+	h := c.Netlink()
+	l, err := h.LinkByName(spec.IfName)
+	if err != nil {
+		return fmt.Errorf("look up %s in container: %w", spec.IfName, err)
+	}
+	if len(spec.Addrs) == 0 && !spec.Up {
+		return nil
+	}
+	has6 := false
+	for _, a := range spec.Addrs {
+		has6 = has6 || a.Addr().Is6()
+	}
+	// One switch into the namespace for every sysctl.
+	if err := c.Do(func() error {
+		_ = writeSysctl(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/arp_notify", spec.IfName), "1")
+		if !has6 {
 			return nil
 		}
-		_ = writeSysctl(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/arp_notify", spec.IfName), "1")
-		has6 := false
-		for _, a := range spec.Addrs {
-			has6 = has6 || a.Addr().Is6()
+		dad := "0"
+		if spec.DAD {
+			dad = "1"
 		}
-		if has6 {
-			dad := "0"
-			if spec.DAD {
-				dad = "1"
+		if err := writeSysctl(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/accept_dad", spec.IfName), dad); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("IPv6 address for %s, but IPv6 is disabled in the container: %w", spec.IfName, err)
 			}
-			if err := writeSysctl(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/accept_dad", spec.IfName), dad); err != nil {
-				if errors.Is(err, os.ErrNotExist) {
-					return fmt.Errorf("IPv6 address for %s, but IPv6 is disabled in the container: %w", spec.IfName, err)
-				}
-				return err
-			}
-			_ = writeSysctl(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/enhanced_dad", spec.IfName), dad)
+			return err
 		}
-		for _, a := range spec.Addrs {
-			addr := &netlink.Addr{IPNet: IPNet(a)}
-			if a.Addr().Is6() && !spec.DAD {
-				addr.Flags = unix.IFA_F_NODAD
-			}
-			if err := h.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("add address %s to %s: %w", a, spec.IfName, err)
-			}
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			return fmt.Errorf("set %s up: %w", spec.IfName, err)
-		}
-		if has6 && spec.DAD {
-			if err := settleDAD(h, l, 10*time.Second); err != nil {
-				return err
-			}
-		}
-		for _, r := range spec.Routes {
-			nr := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: IPNet(r.Dst)}
-			if r.GW.IsValid() {
-				nr.Gw = r.GW.AsSlice()
-			} else {
-				nr.Scope = netlink.SCOPE_LINK
-			}
-			if err := h.RouteAdd(nr); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("add route %s via %s dev %s: %w", r.Dst, r.GW, spec.IfName, err)
-			}
-		}
+		_ = writeSysctl(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/enhanced_dad", spec.IfName), dad)
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	for _, a := range spec.Addrs {
+		addr := &netlink.Addr{IPNet: cidr.IPNet(a)}
+		if a.Addr().Is6() && !spec.DAD {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add address %s to %s: %w", a, spec.IfName, err)
+		}
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", spec.IfName, err)
+	}
+	if has6 && spec.DAD {
+		if err := settleDAD(h, l, 10*time.Second); err != nil {
+			return err
+		}
+	}
+	for _, r := range spec.Routes {
+		nr := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: cidr.IPNet(r.Dst)}
+		if r.GW.IsValid() {
+			nr.Gw = r.GW.AsSlice()
+		} else {
+			nr.Scope = netlink.SCOPE_LINK
+		}
+		if err := h.RouteAdd(nr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add route %s via %s dev %s: %w", r.Dst, r.GW, spec.IfName, err)
+		}
+	}
+	return nil
 }
 
 // settleDAD waits until no IPv6 address of l is tentative; a duplicate
@@ -130,17 +121,12 @@ func settleDAD(h *netlink.Handle, l netlink.Link, timeout time.Duration) error {
 
 // CheckContainer compares the container interface with spec and returns
 // the first difference: the link, its MAC, an address, or a route missing.
-// It only reads, over a netlink socket opened in the namespace: no thread
-// switches into it.
-func CheckContainer(netns ns.NetNS, spec ContainerSpec) error {
-	h, err := netlinkHandleIn(netns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
+// It only reads, over the namespace's netlink socket.
+func CheckContainer(c *netns.NS, spec plan.Container) error {
+	h := c.Netlink()
 	l, err := h.LinkByName(spec.IfName)
 	if err != nil {
-		return fmt.Errorf("interface %s not found in container %s: %w", spec.IfName, netns.Path(), err)
+		return fmt.Errorf("interface %s not found in container %s: %w", spec.IfName, c.Path(), err)
 	}
 	if spec.MAC != nil && l.Attrs().HardwareAddr.String() != spec.MAC.String() {
 		return fmt.Errorf("interface %s has MAC %s, want %s", spec.IfName, l.Attrs().HardwareAddr, spec.MAC)
@@ -154,7 +140,7 @@ func CheckContainer(netns ns.NetNS, spec ContainerSpec) error {
 	}
 	have := map[netip.Prefix]bool{}
 	for _, a := range addrs {
-		if p, ok := PrefixOf(a.IPNet); ok {
+		if p, ok := cidr.Prefix(a.IPNet); ok {
 			have[p] = true
 		}
 	}
@@ -179,14 +165,14 @@ func CheckContainer(netns ns.NetNS, spec ContainerSpec) error {
 	return nil
 }
 
-func hasRoute(routes []netlink.Route, want Route) bool {
+func hasRoute(routes []netlink.Route, want plan.Route) bool {
 	for _, r := range routes {
 		dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		if want.Dst.Addr().Is6() {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
 		if r.Dst != nil {
-			p, ok := PrefixOf(r.Dst)
+			p, ok := cidr.Prefix(r.Dst)
 			if !ok {
 				continue
 			}
@@ -195,20 +181,10 @@ func hasRoute(routes []netlink.Route, want Route) bool {
 		if dst != want.Dst {
 			continue
 		}
-		gw, _ := netip.AddrFromSlice(r.Gw)
-		if !want.GW.IsValid() || gw.Unmap() == want.GW {
+		gw, _ := cidr.Addr(r.Gw)
+		if !want.GW.IsValid() || gw == want.GW {
 			return true
 		}
 	}
 	return false
-}
-
-// ContainerLinks lists the link names in the container's namespace.
-func ContainerLinks(netns ns.NetNS) ([]netlink.Link, error) {
-	h, err := netlinkHandleIn(netns)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	return h.LinkList()
 }

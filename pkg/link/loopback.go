@@ -4,19 +4,16 @@ import (
 	"fmt"
 	"net"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // LoopbackUp brings lo up inside the namespace.
 //
 // Equivalent: ip netns exec $c ip link set lo up
-func LoopbackUp(n ns.NetNS) error {
-	h, err := netlinkHandleIn(n)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
+func LoopbackUp(n *netns.NS) error {
+	h := n.Netlink()
 	lo, err := h.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("look up lo in %s: %w", n.Path(), err)
@@ -29,13 +26,9 @@ func LoopbackUp(n ns.NetNS) error {
 
 // CheckIsolated verifies the namespace has lo up, no other link and no
 // route in its main table: nothing in, nothing out.
-func CheckIsolated(n ns.NetNS) error {
-	h, err := netlinkHandleIn(n)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	links, err := h.LinkList()
+func CheckIsolated(n *netns.NS) error {
+	h := n.Netlink()
+	links, err := netns.RetryDump(h.LinkList)
 	if err != nil {
 		return fmt.Errorf("list links in %s: %w", n.Path(), err)
 	}
@@ -49,7 +42,9 @@ func CheckIsolated(n ns.NetNS) error {
 		}
 		return fmt.Errorf("namespace %s has interface %s (%s); a null container has only lo", n.Path(), a.Name, l.Type())
 	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: 254}, netlink.RT_FILTER_TABLE)
+	routes, err := netns.RetryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: 254}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return fmt.Errorf("list routes in %s: %w", n.Path(), err)
 	}

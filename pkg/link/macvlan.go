@@ -1,8 +1,7 @@
 package link
 
 // Macvlan links of containers and their masters (parents): netlink in the
-// host's namespace (the calling thread's) and, through handles, in the
-// container's.
+// namespaces each function is given.
 
 import (
 	"errors"
@@ -13,26 +12,14 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-cni/berth/pkg/cidr"
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 )
-
-// TempLinkPrefix starts the name a container's macvlan has between its
-// creation and its rename to CNI_IFNAME inside the container.
-const TempLinkPrefix = "bmt"
-
-// TempLinkName is the temporary name of an attachment's macvlan: "bmt" and
-// the same 12 hex digits as HostVethName. The link is born in the
-// container's namespace under it (so CNI_IFNAME never clashes with a host
-// interface of that name), and it is deterministic so that DEL finds a
-// link a crashed ADD left unrenamed.
-func TempLinkName(o Owner) string {
-	return TempLinkPrefix + strings.TrimPrefix(HostVethName(o), HostVethPrefix)
-}
 
 var macvlanModes = map[string]netlink.MacvlanMode{
 	"bridge":   netlink.MACVLAN_MODE_BRIDGE,
@@ -63,42 +50,19 @@ type Master struct {
 // ErrNoSuchLink is wrapped by lookups of a link that does not exist.
 var ErrNoSuchLink = errors.New("no such interface")
 
-// handleIn returns a netlink handle in n, or in the calling thread's
-// namespace (the host's) when n is nil.
-func handleIn(n ns.NetNS) (*netlink.Handle, error) {
-	if n == nil {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			return nil, fmt.Errorf("netlink: %w", err)
-		}
-		return h, nil
-	}
-	return netlinkHandleIn(n)
-}
-
-func where(n ns.NetNS) string {
-	if n == nil {
-		return "the host namespace"
-	}
-	return "namespace " + n.Path()
-}
-
-// FindMaster looks up the link name in n (nil: the host's namespace). A
-// missing link is an error wrapping ErrNoSuchLink.
+// FindMaster looks up the link name in n (the host's namespace, or the
+// container's with linkInContainer). A missing link is an error wrapping
+// ErrNoSuchLink.
 //
-// Equivalent: ip [-n $ns] addr show dev $name
-func FindMaster(name string, n ns.NetNS) (Master, error) {
-	h, err := handleIn(n)
-	if err != nil {
-		return Master{}, err
-	}
-	defer h.Close()
+// Equivalent: ip -n $n addr show dev $name
+func FindMaster(n *netns.NS, name string) (Master, error) {
+	h := n.Netlink()
 	l, err := h.LinkByName(name)
 	if err != nil {
 		if IsNotFound(err) {
-			return Master{}, fmt.Errorf("master %q in %s: %w", name, where(n), ErrNoSuchLink)
+			return Master{}, fmt.Errorf("master %q in %s: %w", name, n, ErrNoSuchLink)
 		}
-		return Master{}, fmt.Errorf("look up master %q in %s: %w", name, where(n), err)
+		return Master{}, fmt.Errorf("look up master %q in %s: %w", name, n, err)
 	}
 	a := l.Attrs()
 	m := Master{Name: a.Name, Index: a.Index, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, Promisc: a.RawFlags&unix.IFF_PROMISC != 0}
@@ -107,48 +71,23 @@ func FindMaster(name string, n ns.NetNS) (Master, error) {
 		return Master{}, fmt.Errorf("list addresses of master %q: %w", name, err)
 	}
 	for _, ad := range addrs {
-		if p, ok := PrefixOf(ad.IPNet); ok && !p.Addr().IsLinkLocalUnicast() {
+		if p, ok := cidr.Prefix(ad.IPNet); ok && !p.Addr().IsLinkLocalUnicast() {
 			m.Addrs = append(m.Addrs, p)
 		}
 	}
 	return m, nil
 }
 
-// DefaultRouteName returns the name of the link of n's default route (nil:
-// the host's namespace), IPv4 first, then IPv6: upstream macvlan's default
-// master. It wraps ErrNoSuchLink when there is no default route.
-func DefaultRouteName(n ns.NetNS) (string, error) {
-	var h *netns.NS
-	var err error
-	if n == nil {
-		h, err = netns.Host()
-	} else {
-		h, err = netns.Open(n.Path())
-	}
-	if err != nil {
-		return "", err
-	}
-	defer h.Close()
-	l, err := DefaultRouteLink(h, netlink.FAMILY_V4, netlink.FAMILY_V6)
-	if errors.Is(err, ErrNoDefaultRoute) {
-		return "", fmt.Errorf("no default route in %s: %w", where(n), ErrNoSuchLink)
-	}
-	if err != nil {
-		return "", err
-	}
-	return l.Attrs().Name, nil
-}
-
 // MacvlanSpec is one container's macvlan.
 type MacvlanSpec struct {
-	Owner       Owner
-	Master      Master
-	MasterNS    ns.NetNS // where the master is: nil for the host, or ContainerNS (linkInContainer)
-	ContainerNS ns.NetNS
-	Mode        string           // bridge, private, vepa, passthru
-	MTU         int              // 0: the master's
-	MAC         net.HardwareAddr // nil: kernel-chosen
-	BcQueueLen  uint32           // 0: the kernel's default
+	Owner      owner.Owner
+	Master     Master
+	MasterNS   *netns.NS // where the master is: the host's, or Container (linkInContainer)
+	Container  *netns.NS
+	Mode       string           // bridge, private, vepa, passthru
+	MTU        int              // 0: the master's
+	MAC        net.HardwareAddr // nil: kernel-chosen
+	BcQueueLen uint32           // 0: the kernel's default
 }
 
 // AddMacvlan creates the container's macvlan on the master, born in the
@@ -156,42 +95,32 @@ type MacvlanSpec struct {
 // IfName there and tags it with the owner's alias. It stays down. It
 // returns the link's MAC. On error nothing is left.
 //
-// Equivalent: ip link add $tmp link $master netns $ns type macvlan mode $mode;
-// ip -n $ns link set $tmp name $ifname alias …
+// Equivalent: ip -n $masterns link add $tmp link $master netns $container type macvlan mode $mode;
+// ip -n $container link set $tmp name $ifname alias …
 func AddMacvlan(spec MacvlanSpec) (mac net.HardwareAddr, err error) {
 	mode, ok := macvlanModes[spec.Mode]
 	if !ok {
 		return nil, fmt.Errorf("unknown macvlan mode %q", spec.Mode)
 	}
-	tmp := TempLinkName(spec.Owner)
+	tmp := spec.Owner.TempLink()
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = tmp
 	attrs.ParentIndex = spec.Master.Index
 	attrs.MTU = spec.MTU
 	attrs.HardwareAddr = spec.MAC
-	if spec.MasterNS == nil {
-		attrs.Namespace = netlink.NsFd(int(spec.ContainerNS.Fd()))
+	if spec.MasterNS != spec.Container {
+		attrs.Namespace = netlink.NsFd(spec.Container.Fd())
 	}
 	mv := &netlink.Macvlan{LinkAttrs: attrs, Mode: mode, BCQueueLen: spec.BcQueueLen}
-	h, err := handleIn(spec.MasterNS)
-	if err != nil {
-		return nil, err
-	}
-	err = h.LinkAdd(mv)
-	h.Close()
-	if err != nil {
+	if err := spec.MasterNS.Netlink().LinkAdd(mv); err != nil {
 		return nil, macvlanAddError(spec, err)
 	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, DeleteMacvlan(spec.ContainerNS, spec.Owner))
+			err = errors.Join(err, DeleteMacvlan(spec.Container, spec.Owner))
 		}
 	}()
-	c, err := netlinkHandleIn(spec.ContainerNS)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
+	c := spec.Container.Netlink()
 	l, err := c.LinkByName(tmp)
 	if err != nil {
 		return nil, fmt.Errorf("look up new macvlan %s in container: %w", tmp, err)
@@ -202,7 +131,7 @@ func AddMacvlan(spec MacvlanSpec) (mac net.HardwareAddr, err error) {
 		}
 		return nil, fmt.Errorf("rename macvlan %s to %s in container: %w", tmp, spec.Owner.IfName, err)
 	}
-	if alias := Alias(spec.Owner); alias != "" {
+	if alias := spec.Owner.Alias(); alias != "" {
 		if err := c.LinkSetAlias(l, alias); err != nil {
 			return nil, fmt.Errorf("tag macvlan %s: %w", spec.Owner.IfName, err)
 		}
@@ -218,7 +147,7 @@ func macvlanAddError(spec MacvlanSpec, err error) error {
 	what := fmt.Sprintf("create %s macvlan on master %q", spec.Mode, spec.Master.Name)
 	switch {
 	case errors.Is(err, unix.EEXIST):
-		return cnierr.Env("CNI_IFNAME", spec.Owner.IfName, err, "a link %s (a previous ADD of this attachment not deleted) is in the container", TempLinkName(spec.Owner))
+		return cnierr.Env("CNI_IFNAME", spec.Owner.IfName, err, "a link %s (a previous ADD of this attachment not deleted) is in the container", spec.Owner.TempLink())
 	case errors.Is(err, unix.EADDRINUSE) && spec.MAC != nil:
 		return cnierr.WithCode(cnierr.CodeHostState, fmt.Errorf("%s: MAC %s is already in use on that master: %w", what, spec.MAC, err))
 	case errors.Is(err, unix.EINVAL):
@@ -233,15 +162,11 @@ func macvlanAddError(spec MacvlanSpec, err error) error {
 // temporary name. A link that is missing, not a macvlan, or tagged for
 // another owner is left alone (nil).
 //
-// Equivalent: ip -n $ns link del $ifname
-func DeleteMacvlan(n ns.NetNS, o Owner) error {
-	h, err := netlinkHandleIn(n)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
+// Equivalent: ip -n $n link del $ifname
+func DeleteMacvlan(n *netns.NS, o owner.Owner) error {
+	h := n.Netlink()
 	var errs []error
-	for _, name := range []string{o.IfName, TempLinkName(o)} {
+	for _, name := range []string{o.IfName, o.TempLink()} {
 		l, err := h.LinkByName(name)
 		if err != nil {
 			if !IsNotFound(err) {
@@ -249,7 +174,7 @@ func DeleteMacvlan(n ns.NetNS, o Owner) error {
 			}
 			continue
 		}
-		if alias := l.Attrs().Alias; l.Type() != "macvlan" || alias != "" && alias != Alias(o) {
+		if alias := l.Attrs().Alias; l.Type() != "macvlan" || alias != "" && alias != o.Alias() {
 			continue
 		}
 		if err := h.LinkDel(l); err != nil && !IsNotFound(err) {
@@ -261,13 +186,8 @@ func DeleteMacvlan(n ns.NetNS, o Owner) error {
 
 // CheckMacvlan verifies that the owner's interface in n is a macvlan on
 // master in mode, and names the first difference.
-func CheckMacvlan(n ns.NetNS, o Owner, master Master, mode string) error {
-	h, err := netlinkHandleIn(n)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(o.IfName)
+func CheckMacvlan(n *netns.NS, o owner.Owner, master Master, mode string) error {
+	l, err := n.Netlink().LinkByName(o.IfName)
 	if err != nil {
 		return fmt.Errorf("macvlan %s missing from container namespace %s: %w", o.IfName, n.Path(), err)
 	}
@@ -291,8 +211,8 @@ func CheckMacvlan(n ns.NetNS, o Owner, master Master, mode string) error {
 // before ConfigureContainer.
 //
 // Equivalent: ip netns exec $c sysctl -w net.ipv4.conf.$if.arp_notify=1 net.ipv6.conf.$if.ndisc_notify=1
-func NotifyNeighbours(n ns.NetNS, ifName string) error {
-	return inNS(n, func() error {
+func NotifyNeighbours(n *netns.NS, ifName string) error {
+	return n.Do(func() error {
 		if err := writeSysctl(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/arp_notify", ifName), "1"); err != nil {
 			return err
 		}
@@ -306,9 +226,10 @@ func NotifyNeighbours(n ns.NetNS, ifName string) error {
 
 // SetPromisc turns promiscuous mode of the host link name on or off.
 //
-// Equivalent: ip link set $name promisc on|off
-func SetPromisc(name string, on bool) error {
-	l, err := netlink.LinkByName(name)
+// Equivalent: ip -n $host link set $name promisc on|off
+func SetPromisc(host *netns.NS, name string, on bool) error {
+	h := host.Netlink()
+	l, err := h.LinkByName(name)
 	if err != nil {
 		if IsNotFound(err) {
 			return fmt.Errorf("master %q: %w", name, ErrNoSuchLink)
@@ -316,9 +237,9 @@ func SetPromisc(name string, on bool) error {
 		return fmt.Errorf("look up master %q: %w", name, err)
 	}
 	if on {
-		err = netlink.SetPromiscOn(l)
+		err = h.SetPromiscOn(l)
 	} else {
-		err = netlink.SetPromiscOff(l)
+		err = h.SetPromiscOff(l)
 	}
 	if err != nil {
 		return fmt.Errorf("set promiscuous mode of %q to %v: %w", name, on, err)
@@ -349,13 +270,14 @@ func VlanParent(name string) (parent string, vid int, ok bool) {
 // that (EINVAL) and creates nothing; one that does not answers EOPNOTSUPP,
 // after trying to load the 8021q module.
 //
-// Equivalent: ip link add name $probe type vlan id 1 (expect an error)
-func VlanSupported() (bool, error) {
+// Equivalent: ip -n $host link add name $probe type vlan id 1 (expect an error)
+func VlanSupported(host *netns.NS) (bool, error) {
+	h := host.Netlink()
 	probe := &netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: "bthvlanprobe"}, VlanId: 1}
-	err := netlink.LinkAdd(probe)
+	err := h.LinkAdd(probe)
 	switch {
 	case err == nil: // not expected: the kernel took it anyway
-		if derr := netlink.LinkDel(probe); derr != nil && !IsNotFound(derr) {
+		if derr := h.LinkDel(probe); derr != nil && !IsNotFound(derr) {
 			return true, fmt.Errorf("delete VLAN probe %s: %w", probe.Name, derr)
 		}
 		return true, nil

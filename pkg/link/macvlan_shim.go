@@ -4,7 +4,7 @@ package link
 // reach the macvlan containers on it. A master never passes frames between
 // its own stack and its macvlans, so without one the host cannot talk to
 // its containers; a macvlan in bridge mode on the same master can. All of
-// it is netlink in the host's namespace (the calling thread's).
+// it is netlink in the host namespace each function is given.
 
 import (
 	"crypto/sha256"
@@ -19,7 +19,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-cni/berth/pkg/cidr"
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // ShimPrefix starts the name of every host shim. Shim names are an API once
@@ -45,9 +47,10 @@ func ShimAlias(master string) string { return "berth:shim/" + master }
 //
 // Equivalent: ip link add $shim link $master type macvlan mode bridge;
 // sysctl -w net.ipv6.conf.$shim.accept_ra=0 net.ipv6.conf.$shim.accept_dad=0; ip link set $shim up
-func EnsureShim(m Master) (created bool, err error) {
+func EnsureShim(host *netns.NS, m Master) (created bool, err error) {
+	h := host.Netlink()
 	name := ShimName(m.Name)
-	l, err := netlink.LinkByName(name)
+	l, err := h.LinkByName(name)
 	switch {
 	case err != nil && !IsNotFound(err):
 		return false, fmt.Errorf("look up host shim %s: %w", name, err)
@@ -55,40 +58,40 @@ func EnsureShim(m Master) (created bool, err error) {
 		return false, cnierr.WithCode(cnierr.CodeHostState, fmt.Errorf("link %s exists but is a %s, not berth's host shim for master %q", name, l.Type(), m.Name))
 	case err == nil && l.Attrs().ParentIndex == m.Index:
 		if l.Attrs().Flags&net.FlagUp == 0 {
-			if err := netlink.LinkSetUp(l); err != nil {
+			if err := h.LinkSetUp(l); err != nil {
 				return false, fmt.Errorf("set host shim %s up: %w", name, err)
 			}
 		}
 		return false, nil
 	case err == nil:
-		if err := DeleteShim(m.Name); err != nil {
+		if err := DeleteShim(host, m.Name); err != nil {
 			return false, err
 		}
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
 	attrs.ParentIndex = m.Index
-	if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
+	if err := h.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
 		return false, fmt.Errorf("create host shim %s on master %q: %w", name, m.Name, err)
 	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, DeleteShim(m.Name))
+			err = errors.Join(err, DeleteShim(host, m.Name))
 		}
 	}()
-	if l, err = netlink.LinkByName(name); err != nil {
+	if l, err = h.LinkByName(name); err != nil {
 		return true, fmt.Errorf("look up new host shim %s: %w", name, err)
 	}
-	if err := netlink.LinkSetAlias(l, ShimAlias(m.Name)); err != nil {
+	if err := h.LinkSetAlias(l, ShimAlias(m.Name)); err != nil {
 		return true, fmt.Errorf("tag host shim %s: %w", name, err)
 	}
 	for _, key := range []string{"accept_ra", "accept_dad"} {
-		err := writeSysctl(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/%s", name, key), "0")
+		err := host.WriteSysctl("ipv6/conf/"+name+"/"+key, "0")
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return true, err
 		}
 	}
-	if err := netlink.LinkSetUp(l); err != nil {
+	if err := h.LinkSetUp(l); err != nil {
 		return true, fmt.Errorf("set host shim %s up: %w", name, err)
 	}
 	return true, nil
@@ -97,9 +100,10 @@ func EnsureShim(m Master) (created bool, err error) {
 // DeleteShim deletes the master's shim (and with it its routes and
 // neighbour entries); a missing one is not an error.
 //
-// Equivalent: ip link del $shim
-func DeleteShim(master string) error {
-	l, err := netlink.LinkByName(ShimName(master))
+// Equivalent: ip -n $host link del $shim
+func DeleteShim(host *netns.NS, master string) error {
+	h := host.Netlink()
+	l, err := h.LinkByName(ShimName(master))
 	if err != nil {
 		if IsNotFound(err) {
 			return nil
@@ -109,7 +113,7 @@ func DeleteShim(master string) error {
 	if l.Type() != "macvlan" {
 		return nil
 	}
-	if err := netlink.LinkDel(l); err != nil && !IsNotFound(err) {
+	if err := h.LinkDel(l); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("delete host shim %s: %w", ShimName(master), err)
 	}
 	return nil
@@ -132,13 +136,14 @@ type ShimPeer struct {
 //
 // Equivalent: ip neigh replace $ip lladdr $mac dev $shim nud permanent;
 // ip route replace $ip dev $shim src $src
-func AddShimPeer(m Master, p ShimPeer) error {
-	shim, err := netlink.LinkByName(ShimName(m.Name))
+func AddShimPeer(host *netns.NS, m Master, p ShimPeer) error {
+	h := host.Netlink()
+	shim, err := h.LinkByName(ShimName(m.Name))
 	if err != nil {
 		return fmt.Errorf("host shim %s for master %q: %w", ShimName(m.Name), m.Name, err)
 	}
 	for _, a := range p.Addrs {
-		src, err := shimSource(shim, m, a)
+		src, err := shimSource(h, shim, m, a)
 		if err != nil {
 			return err
 		}
@@ -147,14 +152,14 @@ func AddShimPeer(m Master, p ShimPeer) error {
 			fam = netlink.FAMILY_V6
 		}
 		nb := &netlink.Neigh{LinkIndex: shim.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT, IP: a.AsSlice(), HardwareAddr: p.MAC}
-		if err := netlink.NeighSet(nb); err != nil {
+		if err := h.NeighSet(nb); err != nil {
 			return fmt.Errorf("neighbour %s lladdr %s on host shim %s: %w", a, p.MAC, shim.Attrs().Name, err)
 		}
 		r := shimRoute(shim, a)
 		if src.IsValid() {
 			r.Src = src.AsSlice()
 		}
-		if err := netlink.RouteReplace(r); err != nil {
+		if err := h.RouteReplace(r); err != nil {
 			return fmt.Errorf("route %s dev %s src %s: %w", a, shim.Attrs().Name, src, err)
 		}
 	}
@@ -162,13 +167,13 @@ func AddShimPeer(m Master, p ShimPeer) error {
 }
 
 func shimRoute(shim netlink.Link, a netip.Addr) *netlink.Route {
-	return &netlink.Route{LinkIndex: shim.Attrs().Index, Dst: IPNet(netip.PrefixFrom(a, a.BitLen())), Scope: netlink.SCOPE_LINK}
+	return &netlink.Route{LinkIndex: shim.Attrs().Index, Dst: cidr.IPNet(netip.PrefixFrom(a, a.BitLen())), Scope: netlink.SCOPE_LINK}
 }
 
 // shimSource picks the source address of the host's route to a: see
 // AddShimPeer. No IPv4 address of the master's on a's subnet: none (the
 // kernel picks).
-func shimSource(shim netlink.Link, m Master, a netip.Addr) (netip.Addr, error) {
+func shimSource(h *netlink.Handle, shim netlink.Link, m Master, a netip.Addr) (netip.Addr, error) {
 	if a.Is4() {
 		for _, p := range m.Addrs {
 			if p.Addr().Is4() && p.Contains(a) {
@@ -182,7 +187,7 @@ func shimSource(shim netlink.Link, m Master, a netip.Addr) (netip.Addr, error) {
 	// work queue.
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		addrs, err := netlink.AddrList(shim, netlink.FAMILY_V6)
+		addrs, err := h.AddrList(shim, netlink.FAMILY_V6)
 		if err != nil {
 			return netip.Addr{}, fmt.Errorf("list addresses of host shim %s: %w", shim.Attrs().Name, err)
 		}
@@ -202,9 +207,10 @@ func shimSource(shim netlink.Link, m Master, a netip.Addr) (netip.Addr, error) {
 // DeleteShimPeer removes the routes and neighbour entries of addrs from the
 // master's shim; missing ones (or a missing shim) are not an error.
 //
-// Equivalent: ip route del $ip dev $shim; ip neigh del $ip dev $shim
-func DeleteShimPeer(master string, addrs []netip.Addr) error {
-	shim, err := netlink.LinkByName(ShimName(master))
+// Equivalent: ip -n $host route del $ip dev $shim; ip -n $host neigh del $ip dev $shim
+func DeleteShimPeer(host *netns.NS, master string, addrs []netip.Addr) error {
+	h := host.Netlink()
+	shim, err := h.LinkByName(ShimName(master))
 	if err != nil {
 		if IsNotFound(err) {
 			return nil
@@ -213,11 +219,11 @@ func DeleteShimPeer(master string, addrs []netip.Addr) error {
 	}
 	var errs []error
 	for _, a := range addrs {
-		if err := netlink.RouteDel(shimRoute(shim, a)); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+		if err := h.RouteDel(shimRoute(shim, a)); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete route %s dev %s: %w", a, shim.Attrs().Name, err))
 		}
 		nb := &netlink.Neigh{LinkIndex: shim.Attrs().Index, IP: a.AsSlice()}
-		if err := netlink.NeighDel(nb); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := h.NeighDel(nb); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete neighbour %s dev %s: %w", a, shim.Attrs().Name, err))
 		}
 	}
@@ -226,9 +232,10 @@ func DeleteShimPeer(master string, addrs []netip.Addr) error {
 
 // CheckShim verifies that the master's shim is up and routes each of the
 // peer's addresses to its MAC, and names the first thing missing.
-func CheckShim(m Master, p ShimPeer) error {
+func CheckShim(host *netns.NS, m Master, p ShimPeer) error {
+	h := host.Netlink()
 	name := ShimName(m.Name)
-	shim, err := netlink.LinkByName(name)
+	shim, err := h.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("host shim %s for master %q missing: %w", name, m.Name, err)
 	}
@@ -243,21 +250,21 @@ func CheckShim(m Master, p ShimPeer) error {
 		if a.Is6() {
 			fam = netlink.FAMILY_V6
 		}
-		routes, err := netlink.RouteListFiltered(fam, shimRoute(shim, a), netlink.RT_FILTER_OIF|netlink.RT_FILTER_DST)
+		routes, err := h.RouteListFiltered(fam, shimRoute(shim, a), netlink.RT_FILTER_OIF|netlink.RT_FILTER_DST)
 		if err != nil {
 			return fmt.Errorf("list routes of host shim %s: %w", name, err)
 		}
 		if len(routes) == 0 {
 			return fmt.Errorf("host route %s dev %s missing", a, name)
 		}
-		neighs, err := netlink.NeighList(shim.Attrs().Index, fam)
+		neighs, err := h.NeighList(shim.Attrs().Index, fam)
 		if err != nil {
 			return fmt.Errorf("list neighbours of host shim %s: %w", name, err)
 		}
 		found := false
 		for _, nb := range neighs {
-			ip, _ := netip.AddrFromSlice(nb.IP)
-			if ip.Unmap() == a && nb.HardwareAddr.String() == p.MAC.String() {
+			ip, _ := cidr.Addr(nb.IP)
+			if ip == a && nb.HardwareAddr.String() == p.MAC.String() {
 				found = true
 			}
 		}

@@ -4,19 +4,6 @@ import (
 	"testing"
 )
 
-func TestTempLinkName(t *testing.T) {
-	t.Parallel()
-	o := Owner{"net", "c1", "eth0"}
-	// The scheme is an API (DEL looks for a link a crashed ADD left under
-	// it): this value must never change.
-	if got := TempLinkName(o); got != "bmt26026bd18b7c" {
-		t.Fatalf("TempLinkName changed: %q", got)
-	}
-	if TempLinkName(Owner{"net", "c1", "eth1"}) == TempLinkName(o) {
-		t.Fatal("temporary names of two attachments collide")
-	}
-}
-
 func TestShimName(t *testing.T) {
 	t.Parallel()
 	a := ShimName("eth0")

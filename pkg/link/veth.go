@@ -6,17 +6,19 @@ import (
 	"math/rand/v2"
 	"net"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // VethSpec is one container's veth pair on a bridge.
 type VethSpec struct {
-	Owner       Owner
+	Owner       owner.Owner
 	Bridge      *netlink.Bridge
-	ContainerNS int              // fd of the container's network namespace
+	Container   *netns.NS        // where the container end is born
 	MTU         int              // 0: the bridge's
 	MAC         net.HardwareAddr // container side; nil: a random one
 	Hairpin     bool
@@ -44,21 +46,21 @@ type Veth struct {
 // result reported it. The container end stays down. On error nothing is
 // left.
 //
-// Equivalent: ip link add $host address $hmac mtu $mtu master $bridge
-// type veth peer name $ifname address $cmac mtu $mtu netns $ns;
-// ip link set $host up alias …
-func AddVeth(spec VethSpec) (v Veth, err error) {
+// Equivalent: ip -n $host link add $hveth address $hmac mtu $mtu master $bridge
+// type veth peer name $ifname address $cmac mtu $mtu netns $container;
+// ip -n $host link set $hveth up alias …
+func AddVeth(host *netns.NS, spec VethSpec) (v Veth, err error) {
 	mtu := spec.MTU
 	if mtu == 0 {
 		mtu = spec.Bridge.MTU
 	}
-	v.HostName = HostVethName(spec.Owner)
+	v.HostName = spec.Owner.HostVeth()
 	v.HostMAC = RandomMAC()
 	v.ContainerMAC = spec.MAC
 	if v.ContainerMAC == nil {
 		v.ContainerMAC = RandomMAC()
 	}
-	if err = newVeth(v, spec.Owner.IfName, mtu, spec.Bridge.Index, spec.ContainerNS); err != nil {
+	if err = newVeth(host, v, spec.Owner.IfName, mtu, spec.Bridge.Index, spec.Container.Fd()); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			// The host name is unique per attachment, so the clash is the
 			// container's name (or a half-done earlier ADD: DEL clears it).
@@ -68,33 +70,34 @@ func AddVeth(spec VethSpec) (v Veth, err error) {
 	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, DeleteHostVeth(v.HostName))
+			err = errors.Join(err, DeleteHostVeth(host, v.HostName))
 		}
 	}()
-	host, err := netlink.LinkByName(v.HostName)
+	h := host.Netlink()
+	hv, err := h.LinkByName(v.HostName)
 	if err != nil {
 		return v, fmt.Errorf("look up new veth %s: %w", v.HostName, err)
 	}
 	if spec.Hairpin {
-		if err = netlink.LinkSetHairpin(host, true); err != nil {
+		if err = h.LinkSetHairpin(hv, true); err != nil {
 			return v, fmt.Errorf("set hairpin on %s: %w", v.HostName, err)
 		}
 	}
 	if spec.Isolated {
-		if err = netlink.LinkSetIsolated(host, true); err != nil {
+		if err = h.LinkSetIsolated(hv, true); err != nil {
 			return v, fmt.Errorf("set port isolation on %s: %w", v.HostName, err)
 		}
 	}
-	if err = setPortVlans(host, spec); err != nil {
+	if err = setPortVlans(h, hv, spec); err != nil {
 		return v, err
 	}
 	// Up by index, after the lookup: up at creation, or by name, made an
-	// ADD 1-1.5 ms slower on a bridge with 500 ports here.
-	if err = netlink.LinkSetUp(host); err != nil {
+	// ADD slower on a bridge with many ports (bench/README.md).
+	if err = h.LinkSetUp(hv); err != nil {
 		return v, fmt.Errorf("set %s up: %w", v.HostName, err)
 	}
-	if alias := Alias(spec.Owner); alias != "" {
-		if err = netlink.LinkSetAlias(host, alias); err != nil {
+	if alias := spec.Owner.Alias(); alias != "" {
+		if err = h.LinkSetAlias(hv, alias); err != nil {
 			return v, fmt.Errorf("tag veth %s: %w", v.HostName, err)
 		}
 	}
@@ -105,8 +108,11 @@ func AddVeth(spec VethSpec) (v Veth, err error) {
 // master) with its peer (name, MAC, MTU, namespace) in
 // IFLA_LINKINFO. The kernel applies IFLA_MASTER after it registered both
 // ends, and undoes the whole link if that fails.
-func newVeth(v Veth, peerName string, mtu, master, nsFd int) error {
-	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+func newVeth(host *netns.NS, v Veth, peerName string, mtu, master, nsFd int) error {
+	req, err := host.Request(unix.NETLINK_ROUTE, unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	if err != nil {
+		return err
+	}
 	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
 	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(v.HostName)))
 	req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, v.HostMAC))
@@ -125,7 +131,7 @@ func newVeth(v Veth, peerName string, mtu, master, nsFd int) error {
 	}
 	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(nsFd)))
 	req.AddData(info)
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
 }
 
@@ -145,27 +151,27 @@ func RandomMAC() net.HardwareAddr {
 // VLAN as pvid untagged, trunk VLANs tagged, VLAN 1 removed unless kept.
 //
 // Equivalent: bridge vlan add dev $host vid $vlan pvid untagged master
-func setPortVlans(host netlink.Link, spec VethSpec) error {
+func setPortVlans(h *netlink.Handle, host netlink.Link, spec VethSpec) error {
 	if spec.Vlan == 0 && len(spec.Trunk) == 0 {
 		return nil
 	}
 	if !spec.PreserveVID {
-		if err := netlink.BridgeVlanDel(host, 1, true, true, false, true); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := h.BridgeVlanDel(host, 1, true, true, false, true); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove default vlan from %s: %w", host.Attrs().Name, err)
 		}
 	}
 	if spec.Vlan != 0 {
-		if err := netlink.BridgeVlanAdd(host, uint16(spec.Vlan), true, true, false, true); err != nil {
+		if err := h.BridgeVlanAdd(host, uint16(spec.Vlan), true, true, false, true); err != nil {
 			return fmt.Errorf("set vlan %d on %s: %w", spec.Vlan, host.Attrs().Name, err)
 		}
 	}
 	for _, vid := range spec.Trunk {
-		if err := netlink.BridgeVlanAdd(host, uint16(vid), false, false, false, true); err != nil {
+		if err := h.BridgeVlanAdd(host, uint16(vid), false, false, false, true); err != nil {
 			return fmt.Errorf("add trunk vlan %d on %s: %w", vid, host.Attrs().Name, err)
 		}
 	}
 	if spec.Vlan == 0 && !spec.PreserveVID {
-		if err := netlink.BridgeVlanAdd(host, 1, true, true, false, true); err != nil {
+		if err := h.BridgeVlanAdd(host, 1, true, true, false, true); err != nil {
 			return fmt.Errorf("set native vlan 1 on %s: %w", host.Attrs().Name, err)
 		}
 	}
@@ -175,16 +181,17 @@ func setPortVlans(host netlink.Link, spec VethSpec) error {
 // DeleteHostVeth deletes a host veth (and so its peer); a missing link is
 // not an error.
 //
-// Equivalent: ip link del $name
-func DeleteHostVeth(name string) error {
-	l, err := netlink.LinkByName(name)
+// Equivalent: ip -n $host link del $name
+func DeleteHostVeth(host *netns.NS, name string) error {
+	h := host.Netlink()
+	l, err := h.LinkByName(name)
 	if err != nil {
 		if IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("look up %s: %w", name, err)
 	}
-	if err := netlink.LinkDel(l); err != nil && !IsNotFound(err) {
+	if err := h.LinkDel(l); err != nil && !IsNotFound(err) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
@@ -193,7 +200,7 @@ func DeleteHostVeth(name string) error {
 // HostVeth is a berth host veth as found in the kernel.
 type HostVeth struct {
 	Name   string
-	Owner  Owner
+	Owner  owner.Owner
 	Master int // ifindex of the bridge it is attached to, 0 if none
 	Up     bool
 }
@@ -201,9 +208,9 @@ type HostVeth struct {
 // ListHostVeths returns the berth host veths whose alias names network
 // (every network when network is empty).
 //
-// Equivalent: ip -d link show type veth | grep 'alias berth:'
-func ListHostVeths(network string) ([]HostVeth, error) {
-	links, err := netlink.LinkList()
+// Equivalent: ip -n $host -d link show type veth | grep 'alias berth:'
+func ListHostVeths(host *netns.NS, network string) ([]HostVeth, error) {
+	links, err := netns.RetryDump(host.Netlink().LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -213,34 +220,11 @@ func ListHostVeths(network string) ([]HostVeth, error) {
 		if l.Type() != "veth" {
 			continue
 		}
-		o, ok := ParseAlias(a.Alias)
+		o, ok := owner.ParseAlias(a.Alias)
 		if !ok || network != "" && o.Network != network {
 			continue
 		}
 		out = append(out, HostVeth{Name: a.Name, Owner: o, Master: a.MasterIndex, Up: a.Flags&net.FlagUp != 0})
 	}
 	return out, nil
-}
-
-func netlinkHandleIn(n ns.NetNS) (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(nsHandle(int(n.Fd())), unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in namespace %s: %w", n.Path(), err)
-	}
-	return h, nil
-}
-
-// HostLinkExists reports whether a link called name exists in the calling
-// thread's (the host's) namespace.
-//
-// Equivalent: ip link show $name
-func HostLinkExists(name string) (bool, error) {
-	_, err := netlink.LinkByName(name)
-	if err == nil {
-		return true, nil
-	}
-	if IsNotFound(err) {
-		return false, nil
-	}
-	return false, fmt.Errorf("look up link %s: %w", name, err)
 }

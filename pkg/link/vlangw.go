@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // A bridge with isGateway and vlan holds its gateway addresses not on the
@@ -22,7 +24,7 @@ import (
 // SHA-256(bridge \0 vlan), tagged with the alias "berth:vlangw/<bridge>/<vlan>".
 const (
 	VlanGatewayPortPrefix = "bvg"
-	vlanGatewayAlias      = aliasPrefix + "vlangw/"
+	vlanGatewayAlias      = owner.AliasPrefix + "vlangw/"
 )
 
 // VlanGatewayName is the gateway interface of vlan on bridge: "<bridge>.<vlan>".
@@ -48,9 +50,10 @@ func IsVlanGatewayPort(alias string) bool { return strings.HasPrefix(alias, vlan
 //
 // Equivalent: ip link add $bvg type veth peer name $br.$vlan; ip link set $bvg master $br alias … up;
 // bridge vlan add dev $bvg vid $vlan pvid untagged master; ip link set $br.$vlan up
-func EnsureVlanGateway(br *netlink.Bridge, vlan int, preserveVID bool) (netlink.Link, error) {
+func EnsureVlanGateway(host *netns.NS, br *netlink.Bridge, vlan int, preserveVID bool) (netlink.Link, error) {
+	h := host.Netlink()
 	name := VlanGatewayName(br.Name, vlan)
-	if l, err := netlink.LinkByName(name); err == nil {
+	if l, err := h.LinkByName(name); err == nil {
 		if l.Type() != "veth" {
 			return nil, cnierr.WithCode(cnierr.CodeHostState, fmt.Errorf("vlan gateway %q exists and is a %s, not a veth", name, l.Type()))
 		}
@@ -61,36 +64,36 @@ func EnsureVlanGateway(br *netlink.Bridge, vlan int, preserveVID bool) (netlink.
 	port := VlanGatewayPortName(br.Name, vlan)
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU = port, br.MTU
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: name, PeerMTU: uint32(br.MTU)}); err != nil {
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: name, PeerMTU: uint32(br.MTU)}); err != nil {
 		return nil, fmt.Errorf("create vlan gateway %s <-> %s: %w", name, port, err)
 	}
-	l, err := setupVlanGateway(br, vlan, preserveVID, port, name)
+	l, err := setupVlanGateway(h, br, vlan, preserveVID, port, name)
 	if err != nil {
-		return nil, errors.Join(err, DeleteHostVeth(port))
+		return nil, errors.Join(err, DeleteHostVeth(host, port))
 	}
 	return l, nil
 }
 
-func setupVlanGateway(br *netlink.Bridge, vlan int, preserveVID bool, port, name string) (netlink.Link, error) {
-	p, err := netlink.LinkByName(port)
+func setupVlanGateway(h *netlink.Handle, br *netlink.Bridge, vlan int, preserveVID bool, port, name string) (netlink.Link, error) {
+	p, err := h.LinkByName(port)
 	if err != nil {
 		return nil, fmt.Errorf("look up %s: %w", port, err)
 	}
-	if err := netlink.LinkSetAlias(p, vlanGatewayAlias+br.Name+"/"+strconv.Itoa(vlan)); err != nil {
+	if err := h.LinkSetAlias(p, vlanGatewayAlias+br.Name+"/"+strconv.Itoa(vlan)); err != nil {
 		return nil, fmt.Errorf("tag %s: %w", port, err)
 	}
-	if err := netlink.LinkSetMasterByIndex(p, br.Index); err != nil {
+	if err := h.LinkSetMasterByIndex(p, br.Index); err != nil {
 		return nil, fmt.Errorf("attach %s to bridge %q: %w", port, br.Name, err)
 	}
-	if err := setPortVlans(p, VethSpec{Vlan: vlan, PreserveVID: preserveVID}); err != nil {
+	if err := setPortVlans(h, p, VethSpec{Vlan: vlan, PreserveVID: preserveVID}); err != nil {
 		return nil, err
 	}
-	gw, err := netlink.LinkByName(name)
+	gw, err := h.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("look up %s: %w", name, err)
 	}
 	for _, l := range []netlink.Link{p, gw} {
-		if err := netlink.LinkSetUp(l); err != nil {
+		if err := h.LinkSetUp(l); err != nil {
 			return nil, fmt.Errorf("set %s up: %w", l.Attrs().Name, err)
 		}
 	}
@@ -99,10 +102,10 @@ func setupVlanGateway(br *netlink.Bridge, vlan int, preserveVID bool, port, name
 
 // deleteVlanGateways deletes the VLAN gateway ports among links (and so
 // their "<bridge>.<vlan>" peers).
-func deleteVlanGateways(ports []netlink.Link) error {
+func deleteVlanGateways(h *netlink.Handle, ports []netlink.Link) error {
 	var errs []error
 	for _, p := range ports {
-		if err := netlink.LinkDel(p); err != nil && !IsNotFound(err) && !errors.Is(err, unix.ENODEV) {
+		if err := h.LinkDel(p); err != nil && !IsNotFound(err) && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("delete vlan gateway port %s: %w", p.Attrs().Name, err))
 		}
 	}

@@ -13,9 +13,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Dir holds the lock files. It is a variable only so that unprivileged unit
-// tests can point it at a temporary directory; plugins never change it.
-var Dir = "/run/berth/lock"
+// Dir holds the lock files of shared host state.
+const Dir = "/run/berth/lock"
+
+// Wait is how long a plugin command waits for a lock on shared host state
+// (a bridge, a master, the port reservations) before it answers "try again
+// later" (CNI code 11).
+const Wait = 30 * time.Second
 
 // ErrTimeout is returned (wrapped) when a lock could not be taken in time;
 // the plugin boundary reports it as CNI code 11, "try again later".
@@ -31,13 +35,18 @@ type Lock struct {
 //
 // Equivalent: flock -w $timeout /run/berth/lock/$name
 func Acquire(name string, timeout time.Duration) (*Lock, error) {
+	return AcquireIn(Dir, name, timeout)
+}
+
+// AcquireIn is Acquire with the lock file in dir, created if missing.
+func AcquireIn(dir, name string, timeout time.Duration) (*Lock, error) {
 	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
 		return nil, fmt.Errorf("lock name %q is not a plain file name", name)
 	}
-	if err := os.MkdirAll(Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create lock dir %s: %w", Dir, err)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create lock dir %s: %w", dir, err)
 	}
-	return AcquireFile(filepath.Join(Dir, name), timeout)
+	return AcquireFile(filepath.Join(dir, name), timeout)
 }
 
 // AcquireFile is Acquire on a lock file at path, for state that lives in a

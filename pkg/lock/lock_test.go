@@ -8,17 +8,16 @@ import (
 	"time"
 )
 
-// The tests change Dir, so they do not run in parallel with each other.
-
 func TestExclusive(t *testing.T) {
-	Dir = t.TempDir()
+	t.Parallel()
+	dir := t.TempDir()
 	var inside, most int32
 	var wg sync.WaitGroup
 	for i := 0; i < 10; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l, err := Acquire("x", 5*time.Second)
+			l, err := AcquireIn(dir, "x", 5*time.Second)
 			if err != nil {
 				t.Error(err)
 				return
@@ -42,17 +41,18 @@ func TestExclusive(t *testing.T) {
 }
 
 func TestTimeoutAndNames(t *testing.T) {
-	Dir = t.TempDir()
-	l, err := Acquire("y", time.Second)
+	t.Parallel()
+	dir := t.TempDir()
+	l, err := AcquireIn(dir, "y", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Unlock()
-	if _, err := Acquire("y", 20*time.Millisecond); !errors.Is(err, ErrTimeout) {
+	if _, err := AcquireIn(dir, "y", 20*time.Millisecond); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("second Acquire = %v, want ErrTimeout", err)
 	}
 	for _, bad := range []string{"", "..", "a/b", "../x"} {
-		if _, err := Acquire(bad, time.Millisecond); err == nil {
+		if _, err := AcquireIn(dir, bad, time.Millisecond); err == nil {
 			t.Errorf("Acquire(%q) accepted", bad)
 		}
 	}

@@ -10,13 +10,17 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+
+	"github.com/berth-cni/berth/pkg/iptables"
+	bnetns "github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // backendCase is one backend under test with its own view of the kernel.
 type backendCase struct {
 	name  string
-	needs []string // programs the case runs
-	b     Backend
+	needs []string                 // programs the case runs
+	mk    func(*bnetns.NS) Backend // the backend acting in a namespace
 	// dump renders berth's kernel state in the namespace as text; "" when
 	// berth has nothing there.
 	dump func(t *testing.T, ns *testNS) string
@@ -25,11 +29,11 @@ type backendCase struct {
 }
 
 func backendCases() []backendCase {
-	ipt := func(name string, cmds IPTablesCommands) backendCase {
+	ipt := func(name string, cmds iptables.Commands) backendCase {
 		return backendCase{
 			name:  name,
 			needs: []string{cmds.Restore4, cmds.Save4, cmds.Restore6, cmds.Save6},
-			b:     NewIPTables(cmds),
+			mk:    func(n *bnetns.NS) Backend { return NewIPTables(n, cmds) },
 			dump:  func(t *testing.T, ns *testNS) string { return iptDump(t, ns, cmds) },
 			drop: func(t *testing.T, ns *testNS, network string, addr netip.Addr) {
 				iptDrop(t, ns, cmds, network, addr)
@@ -37,9 +41,9 @@ func backendCases() []backendCase {
 		}
 	}
 	return []backendCase{
-		{name: "nftables", b: nftBackend{}, dump: nftDump, drop: nftDrop},
-		ipt("iptables", DefaultIPTablesCommands),
-		ipt("iptables-legacy", LegacyIPTablesCommands),
+		{name: "nftables", mk: func(n *bnetns.NS) Backend { return nftBackend{ns: n} }, dump: nftDump, drop: nftDrop},
+		ipt("iptables", iptables.Default),
+		ipt("iptables-legacy", iptables.Legacy),
 	}
 }
 
@@ -129,7 +133,7 @@ func nftDrop(t *testing.T, ns *testNS, network string, addr netip.Addr) {
 }
 
 // iptDump is berth's part of both nat tables as iptables-save prints it.
-func iptDump(t *testing.T, ns *testNS, cmds IPTablesCommands) string {
+func iptDump(t *testing.T, ns *testNS, cmds iptables.Commands) string {
 	t.Helper()
 	var lines []string
 	for _, save := range []string{cmds.Save4, cmds.Save6} {
@@ -146,13 +150,13 @@ func iptDump(t *testing.T, ns *testNS, cmds IPTablesCommands) string {
 // iptDrop deletes addr's POSTROUTING rule.
 //
 // Equivalent: iptables -t nat -D POSTROUTING -s $addr/32 -m comment --comment … -j BERTH-MASQ-$h
-func iptDrop(t *testing.T, ns *testNS, cmds IPTablesCommands, network string, addr netip.Addr) {
+func iptDrop(t *testing.T, ns *testNS, cmds iptables.Commands, network string, addr netip.Addr) {
 	t.Helper()
 	f, save, restore := v4, cmds.Save4, cmds.Restore4
 	if addr.Is6() {
 		f, save, restore = v6, cmds.Save6, cmds.Restore6
 	}
-	nt, err := parseSave(ns.output(t, save, "-t", "nat"))
+	nt, err := iptables.ParseSave(ns.output(t, save, "-t", "nat"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,14 +165,13 @@ func iptDrop(t *testing.T, ns *testNS, cmds IPTablesCommands, network string, ad
 	if i < 0 {
 		t.Fatalf("no %s rule for %s", iptPost, addr)
 	}
-	ns.must(t, "delete rule for "+addr.String(), func() error {
-		_, err := run(restore, "*nat\n-D "+iptPost+" "+st.Specs[i]+"\nCOMMIT\n", "--noflush")
-		return err
-	})
+	if _, err := ns.ns.Run("*nat\n-D "+iptPost+" "+st.Specs[i]+"\nCOMMIT\n", restore, "--noflush"); err != nil {
+		t.Fatalf("delete rule for %s: %v", addr, err)
+	}
 }
 
 func masq(network, id, ifname string, addrs ...string) Masq {
-	m := Masq{Owner: Owner{Network: network, ContainerID: id, IfName: ifname}}
+	m := Masq{Owner: owner.Owner{Network: network, ContainerID: id, IfName: ifname}}
 	for _, a := range addrs {
 		m.Addrs = append(m.Addrs, netip.MustParsePrefix(a))
 	}
@@ -183,7 +186,7 @@ func TestBackendLifecycle(t *testing.T) {
 			bc.require(t)
 			t.Parallel()
 			ns := newNS(t, "life")
-			b := bc.b
+			b := bc.mk(ns.ns)
 			a := masq("berthnet", "ctr-a", "eth0", "10.22.0.5/16", "fd22::5/64")
 			// A container ID over 64 bytes is stored shortened.
 			bm := masq("berthnet", strings.Repeat("b", 100), "eth1", "10.22.0.6/16")
@@ -208,9 +211,9 @@ func TestBackendLifecycle(t *testing.T) {
 			before := bc.dump(t, ns)
 			ns.must(t, "delete strangers", func() error {
 				return errors.Join(
-					b.Delete(Owner{Network: "berthnet", ContainerID: "nobody", IfName: "eth0"}),
-					b.Delete(Owner{Network: "othernet", ContainerID: "ctr-a", IfName: "eth0"}),
-					b.Delete(Owner{Network: "berthnet", ContainerID: "ctr-a", IfName: "eth9"}))
+					b.Delete(owner.Owner{Network: "berthnet", ContainerID: "nobody", IfName: "eth0"}),
+					b.Delete(owner.Owner{Network: "othernet", ContainerID: "ctr-a", IfName: "eth0"}),
+					b.Delete(owner.Owner{Network: "berthnet", ContainerID: "ctr-a", IfName: "eth9"}))
 			})
 			if after := bc.dump(t, ns); after != before {
 				t.Errorf("deleting strangers changed the state:\n%s\nthen:\n%s", before, after)
@@ -253,7 +256,7 @@ func TestBackendMoves(t *testing.T) {
 			bc.require(t)
 			t.Parallel()
 			ns := newNS(t, "move")
-			b := bc.b
+			b := bc.mk(ns.ns)
 			a16 := masq("movenet", "ctr-a", "eth0", "10.22.0.5/16")
 			a24 := masq("movenet", "ctr-a", "eth0", "10.22.0.5/24")
 			c24 := masq("movenet", "ctr-c", "eth0", "10.22.0.5/24")
@@ -283,7 +286,7 @@ func TestNFTForeignElement(t *testing.T) {
 	needRoot(t)
 	t.Parallel()
 	ns := newNS(t, "foreign")
-	b := nftBackend{}
+	b := nftBackend{ns: ns.ns}
 	m := masq("fnet", "ctr-a", "eth0", "10.22.0.5/16")
 	other := masq("fnet", "ctr-b", "eth0", "10.22.0.6/16")
 	ns.must(t, "ensure b", func() error { return b.Ensure(other) })
@@ -318,10 +321,10 @@ func TestBackendConcurrent(t *testing.T) {
 				// Two adjacent subnets: the subnet set merges them.
 				ms = append(ms, masq("busy", fmt.Sprintf("ctr-%02d", i), "eth0", fmt.Sprintf("10.%d.0.%d/16", 40+i%2, 10+i)))
 			}
-			parallel(t, ns, ms, func(b Backend, m Masq) error { return b.Ensure(m) }, bc.b)
-			wantList(t, ns, bc.b, "busy", ms)
+			parallel(t, ns, ms, func(b Backend, m Masq) error { return b.Ensure(m) }, bc.mk(ns.ns))
+			wantList(t, ns, bc.mk(ns.ns), "busy", ms)
 			for _, m := range ms {
-				ns.must(t, "check "+m.Owner.ContainerID, func() error { return bc.b.Check(m) })
+				ns.must(t, "check "+m.Owner.ContainerID, func() error { return bc.mk(ns.ns).Check(m) })
 			}
 			state := bc.dump(t, ns)
 			if bc.name == "nftables" {
@@ -334,7 +337,7 @@ func TestBackendConcurrent(t *testing.T) {
 			} else if c := strings.Count(state, "-j RETURN"); c != 2 {
 				t.Errorf("%d RETURN rules, want 2:\n%s", c, state)
 			}
-			parallel(t, ns, ms, func(b Backend, m Masq) error { return b.Delete(m.Owner) }, bc.b)
+			parallel(t, ns, ms, func(b Backend, m Masq) error { return b.Delete(m.Owner) }, bc.mk(ns.ns))
 			if left := bc.dump(t, ns); left != "" {
 				t.Errorf("state left after deleting every owner:\n%s", left)
 			}
@@ -348,7 +351,8 @@ func parallel(t *testing.T, ns *testNS, ms []Masq, fn func(Backend, Masq) error,
 	var wg sync.WaitGroup
 	errs := make([]error, len(ms))
 	for i, m := range ms {
-		wg.Go(func() { errs[i] = ns.do(func() error { return fn(b, m) }) })
+		// From goroutines on any thread: the backend acts in its namespace.
+		wg.Go(func() { errs[i] = fn(b, m) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -390,13 +394,17 @@ func TestBackendAdd(t *testing.T) {
 			bc.require(t)
 			t.Parallel()
 			byEnsure, byAdd := newNS(t, "adde"), newNS(t, "adda")
-			b := bc.b
+			b, be := bc.mk(byAdd.ns), bc.mk(byEnsure.ns)
 			for _, m := range steps {
-				ns := byAdd
-				ns.must(t, "add "+m.Owner.ContainerID, func() error { return b.Add(m) })
-				ns.must(t, "check "+m.Owner.ContainerID, func() error { return b.Check(m) })
-				ns = byEnsure
-				ns.must(t, "ensure "+m.Owner.ContainerID, func() error { return b.Ensure(m) })
+				if err := b.Add(m); err != nil {
+					t.Fatalf("add %s: %v", m.Owner.ContainerID, err)
+				}
+				if err := b.Check(m); err != nil {
+					t.Fatalf("check %s: %v", m.Owner.ContainerID, err)
+				}
+				if err := be.Ensure(m); err != nil {
+					t.Fatalf("ensure %s: %v", m.Owner.ContainerID, err)
+				}
 				if e, a := bc.dump(t, byEnsure), bc.dump(t, byAdd); e != a {
 					t.Fatalf("after %s, Ensure made:\n%s\nAdd made:\n%s", m.Owner.ContainerID, e, a)
 				}
@@ -421,11 +429,11 @@ func TestNFTGetElem(t *testing.T) {
 	t.Parallel()
 	ns := newNS(t, "getelem")
 	m := masq("gnet", "ctr-a", "eth0", "10.22.0.5/16")
-	ns.must(t, "ensure", func() error { return nftBackend{}.Ensure(m) })
+	ns.must(t, "ensure", func() error { return nftBackend{ns: ns.ns}.Ensure(m) })
 	set := namesFor("gnet").Src[v4]
 	want := ownerTag("", entry{Owner: StoredOwner(m.Owner), Addr: m.Addrs[0]}).String()
 	ns.must(t, "get present", func() error {
-		conn, err := dialNetfilter()
+		conn, err := ns.ns.Netfilter()
 		if err != nil {
 			return err
 		}
@@ -437,7 +445,7 @@ func TestNFTGetElem(t *testing.T) {
 		return nil
 	})
 	ns.must(t, "get absent", func() error {
-		conn, err := dialNetfilter()
+		conn, err := ns.ns.Netfilter()
 		if err != nil {
 			return err
 		}

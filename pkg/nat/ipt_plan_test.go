@@ -1,9 +1,11 @@
 package nat
 
 import (
-	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // saved is iptables-save -t nat output with network "n" holding two
@@ -26,7 +28,7 @@ COMMIT
 
 func TestParseSave(t *testing.T) {
 	t.Parallel()
-	nt, err := parseSave(saved)
+	nt, err := iptables.ParseSave(saved)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,38 +54,15 @@ func TestParseSave(t *testing.T) {
 	}
 }
 
-func TestSplitWords(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]string{
-		`-s 1.2.3.4/32 -j X`:                     `[-s 1.2.3.4/32 -j X]`,
-		`--comment "a b"  -j X`:                  `[--comment a b -j X]`,
-		`--comment "a \"q\" \\ b" -j X`:          `[--comment a "q" \ b -j X]`,
-		`--comment plain`:                        `[--comment plain]`,
-		`--comment ""`:                           `[--comment ]`,
-		"--comment \"tab\tin\"\t-j\tX":           "[--comment tab\tin -j X]",
-		`--comment "berth net=n p=16 if=e id=c"`: `[--comment berth net=n p=16 if=e id=c]`,
-	} {
-		got, err := splitWords(in)
-		if err != nil || fmt.Sprint(got) != want {
-			t.Errorf("splitWords(%q) = %q, %v; want %s", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{`"open`, `"a\`} {
-		if got, err := splitWords(bad); err == nil {
-			t.Errorf("splitWords(%q) = %q, want an error", bad, got)
-		}
-	}
-}
-
 func TestPlanIPT(t *testing.T) {
 	t.Parallel()
-	nt, err := parseSave(saved)
+	nt, err := iptables.ParseSave(saved)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := netHash("n")
 	st := iptNetwork("n", v4, nt)
-	ao := Owner{Network: "n", ContainerID: "a", IfName: "eth0"}
+	ao := owner.Owner{Network: "n", ContainerID: "a", IfName: "eth0"}
 	for _, tc := range []struct {
 		name string
 		st   iptState
@@ -99,7 +78,7 @@ func TestPlanIPT(t *testing.T) {
 		{
 			name: "new container in a new subnet",
 			st:   st,
-			c:    planEnsure(st.Entries, ents(ent("d/eth0", "10.30.0.2/24")), Owner{Network: "n", ContainerID: "d", IfName: "eth0"}),
+			c:    planEnsure(st.Entries, ents(ent("d/eth0", "10.30.0.2/24")), owner.Owner{Network: "n", ContainerID: "d", IfName: "eth0"}),
 			want: "*nat\n:BERTH-MASQ-" + h + " - [0:0]\n" +
 				"-A BERTH-MASQ-" + h + ` -d 10.22.0.0/16 -m comment --comment "berth net=n" -j RETURN` + "\n" +
 				"-A BERTH-MASQ-" + h + ` -d 10.30.0.0/24 -m comment --comment "berth net=n" -j RETURN` + "\n" +
@@ -118,7 +97,7 @@ func TestPlanIPT(t *testing.T) {
 		{
 			name: "delete the last",
 			st:   st,
-			c:    planDelete(planDelete(st.Entries, ao).Final, Owner{ContainerID: "b", IfName: "eth0"}),
+			c:    planDelete(planDelete(st.Entries, ao).Final, owner.Owner{ContainerID: "b", IfName: "eth0"}),
 			want: "*nat\n" +
 				`-D POSTROUTING -s 10.22.0.5/32 -m comment --comment "berth net=n p=16 if=eth0 id=a" -j BERTH-MASQ-` + h + "\n" +
 				`-D POSTROUTING -s 10.22.0.6/32 -m comment --comment "berth net=n p=16 if=eth0 id=b" -j BERTH-MASQ-` + h + "\n" +
@@ -144,7 +123,7 @@ func TestPlanIPT(t *testing.T) {
 
 func TestCheckIPT(t *testing.T) {
 	t.Parallel()
-	nt, err := parseSave(saved)
+	nt, err := iptables.ParseSave(saved)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +156,7 @@ func FuzzParseSave(f *testing.F) {
 	f.Add(saved)
 	f.Add("*nat\n-A POSTROUTING -s 1.2.3.4 ! -d \"x\\\"\" -j Y\nCOMMIT\n")
 	f.Fuzz(func(t *testing.T, s string) {
-		nt, err := parseSave(s)
+		nt, err := iptables.ParseSave(s)
 		if err != nil {
 			return
 		}

@@ -1,53 +1,27 @@
 package nat
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"os/exec"
-	"strings"
+
+	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
-// IPTablesCommands names the programs the iptables backend runs, looked up
-// in PATH at each call.
-type IPTablesCommands struct {
-	Restore4, Save4 string // iptables-restore, iptables-save
-	Restore6, Save6 string // ip6tables-restore, ip6tables-save
+// NewIPTables returns the iptables backend running cmds in n. It does not
+// look for them: a missing program is reported (wrapping exec.ErrNotFound)
+// by the first call that needs it.
+func NewIPTables(n *netns.NS, cmds iptables.Commands) Backend { return iptBackend{ns: n, cmds: cmds} }
+
+type iptBackend struct {
+	ns   *netns.NS
+	cmds iptables.Commands
 }
 
-// DefaultIPTablesCommands are whatever "iptables" is on this host (legacy or
-// nf_tables flavoured), so that berth's rules show where the operator looks.
-var DefaultIPTablesCommands = IPTablesCommands{
-	Restore4: "iptables-restore", Save4: "iptables-save",
-	Restore6: "ip6tables-restore", Save6: "ip6tables-save",
-}
+func (b iptBackend) restoreCmd(f family) string { return b.cmds.Restore(f == v6) }
 
-// LegacyIPTablesCommands force the legacy xtables flavour.
-var LegacyIPTablesCommands = IPTablesCommands{
-	Restore4: "iptables-legacy-restore", Save4: "iptables-legacy-save",
-	Restore6: "ip6tables-legacy-restore", Save6: "ip6tables-legacy-save",
-}
-
-// NewIPTables returns the iptables backend running cmds. It does not look
-// for them: a missing program is reported (wrapping exec.ErrNotFound) by
-// the first call that needs it.
-func NewIPTables(cmds IPTablesCommands) Backend { return iptBackend{cmds: cmds} }
-
-type iptBackend struct{ cmds IPTablesCommands }
-
-func (b iptBackend) restoreCmd(f family) string {
-	if f == v6 {
-		return b.cmds.Restore6
-	}
-	return b.cmds.Restore4
-}
-
-func (b iptBackend) saveCmd(f family) string {
-	if f == v6 {
-		return b.cmds.Save6
-	}
-	return b.cmds.Save4
-}
+func (b iptBackend) saveCmd(f family) string { return b.cmds.Save(f == v6) }
 
 // Ensure writes m's POSTROUTING rules and the network chain, one restore
 // payload per address family that changes.
@@ -63,9 +37,9 @@ func (b iptBackend) Ensure(m Masq) error {
 	if err != nil {
 		return err
 	}
-	owner := StoredOwner(m.Owner)
+	own := StoredOwner(m.Owner)
 	return withLock(func() error {
-		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, owner) })
+		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, own) })
 	})
 }
 
@@ -75,13 +49,13 @@ func (b iptBackend) Ensure(m Masq) error {
 // Equivalent: iptables-restore --noflush -w <<< '*nat
 // -D POSTROUTING -s 10.22.0.5/32 -m comment --comment "…" -j BERTH-MASQ-$h
 // COMMIT'
-func (b iptBackend) Delete(o Owner) error {
+func (b iptBackend) Delete(o owner.Owner) error {
 	if err := validateOwner(o); err != nil {
 		return err
 	}
-	owner := StoredOwner(o)
+	own := StoredOwner(o)
 	return withLock(func() error {
-		return b.change(o.Network, func(cur []entry) change { return planDelete(cur, owner) })
+		return b.change(o.Network, func(cur []entry) change { return planDelete(cur, own) })
 	})
 }
 
@@ -164,11 +138,11 @@ func (b iptBackend) change(network string, plan func(cur []entry) change) error 
 //
 // Equivalent: iptables-save -t nat
 func (b iptBackend) read(network string, f family) (iptState, error) {
-	out, err := run(b.saveCmd(f), "", "-t", "nat")
+	out, err := b.ns.Run("", b.saveCmd(f), "-t", "nat")
 	if err != nil {
-		return iptState{}, err
+		return iptState{}, fmt.Errorf("iptables backend: %w", err)
 	}
-	nt, err := parseSave(out)
+	nt, err := iptables.ParseSave(out)
 	if err != nil {
 		return iptState{}, fmt.Errorf("%s: %w", b.saveCmd(f), err)
 	}
@@ -180,27 +154,8 @@ func (b iptBackend) read(network string, f family) (iptState, error) {
 //
 // Equivalent: iptables-restore --noflush -w < payload
 func (b iptBackend) restore(f family, payload string) error {
-	_, err := run(b.restoreCmd(f), payload, "--noflush", "-w")
-	return err
-}
-
-// run executes name (from PATH) with args and stdin, in the calling
-// thread's network namespace (a child inherits the thread's namespaces).
-func run(name, stdin string, args ...string) (string, error) {
-	path, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("iptables backend: %s not found in PATH: %w", name, err)
+	if _, err := b.ns.Run(payload, b.restoreCmd(f), "--noflush", "-w"); err != nil {
+		return fmt.Errorf("iptables backend: %w", err)
 	}
-	cmd := exec.Command(path, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if stdin != "" {
-			msg += "; input:\n" + stdin
-		}
-		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
-	}
-	return stdout.String(), nil
+	return nil
 }

@@ -1,5 +1,5 @@
 // Package nat programs source NAT (masquerade) for container addresses, the
-// bridge plugin's ipMasq, in the network namespace of the calling thread.
+// bridge plugin's ipMasq, in the network namespace a Backend is made for.
 //
 // Two backends share one model. nftables talks netlink in-process (no nft
 // binary): one table "inet berth-nat", and per network two sets and one rule
@@ -10,7 +10,7 @@
 // one restore payload per address family), taken under the flock
 // /run/berth/lock/nat so that concurrent plugin processes never lose or
 // duplicate an entry. It touches netfilter state (nftables over netlink, or
-// the iptables programs) of the calling thread's network namespace and that
+// the iptables programs run there) of the namespace it is given and that
 // lock file, nothing else.
 //
 // Every kernel object carries its owner: set elements and POSTROUTING rules
@@ -29,23 +29,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/iptables"
 	"github.com/berth-cni/berth/pkg/lock"
 	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 )
-
-// Owner identifies one attachment; every kernel object berth writes carries it.
-type Owner struct{ Network, ContainerID, IfName string }
 
 // Masq asks that traffic from each Addr's address to anything outside Addr's
 // prefix (the container's subnet) and not multicast (224.0.0.0/4, ff00::/8)
 // be masqueraded. An Addr is an address with its subnet length, for example
 // 10.22.0.5/16.
 type Masq struct {
-	Owner Owner
+	Owner owner.Owner
 	Addrs []netip.Prefix
 }
 
-// Backend programs masquerade state in the calling thread's network namespace.
+// Backend programs masquerade state in the namespace it was made for.
 type Backend interface {
 	// Ensure makes o's state equal to m: m's addresses are masqueraded,
 	// addresses m.Owner held before and m no longer lists are dropped.
@@ -59,7 +59,7 @@ type Backend interface {
 	// Ensure; other addresses m's owner held are not looked for.
 	Add(m Masq) error
 	// Delete removes exactly o's state; when there is none it returns nil.
-	Delete(o Owner) error
+	Delete(o owner.Owner) error
 	// List reports what exists for network, one Masq per owner, sorted.
 	// Owners are in stored form (see StoredOwner).
 	List(network string) ([]Masq, error)
@@ -68,12 +68,6 @@ type Backend interface {
 	Check(m Masq) error
 }
 
-// Backend names accepted by New.
-const (
-	NFTables = "nftables"
-	IPTables = "iptables"
-)
-
 // lockName is the flock (under /run/berth/lock) every writer of NAT state
 // holds; both backends share it so that a switch of backend cannot race.
 const lockName = "nat"
@@ -81,18 +75,43 @@ const lockName = "nat"
 // lockTimeout bounds the wait for lockName; a timeout wraps lock.ErrTimeout.
 const lockTimeout = 10 * time.Second
 
-// New returns the backend called name: "nftables" (also for ""), or
-// "iptables". It does not touch the kernel; a missing iptables binary is
-// reported by the first call that needs it.
-func New(name string) (Backend, error) {
+// New returns the backend called name (config.BackendNFTables, also for
+// "", or config.BackendIPTables) acting in n. It does not touch the
+// kernel; a missing iptables binary is reported by the first call that
+// needs it.
+func New(n *netns.NS, name string) (Backend, error) {
 	switch name {
-	case "", NFTables:
-		return nftBackend{}, nil
-	case IPTables:
-		return NewIPTables(DefaultIPTablesCommands), nil
+	case "", config.BackendNFTables:
+		return nftBackend{ns: n}, nil
+	case config.BackendIPTables:
+		return NewIPTables(n, iptables.Default), nil
 	}
-	return nil, fmt.Errorf("nat backend %q: must be %q or %q", name, NFTables, IPTables)
+	return nil, fmt.Errorf("nat backend %q: must be %q or %q", name, config.BackendNFTables, config.BackendIPTables)
 }
+
+// Available reports whether backend name can run here: nftables always
+// (netlink in-process), iptables when its restore and save programs exist
+// for both families. DEL and GC sweep every available backend, since the
+// config's backend may have changed since the ADD.
+//
+// Equivalent: command -v iptables-restore iptables-save ip6tables-restore ip6tables-save
+func Available(name string) bool {
+	switch name {
+	case "", config.BackendNFTables:
+		return true
+	case config.BackendIPTables:
+		for _, bin := range iptables.Default.Programs() {
+			if _, err := exec.LookPath(bin); err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// Backends are the backend names, in the order DEL and GC sweep them.
+var Backends = []string{config.BackendNFTables, config.BackendIPTables}
 
 // Detect returns "iptables" when n already does NAT through legacy
 // xtables (its ip_tables_names lists "nat") and iptables-restore is on
@@ -109,17 +128,17 @@ func Detect(n *netns.NS) string {
 		return err
 	})
 	if !slices.Contains(strings.Fields(string(names)), "nat") {
-		return NFTables
+		return config.BackendNFTables
 	}
-	if _, err := exec.LookPath(DefaultIPTablesCommands.Restore4); err != nil {
-		return NFTables
+	if _, err := exec.LookPath(iptables.Default.Restore4); err != nil {
+		return config.BackendNFTables
 	}
-	return IPTables
+	return config.BackendIPTables
 }
 
 // validateOwner checks the fields every tag needs. The plugin has validated
 // them already (pkg/config); this guards against a caller that did not.
-func validateOwner(o Owner) error {
+func validateOwner(o owner.Owner) error {
 	switch {
 	case o.Network == "":
 		return errors.New("owner has no network name")

@@ -11,10 +11,16 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/cidr"
+
+	"github.com/berth-cni/berth/pkg/netns"
+
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
-// nftBackend programs table inet berth-nat over netlink, in-process.
-type nftBackend struct{}
+// nftBackend programs table inet berth-nat over netlink, in-process, in ns.
+type nftBackend struct{ ns *netns.NS }
 
 // Ensure makes m's addresses masqueraded: one netlink transaction adding
 // the table, chain, the network's sets and rule where missing, m's elements
@@ -22,14 +28,14 @@ type nftBackend struct{}
 //
 // Equivalent: nft -f - <<< 'add table inet berth-nat; add chain …;
 // add element inet berth-nat src4-$h { 10.22.0.5 comment "berth p=16 if=eth0 id=$id" }; …'
-func (nftBackend) Ensure(m Masq) error {
+func (b nftBackend) Ensure(m Masq) error {
 	want, err := validateMasq(m)
 	if err != nil {
 		return err
 	}
-	owner := StoredOwner(m.Owner)
+	own := StoredOwner(m.Owner)
 	return withLock(func() error {
-		return nftChange(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, owner) })
+		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, own) })
 	})
 }
 
@@ -46,31 +52,33 @@ func (nftBackend) Ensure(m Masq) error {
 //
 // Equivalent: nft list set inet berth-nat dst4-$h; nft get element inet berth-nat src4-$h { 10.22.0.5 };
 // nft add element inet berth-nat src4-$h { 10.22.0.5 comment "berth p=16 if=eth0 id=$id" }
-func (nftBackend) Add(m Masq) error {
+func (b nftBackend) Add(m Masq) error {
 	want, err := validateMasq(m)
 	if err != nil {
 		return err
 	}
-	owner := StoredOwner(m.Owner)
+	own := StoredOwner(m.Owner)
 	return withLock(func() error {
-		err := WithNFT(func(c *nftables.Conn) error { return addNFT(c, m.Owner.Network, want) })
-		if err == nil {
-			return nil
+		done := false
+		err := b.ns.WithNFT(func(c *nftables.Conn) (err error) {
+			done, err = b.addFast(c, m.Owner.Network, want)
+			return err
+		})
+		if err != nil || done {
+			return err
 		}
-		return nftChange(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, owner) })
+		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, own) })
 	})
 }
 
-// errSlowPath sends Add to Ensure's path.
-var errSlowPath = errors.New("needs the read-plan-write path")
-
-// addNFT sends Add's batch, or fails (having sent nothing) when the subnet
-// set is missing or lacks one of want's subnets, or an address is held
-// under another comment.
-func addNFT(c *nftables.Conn, network string, want []entry) error {
-	conn, err := dialNetfilter()
+// addFast sends Add's batch and reports done, or sends nothing and
+// reports not done when its one batch cannot extend the state: the
+// network's subnet set cannot be read (it is not there yet) or lacks one
+// of want's subnets, or an address is held under another comment.
+func (b nftBackend) addFast(c *nftables.Conn, network string, want []entry) (done bool, err error) {
+	conn, err := b.ns.Netfilter()
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer conn.Close()
 	queued := false
@@ -80,13 +88,15 @@ func addNFT(c *nftables.Conn, network string, want []entry) error {
 			continue
 		}
 		src, dst := nftSets(network, f)
+		// google/nftables does not wrap the errno of a missing set, so
+		// any failed read of it is taken for one.
 		have, err := readDst(c, dst.Name, f)
 		if err != nil {
-			return err
+			return false, nil
 		}
 		for _, p := range subnets(es, f) {
 			if !covered(have, p) {
-				return errSlowPath
+				return false, nil
 			}
 		}
 		var missing []entry
@@ -94,29 +104,29 @@ func addNFT(c *nftables.Conn, network string, want []entry) error {
 			comment, found, err := getElem(conn, src.Name, e.Addr.Addr().AsSlice())
 			switch {
 			case err != nil:
-				return err
+				return false, err
 			case !found:
 				missing = append(missing, e)
 			case comment != ownerTag("", e).String():
-				return errSlowPath
+				return false, nil
 			}
 		}
 		if len(missing) > 0 {
 			if err := c.SetAddElements(src, srcElems(network, missing)); err != nil {
-				return err
+				return false, err
 			}
 			queued = true
 		}
 	}
 	if !queued {
-		return nil
+		return true, nil
 	}
-	return c.Flush()
+	return true, c.Flush()
 }
 
 // covered reports whether one of rs holds all of p.
 func covered(rs []addrRange, p netip.Prefix) bool {
-	first, last := p.Masked().Addr(), LastAddr(p)
+	first, last := p.Masked().Addr(), cidr.Last(p)
 	for _, r := range rs {
 		if r.From.Compare(first) <= 0 && r.To.Compare(last) >= 0 {
 			return true
@@ -129,13 +139,13 @@ func covered(rs []addrRange, p netip.Prefix) bool {
 // whole table when nothing else is left, in one transaction.
 //
 // Equivalent: nft delete element inet berth-nat src4-$h { 10.22.0.5 }; …
-func (nftBackend) Delete(o Owner) error {
+func (b nftBackend) Delete(o owner.Owner) error {
 	if err := validateOwner(o); err != nil {
 		return err
 	}
-	owner := StoredOwner(o)
+	own := StoredOwner(o)
 	return withLock(func() error {
-		return nftChange(o.Network, func(cur []entry) change { return planDelete(cur, owner) })
+		return b.change(o.Network, func(cur []entry) change { return planDelete(cur, own) })
 	})
 }
 
@@ -144,13 +154,13 @@ func (nftBackend) Delete(o Owner) error {
 // google/nftables, so only a snapshot no berth writer can cut is trusted.
 //
 // Equivalent: nft list set inet berth-nat src4-$h; nft list set inet berth-nat src6-$h
-func (nftBackend) List(network string) ([]Masq, error) {
+func (b nftBackend) List(network string) ([]Masq, error) {
 	if network == "" {
 		return nil, errors.New("nftables: list needs a network name")
 	}
 	var out []Masq
 	err := withLock(func() error {
-		return WithNFT(func(c *nftables.Conn) error {
+		return b.ns.WithNFT(func(c *nftables.Conn) error {
 			st, err := readNFT(c, network)
 			out = group(network, st.Src)
 			return err
@@ -162,13 +172,13 @@ func (nftBackend) List(network string) ([]Masq, error) {
 // Check compares m with the network's sets and rules.
 //
 // Equivalent: nft list table inet berth-nat
-func (nftBackend) Check(m Masq) error {
+func (b nftBackend) Check(m Masq) error {
 	want, err := validateMasq(m)
 	if err != nil {
 		return err
 	}
 	return withLock(func() error {
-		return WithNFT(func(c *nftables.Conn) error {
+		return b.ns.WithNFT(func(c *nftables.Conn) error {
 			st, err := readNFT(c, m.Owner.Network)
 			if err != nil {
 				return err
@@ -178,24 +188,10 @@ func (nftBackend) Check(m Masq) error {
 	})
 }
 
-// WithNFT runs fn with one nftables netlink socket opened in the calling
-// thread's network namespace (portmap's datapath uses it too).
-func WithNFT(fn func(c *nftables.Conn) error) error {
-	c, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("nftables: open netlink: %w", err)
-	}
-	err = fn(c)
-	if cerr := c.CloseLasting(); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("nftables: close netlink: %w", cerr))
-	}
-	return err
-}
-
-// nftChange reads network's state, plans, and applies the plan as one
+// change reads network's state, plans, and applies the plan as one
 // transaction; the caller holds the lock.
-func nftChange(network string, plan func(cur []entry) change) error {
-	return WithNFT(func(c *nftables.Conn) error {
+func (b nftBackend) change(network string, plan func(cur []entry) change) error {
+	return b.ns.WithNFT(func(c *nftables.Conn) error {
 		st, err := readNFT(c, network)
 		if err != nil {
 			return err
@@ -301,7 +297,7 @@ func srcEntries(network string, elems []nftables.SetElement) (es []entry, foreig
 			continue
 		}
 		es = append(es, entry{
-			Owner: Owner{Network: network, ContainerID: t.ContainerID, IfName: t.IfName},
+			Owner: owner.Owner{Network: network, ContainerID: t.ContainerID, IfName: t.IfName},
 			Addr:  netip.PrefixFrom(a, t.Bits),
 		})
 	}

@@ -8,16 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// dialNetfilter opens the netlink socket getElem asks on, in the calling
-// thread's network namespace.
-func dialNetfilter() (*netlink.Conn, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: open netlink: %w", err)
-	}
-	return conn, nil
-}
-
 // getElem reads one element of set in table inet berth-nat by its key and
 // returns its comment; found is false when the set has no such element.
 // It is one netlink request for that key, not a dump of the set (which

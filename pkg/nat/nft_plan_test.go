@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // opsText renders nftOps as the nft commands they stand for, one a line.
@@ -51,7 +53,7 @@ func TestPlanNFT(t *testing.T) {
 		return nftState{Table: true, Chain: true, Sets: []string{names.Src[v4], names.Dst[v4]},
 			Src: es, Dst: [2][]addrRange{ranges(subnets(es, v4))}, Rules: []nftRule{r4}}
 	}
-	ao := Owner{Network: nw, ContainerID: "a", IfName: "eth0"}
+	ao := owner.Owner{Network: nw, ContainerID: "a", IfName: "eth0"}
 	for _, tc := range []struct {
 		name string
 		st   nftState

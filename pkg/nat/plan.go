@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // entry is one masqueraded address as stored in the kernel: a set element
 // (nftables) or a POSTROUTING rule (iptables). Owner is in stored form.
 type entry struct {
-	Owner Owner
+	Owner owner.Owner
 	Addr  netip.Prefix // the container's address with its subnet length
 }
 
@@ -20,7 +22,7 @@ func (e entry) String() string {
 
 // sameOwner compares the parts of an owner a tag stores; the network is
 // implied by where the entry was found.
-func sameOwner(a, b Owner) bool {
+func sameOwner(a, b owner.Owner) bool {
 	return a.ContainerID == b.ContainerID && a.IfName == b.IfName
 }
 
@@ -38,7 +40,7 @@ func (c change) empty() bool { return len(c.Add) == 0 && len(c.Del) == 0 }
 // network's entries. An address held by another owner moves to want's owner
 // (IPAM gave it out again, so the old holder is gone); an entry of the same
 // owner with another subnet length is rewritten; a duplicate is removed.
-func planEnsure(cur, want []entry, owner Owner) change {
+func planEnsure(cur, want []entry, own owner.Owner) change {
 	del := make([]bool, len(cur))
 	var add []entry
 	for _, w := range want {
@@ -58,7 +60,7 @@ func planEnsure(cur, want []entry, owner Owner) change {
 		}
 	}
 	for i, e := range cur {
-		if sameOwner(e.Owner, owner) && !slices.ContainsFunc(want, func(w entry) bool { return w.Addr.Addr() == e.Addr.Addr() }) {
+		if sameOwner(e.Owner, own) && !slices.ContainsFunc(want, func(w entry) bool { return w.Addr.Addr() == e.Addr.Addr() }) {
 			del[i] = true
 		}
 	}
@@ -66,10 +68,10 @@ func planEnsure(cur, want []entry, owner Owner) change {
 }
 
 // planDelete removes every entry of owner from cur.
-func planDelete(cur []entry, owner Owner) change {
+func planDelete(cur []entry, own owner.Owner) change {
 	del := make([]bool, len(cur))
 	for i, e := range cur {
-		del[i] = sameOwner(e.Owner, owner)
+		del[i] = sameOwner(e.Owner, own)
 	}
 	return makeChange(cur, del, nil)
 }
@@ -116,7 +118,7 @@ func group(network string, es []entry) []Masq {
 	sortEntries(es)
 	var out []Masq
 	for _, e := range es {
-		o := Owner{Network: network, ContainerID: e.Owner.ContainerID, IfName: e.Owner.IfName}
+		o := owner.Owner{Network: network, ContainerID: e.Owner.ContainerID, IfName: e.Owner.IfName}
 		if n := len(out); n > 0 && out[n-1].Owner == o {
 			out[n-1].Addrs = append(out[n-1].Addrs, e.Addr)
 			continue

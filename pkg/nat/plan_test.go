@@ -6,14 +6,16 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 // ent builds an entry: ent("c1/eth0", "10.22.0.5/16").
-func ent(owner, addr string) entry {
-	id, ifn, _ := strings.Cut(owner, "/")
-	return entry{Owner: Owner{Network: "n", ContainerID: id, IfName: ifn}, Addr: mustPrefix(addr)}
+func ent(who, addr string) entry {
+	id, ifn, _ := strings.Cut(who, "/")
+	return entry{Owner: owner.Owner{Network: "n", ContainerID: id, IfName: ifn}, Addr: mustPrefix(addr)}
 }
 
 func ents(es ...entry) []entry { return es }
@@ -51,7 +53,7 @@ func TestPlanEnsure(t *testing.T) {
 		{name: "empty want deletes", cur: ents(a5, b6), del: ents(a5), fin: ents(b6)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			owner := Owner{Network: "n", ContainerID: "a", IfName: "eth0"}
+			owner := owner.Owner{Network: "n", ContainerID: "a", IfName: "eth0"}
 			if len(tc.want) > 0 {
 				owner = tc.want[0].Owner
 			}
@@ -68,27 +70,27 @@ func TestPlanEnsure(t *testing.T) {
 func TestPlanDelete(t *testing.T) {
 	t.Parallel()
 	a5, a6, b6 := ent("a/eth0", "10.22.0.5/16"), ent("a/eth0", "fd22::5/64"), ent("b/eth0", "10.22.0.6/16")
-	c := planDelete(ents(a5, b6, a6), Owner{ContainerID: "a", IfName: "eth0"})
+	c := planDelete(ents(a5, b6, a6), owner.Owner{ContainerID: "a", IfName: "eth0"})
 	if !slices.Equal(c.Del, ents(a5, a6)) || !slices.Equal(c.Final, ents(b6)) || len(c.Add) != 0 {
 		t.Errorf("delete a: del %s final %s", fmtEntries(c.Del), fmtEntries(c.Final))
 	}
-	if c := planDelete(ents(a5), Owner{ContainerID: "zz", IfName: "eth0"}); !c.empty() {
+	if c := planDelete(ents(a5), owner.Owner{ContainerID: "zz", IfName: "eth0"}); !c.empty() {
 		t.Errorf("delete of unknown owner changes %s", fmtEntries(c.Del))
 	}
 }
 
 func TestValidateMasq(t *testing.T) {
 	t.Parallel()
-	o := Owner{Network: "n", ContainerID: "c", IfName: "eth0"}
+	o := owner.Owner{Network: "n", ContainerID: "c", IfName: "eth0"}
 	es, err := validateMasq(Masq{Owner: o, Addrs: []netip.Prefix{mustPrefix("::ffff:10.1.2.3/112")}})
 	if err != nil || len(es) != 1 || es[0].Addr != mustPrefix("10.1.2.3/16") {
 		t.Errorf("4in6 address: %v, %v", es, err)
 	}
 	for _, m := range []Masq{
-		{Owner: Owner{ContainerID: "c", IfName: "eth0"}},
-		{Owner: Owner{Network: "n", IfName: "eth0"}},
-		{Owner: Owner{Network: "n", ContainerID: "c"}},
-		{Owner: Owner{Network: "n", ContainerID: "c", IfName: "0123456789abcdef"}},
+		{Owner: owner.Owner{ContainerID: "c", IfName: "eth0"}},
+		{Owner: owner.Owner{Network: "n", IfName: "eth0"}},
+		{Owner: owner.Owner{Network: "n", ContainerID: "c"}},
+		{Owner: owner.Owner{Network: "n", ContainerID: "c", IfName: "0123456789abcdef"}},
 		{Owner: o, Addrs: []netip.Prefix{{}}},
 		{Owner: o, Addrs: []netip.Prefix{mustPrefix("10.0.0.1/8"), mustPrefix("10.0.0.1/16")}},
 		{Owner: o, Addrs: []netip.Prefix{mustPrefix("::ffff:10.1.2.3/64")}},
@@ -149,8 +151,8 @@ func TestGroup(t *testing.T) {
 	t.Parallel()
 	got := group("n", ents(ent("b/eth0", "10.0.0.2/8"), ent("a/eth0", "fd00::1/64"), ent("a/eth0", "10.0.0.1/8")))
 	want := []Masq{
-		{Owner: Owner{"n", "a", "eth0"}, Addrs: []netip.Prefix{mustPrefix("10.0.0.1/8"), mustPrefix("fd00::1/64")}},
-		{Owner: Owner{"n", "b", "eth0"}, Addrs: []netip.Prefix{mustPrefix("10.0.0.2/8")}},
+		{Owner: owner.Owner{Network: "n", ContainerID: "a", IfName: "eth0"}, Addrs: []netip.Prefix{mustPrefix("10.0.0.1/8"), mustPrefix("fd00::1/64")}},
+		{Owner: owner.Owner{Network: "n", ContainerID: "b", IfName: "eth0"}, Addrs: []netip.Prefix{mustPrefix("10.0.0.2/8")}},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("group = %v, want %v", got, want)

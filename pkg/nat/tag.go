@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // Limits of what a tag stores. Kernel comments hold at most 255 bytes
@@ -33,7 +35,7 @@ const (
 // digits of its SHA-256. StoredOwner(StoredOwner(o)) == StoredOwner(o), and
 // Delete, Check and Ensure accept either form. GC compares the owners List
 // returns with StoredOwner of the attachments it keeps.
-func StoredOwner(o Owner) Owner {
+func StoredOwner(o owner.Owner) owner.Owner {
 	o.ContainerID = shorten(o.ContainerID, maxStoredID)
 	return o
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/google/nftables/userdata"
+
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 const id64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -88,7 +90,7 @@ func TestShorten(t *testing.T) {
 	if so := shorten(odd, maxStoredID); len(escape(so)) > maxStoredID {
 		t.Errorf("shorten(%q) = %q, escaped %d bytes", odd, so, len(escape(so)))
 	}
-	o := Owner{Network: "n", ContainerID: long, IfName: "eth0"}
+	o := owner.Owner{Network: "n", ContainerID: long, IfName: "eth0"}
 	if got := StoredOwner(o); got.ContainerID != s || got.Network != "n" || got.IfName != "eth0" {
 		t.Errorf("StoredOwner = %+v", got)
 	}
@@ -102,7 +104,7 @@ func TestShorten(t *testing.T) {
 func TestCommentLimits(t *testing.T) {
 	t.Parallel()
 	net := strings.Repeat("n", 128)
-	e := entry{Owner: StoredOwner(Owner{ContainerID: strings.Repeat("c", 256), IfName: strings.Repeat("%", 15)}),
+	e := entry{Owner: StoredOwner(owner.Owner{ContainerID: strings.Repeat("c", 256), IfName: strings.Repeat("%", 15)}),
 		Addr: mustPrefix("fd00::1/128")}
 	if s := ownerTag("", e).String(); len(s) > 128 {
 		t.Errorf("element comment is %d bytes: %q", len(s), s)

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/iptables"
 )
 
 // natTopology is three namespaces: a client (the container) and an outside
@@ -113,7 +116,7 @@ func TestTraffic(t *testing.T) {
 			bc.require(t)
 			t.Parallel()
 			tp := newTopology(t)
-			b := bc.b
+			b := bc.mk(tp.host.ns)
 			client := masq("trafficnet", "client", "eth0", clientV4.String(), clientV6.String())
 			// Another container whose subnet is outside's: traffic there
 			// stays inside "container subnets" and keeps its source.
@@ -155,27 +158,27 @@ func TestDetect(t *testing.T) {
 	t.Parallel()
 	ns := newNS(t, "detect")
 	got := Detect(ns.ns)
-	if got != NFTables {
-		t.Errorf("Detect in a fresh namespace = %q, want %q", got, NFTables)
+	if got != config.BackendNFTables {
+		t.Errorf("Detect in a fresh namespace = %q, want %q", got, config.BackendNFTables)
 	}
 	ns.output(t, "iptables-legacy", "-t", "nat", "-S")
 	got = Detect(ns.ns)
-	if got != IPTables {
-		t.Errorf("Detect after legacy nat use = %q, want %q", got, IPTables)
+	if got != config.BackendIPTables {
+		t.Errorf("Detect after legacy nat use = %q, want %q", got, config.BackendIPTables)
 	}
 }
 
 func TestNew(t *testing.T) {
 	t.Parallel()
 	for _, name := range []string{"", "nftables", "iptables"} {
-		if _, err := New(name); err != nil {
+		if _, err := New(nil, name); err != nil {
 			t.Errorf("New(%q): %v", name, err)
 		}
 	}
-	if _, err := New("ipfw"); err == nil {
+	if _, err := New(nil, "ipfw"); err == nil {
 		t.Error(`New("ipfw") = nil error`)
 	}
-	b := iptBackend{cmds: IPTablesCommands{Restore4: "no-such-restore", Save4: "no-such-save", Restore6: "x", Save6: "y"}}
+	b := iptBackend{cmds: iptables.Commands{Restore4: "no-such-restore", Save4: "no-such-save", Restore6: "x", Save6: "y"}}
 	_, err := b.read("n", v4)
 	if err == nil || !strings.Contains(err.Error(), "no-such-save not found") || !errors.Is(err, exec.ErrNotFound) {
 		t.Errorf("List with a missing binary = %v", err)

@@ -171,7 +171,11 @@ func (n *NS) Close() error {
 // for), of family proto (unix.NETLINK_ROUTE), to be run in n.
 func (n *NS) Request(proto, msgType, flags int) (*nl.NetlinkRequest, error) {
 	n.rawOnce.Do(func() {
-		s, err := nl.GetNetlinkSocketAt(vnetns.NsHandle(n.file.Fd()), vnetns.None(), unix.NETLINK_ROUTE)
+		at := vnetns.NsHandle(n.file.Fd())
+		if n.host {
+			at = vnetns.None() // open it here, without a switch
+		}
+		s, err := nl.GetNetlinkSocketAt(at, vnetns.None(), unix.NETLINK_ROUTE)
 		if err != nil {
 			n.rawErr = fmt.Errorf("netlink socket in %s: %w", n, err)
 			return

@@ -1,19 +1,17 @@
 package plan
 
 import (
-	"net/netip"
-
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/berth-cni/berth/pkg/cidr"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/link"
 )
 
 // ExpectedContainer is what a CHECK expects of the container interface
 // ifName from the ADD's result: its MAC (when the result names one), its
 // addresses and its routes. Up is left for the caller.
-func ExpectedContainer(prev *current.Result, ifName string) (link.ContainerSpec, error) {
-	spec := link.ContainerSpec{IfName: ifName}
+func ExpectedContainer(prev *current.Result, ifName string) (Container, error) {
+	spec := Container{IfName: ifName}
 	for _, iface := range prev.Interfaces {
 		if iface.Sandbox != "" && iface.Name == ifName && iface.Mac != "" {
 			mac, err := config.ParseMAC("prevResult.interfaces.mac", iface.Mac)
@@ -25,14 +23,13 @@ func ExpectedContainer(prev *current.Result, ifName string) (link.ContainerSpec,
 	}
 	spec.Addrs = ResultPrefixes(prev)
 	for _, r := range prev.Routes {
-		dst, ok := netip.AddrFromSlice(r.Dst.IP)
+		dst, ok := cidr.Prefix(&r.Dst)
 		if !ok {
 			continue
 		}
-		ones, _ := r.Dst.Mask.Size()
-		route := link.Route{Dst: netip.PrefixFrom(dst.Unmap(), ones)}
-		if gw, ok := netip.AddrFromSlice(r.GW); ok {
-			route.GW = gw.Unmap()
+		route := Route{Dst: dst}
+		if gw, ok := cidr.Addr(r.GW); ok {
+			route.GW = gw
 		}
 		spec.Routes = append(spec.Routes, route)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // Gateway options, as upstream bridge names them.
@@ -21,10 +21,27 @@ type Gateway struct {
 	IsDefaultGW bool // the container gets a default route via it
 }
 
+// Route is a route inside the container. A zero GW means on-link.
+type Route struct {
+	Dst netip.Prefix
+	GW  netip.Addr
+}
+
+// Container is what the container's interface should be: its addresses
+// and routes after IPAM (and, for CHECK, the MAC the result named).
+type Container struct {
+	IfName string
+	MAC    net.HardwareAddr // expected MAC (CHECK); nil: any
+	Addrs  []netip.Prefix
+	Routes []Route
+	DAD    bool // run IPv6 duplicate address detection (upstream enabledad)
+	Up     bool // bring the interface up even with no address
+}
+
 // L3 is the plan for one container interface.
 type L3 struct {
 	Addrs    []netip.Prefix // container addresses with their subnet length
-	Routes   []link.Route   // container routes
+	Routes   []Route        // container routes
 	Gateways []netip.Prefix // addresses the host side (bridge) must hold
 }
 
@@ -38,7 +55,7 @@ func PlanL3(res *current.Result, gw Gateway, ifIndex int) (L3, error) {
 	}
 	defaultDone := map[bool]bool{} // keyed by is-IPv6
 	for _, r := range res.Routes {
-		if r.GW != nil && isDefault(r.Dst) {
+		if r.GW != nil && cidr.IsDefault(&r.Dst) {
 			defaultDone[r.Dst.IP.To4() == nil] = true
 		}
 	}
@@ -53,8 +70,7 @@ func PlanL3(res *current.Result, gw Gateway, ifIndex int) (L3, error) {
 		if ipc.Gateway == nil && gw.IsGW {
 			ipc.Gateway = firstHost(addr).AsSlice()
 		}
-		gwAddr, _ := netip.AddrFromSlice(ipc.Gateway)
-		gwAddr = gwAddr.Unmap()
+		gwAddr, _ := cidr.Addr(ipc.Gateway)
 		if gw.IsGW && gwAddr.IsValid() {
 			if gwAddr == addr.Addr() {
 				return p, fmt.Errorf("IPAM gave the container its own gateway address %s", gwAddr)
@@ -71,7 +87,7 @@ func PlanL3(res *current.Result, gw Gateway, ifIndex int) (L3, error) {
 			if v6 {
 				dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 			}
-			res.Routes = append(res.Routes, &types.Route{Dst: *link.IPNet(dst), GW: gwAddr.AsSlice()})
+			res.Routes = append(res.Routes, &types.Route{Dst: *cidr.IPNet(dst), GW: gwAddr.AsSlice()})
 			defaultDone[v6] = true
 		}
 	}
@@ -80,10 +96,9 @@ func PlanL3(res *current.Result, gw Gateway, ifIndex int) (L3, error) {
 		if !ok {
 			return p, fmt.Errorf("IPAM returned a bad route %v", r.Dst)
 		}
-		route := link.Route{Dst: dst.Masked()}
+		route := Route{Dst: dst.Masked()}
 		if r.GW != nil {
-			route.GW, _ = netip.AddrFromSlice(r.GW)
-			route.GW = route.GW.Unmap()
+			route.GW, _ = cidr.Addr(r.GW)
 		} else {
 			route.GW = gatewayFor(res, dst.Addr().Is6())
 		}
@@ -97,8 +112,8 @@ func PlanL3(res *current.Result, gw Gateway, ifIndex int) (L3, error) {
 func gatewayFor(res *current.Result, v6 bool) netip.Addr {
 	for _, ipc := range res.IPs {
 		if (ipc.Address.IP.To4() == nil) == v6 && ipc.Gateway != nil {
-			a, _ := netip.AddrFromSlice(ipc.Gateway)
-			return a.Unmap()
+			a, _ := cidr.Addr(ipc.Gateway)
+			return a
 		}
 	}
 	return netip.Addr{}
@@ -108,23 +123,7 @@ func firstHost(p netip.Prefix) netip.Addr {
 	return p.Masked().Addr().Next()
 }
 
-func isDefault(n net.IPNet) bool {
-	ones, _ := n.Mask.Size()
-	return ones == 0
-}
-
-func toPrefix(n net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap()
-	ones, bits := n.Mask.Size()
-	if bits != a.BitLen() {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, ones), true
-}
+func toPrefix(n net.IPNet) (netip.Prefix, bool) { return cidr.Prefix(&n) }
 
 // ResultPrefixes returns the result's addresses as prefixes (address with
 // subnet length), skipping malformed ones.

@@ -7,8 +7,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-
-	"github.com/berth-cni/berth/pkg/link"
 )
 
 func ipc(cidr, gw string) *current.IPConfig {
@@ -32,7 +30,7 @@ func TestPlanL3DualStackDefaultGateway(t *testing.T) {
 	if len(p.Gateways) != 2 || p.Gateways[0] != wantGW[0] || p.Gateways[1] != wantGW[1] {
 		t.Fatalf("gateways = %v, want %v", p.Gateways, wantGW)
 	}
-	wantRoutes := []link.Route{
+	wantRoutes := []Route{
 		{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.88.0.1")},
 		{Dst: netip.MustParsePrefix("::/0"), GW: netip.MustParseAddr("fd00:88::1")},
 	}

@@ -12,7 +12,6 @@ import (
 	"io"
 	"log"
 	"os"
-	"runtime"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -42,9 +41,9 @@ type Funcs struct {
 	Status NoResult
 }
 
-// Run is a plugin's main. Namespace switches (setns) act on one OS thread,
-// so the caller's main goroutine must be locked to the main thread (do it in
-// init, before any other goroutine starts); Run locks it too.
+// Run is a plugin's main. Every kernel effect names its namespace
+// (pkg/netns), so the commands may run on any thread and start
+// goroutines freely.
 //
 // For the commands that carry a network config, Run reads stdin first and
 // answers a config skel would refuse (not JSON, a bad network name, an
@@ -52,7 +51,6 @@ type Funcs struct {
 // gets the same bytes and runs as before.
 func Run(name string, f Funcs) {
 	trace.Step("start")
-	runtime.LockOSThread()
 	if cmd := os.Getenv("CNI_COMMAND"); carriesConfig(cmd) {
 		if err := precheck(cmd); err != nil {
 			exit(err)

@@ -1,7 +1,6 @@
 // Package spoof drops frames a container sends with a source MAC that is
 // not its own (the bridge plugin's macspoofchk), with nftables through
-// netlink in-process in the calling thread's network namespace (no nft
-// binary). Layout: table "bridge berth-spoof", base chain "prerouting"
+// netlink in-process in the namespace it is given (no nft binary). Layout: table "bridge berth-spoof", base chain "prerouting"
 // (filter, hook prerouting, priority -300), one rule per attachment,
 //
 //	iifname "bth…" ether saddr != <mac> drop comment "berth net=<n> id=<c> if=<i>"
@@ -21,6 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/lock"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 const (
@@ -28,18 +29,15 @@ const (
 	chainName = "prerouting"
 )
 
-// Owner names the attachment a rule belongs to.
-type Owner struct{ Network, ContainerID, IfName string }
-
 // Tag is the rule comment for o.
-func Tag(o Owner) string {
+func Tag(o owner.Owner) string {
 	return fmt.Sprintf("berth net=%s id=%s if=%s", o.Network, o.ContainerID, o.IfName)
 }
 
 // Guard is one attachment's check: frames arriving from HostVeth must carry
 // MAC as their source.
 type Guard struct {
-	Owner    Owner
+	Owner    owner.Owner
 	HostVeth string
 	MAC      net.HardwareAddr
 }
@@ -61,11 +59,11 @@ func Exprs(g Guard) []expr.Any {
 // in one transaction.
 //
 // Equivalent: nft add rule bridge berth-spoof prerouting iifname $veth ether saddr != $mac drop comment …
-func Ensure(g Guard) error {
+func Ensure(host *netns.NS, g Guard) error {
 	if len(g.MAC) != 6 {
 		return fmt.Errorf("macspoofchk for %s: bad MAC %v", g.HostVeth, g.MAC)
 	}
-	return withConn(func(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain) error {
+	return withConn(host, func(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain) error {
 		if err := deleteOwned(c, t, ch, Tag(g.Owner)); err != nil {
 			return err
 		}
@@ -78,8 +76,8 @@ func Ensure(g Guard) error {
 // Delete removes o's rule; none is not an error.
 //
 // Equivalent: nft delete rule bridge berth-spoof prerouting handle $h
-func Delete(o Owner) error {
-	return locked(func(c *nftables.Conn) error {
+func Delete(host *netns.NS, o owner.Owner) error {
+	return locked(host, func(c *nftables.Conn) error {
 		t := &nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName}
 		if err := deleteOwned(c, t, &nftables.Chain{Name: chainName, Table: t}, Tag(o)); err != nil {
 			return err
@@ -89,25 +87,27 @@ func Delete(o Owner) error {
 }
 
 // Has reports whether o's rule is in place.
-func Has(o Owner) (bool, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return false, fmt.Errorf("nftables: %w", err)
-	}
-	t := &nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName}
-	rules, err := c.GetRules(t, &nftables.Chain{Name: chainName, Table: t})
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return false, nil
+//
+// Equivalent: nft list chain bridge berth-spoof prerouting | grep "$(Tag o)"
+func Has(host *netns.NS, o owner.Owner) (bool, error) {
+	found := false
+	err := host.WithNFT(func(c *nftables.Conn) error {
+		t := &nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName}
+		rules, err := c.GetRules(t, &nftables.Chain{Name: chainName, Table: t})
+		if err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return nil
+			}
+			return fmt.Errorf("list %s rules: %w", tableName, err)
 		}
-		return false, fmt.Errorf("list %s rules: %w", tableName, err)
-	}
-	for _, r := range rules {
-		if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == Tag(o) {
-			return true, nil
+		for _, r := range rules {
+			if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == Tag(o) {
+				found = true
+			}
 		}
-	}
-	return false, nil
+		return nil
+	})
+	return found, err
 }
 
 func deleteOwned(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, tag string) error {
@@ -125,25 +125,21 @@ func deleteOwned(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, tag st
 	return nil
 }
 
-// locked runs fn with a netlink nftables connection, holding the flock
+// locked runs fn with an nftables connection in host, holding the flock
 // every writer of the spoof table takes.
-func locked(fn func(*nftables.Conn) error) error {
+func locked(host *netns.NS, fn func(*nftables.Conn) error) error {
 	l, err := lock.Acquire("spoof", 10*time.Second)
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
 	defer l.Unlock()
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	return fn(c)
+	return host.WithNFT(fn)
 }
 
 // withConn is locked, after making sure the table and chain exist (in
 // their own batch: rules can only be listed once the chain exists).
-func withConn(fn func(*nftables.Conn, *nftables.Table, *nftables.Chain) error) error {
-	return locked(func(c *nftables.Conn) error {
+func withConn(host *netns.NS, fn func(*nftables.Conn, *nftables.Table, *nftables.Chain) error) error {
+	return locked(host, func(c *nftables.Conn) error {
 		t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName})
 		policy := nftables.ChainPolicyAccept
 		ch := c.AddChain(&nftables.Chain{Name: chainName, Table: t, Type: nftables.ChainTypeFilter,

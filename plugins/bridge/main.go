@@ -4,13 +4,9 @@
 package main
 
 import (
-	"runtime"
-
 	"github.com/berth-cni/berth/pkg/bridgecmd"
 	"github.com/berth-cni/berth/pkg/pluginmain"
 )
-
-func init() { runtime.LockOSThread() }
 
 func main() {
 	p := bridgecmd.Bridge

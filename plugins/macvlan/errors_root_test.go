@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // Every config asks for promisc and hostShim, so that anything the ADD got
@@ -89,12 +90,12 @@ func TestMasterErrors(t *testing.T) {
 // vlanSupported asks the kernel, from the host namespace, as the plugin does.
 func vlanSupported(t *testing.T, host *lab.NS) bool {
 	t.Helper()
-	var ok bool
-	err := host.Do(func() error {
-		var err error
-		ok, err = link.VlanSupported()
-		return err
-	})
+	n, err := netns.Open(host.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	ok, err := link.VlanSupported(n)
 	if err != nil {
 		t.Fatal(err)
 	}

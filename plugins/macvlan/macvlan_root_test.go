@@ -14,6 +14,7 @@ import (
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // Two containers in bridge mode: the LAN host reaches both over IPv4 and
@@ -46,7 +47,7 @@ func TestLANReachesContainers(t *testing.T) {
 		if mv.Mode != netlink.MACVLAN_MODE_BRIDGE || mv.ParentIndex != master.Attrs().Index {
 			t.Errorf("%s eth0: mode %v parent %d, want bridge mode on %s (%d)", tc.n, mv.Mode, mv.ParentIndex, masterName, master.Attrs().Index)
 		}
-		if want := link.Alias(link.Owner{Network: c.List.Name, ContainerID: tc.a.ContainerID, IfName: "eth0"}); mv.Alias != want {
+		if want := (owner.Owner{Network: c.List.Name, ContainerID: tc.a.ContainerID, IfName: "eth0"}).Alias(); mv.Alias != want {
 			t.Errorf("%s eth0 alias %q, want %q", tc.n, mv.Alias, want)
 		}
 		mustPing(t, b.ctx, tc.n, lanGW4.Addr())

@@ -5,13 +5,10 @@
 package main
 
 import (
-	"runtime"
-
+	"github.com/berth-cni/berth/pkg/macvlancmd"
 	"github.com/berth-cni/berth/pkg/pluginmain"
 )
 
-func init() { runtime.LockOSThread() }
-
 func main() {
-	pluginmain.Run("macvlan", pluginmain.Funcs{Add: add, Del: del, Check: check, GC: gc, Status: status})
+	pluginmain.Run("macvlan", pluginmain.Funcs{Add: macvlancmd.Add, Del: macvlancmd.Del, Check: macvlancmd.Check, GC: macvlancmd.GC, Status: macvlancmd.Status})
 }

@@ -3,13 +3,10 @@
 package main
 
 import (
-	"runtime"
-
+	"github.com/berth-cni/berth/pkg/nullcmd"
 	"github.com/berth-cni/berth/pkg/pluginmain"
 )
 
-func init() { runtime.LockOSThread() }
-
 func main() {
-	pluginmain.Run("null", pluginmain.Funcs{Add: add, Del: del, Check: check, GC: noop, Status: noop})
+	pluginmain.Run("null", pluginmain.Funcs{Add: nullcmd.Add, Del: nullcmd.Del, Check: nullcmd.Check, GC: nullcmd.Noop, Status: nullcmd.Noop})
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // DevicePrefix starts the name of every VXLAN device berth creates.
@@ -228,7 +228,7 @@ func (n *NS) ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
 	}
 	found := false
 	for _, a := range addrs {
-		if have, ok := link.PrefixOf(a.IPNet); ok && have == want {
+		if have, ok := cidr.Prefix(a.IPNet); ok && have == want {
 			found = true
 			continue
 		}
@@ -239,7 +239,7 @@ func (n *NS) ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
 	if found {
 		return nil
 	}
-	if err := n.h.AddrAdd(l, &netlink.Addr{IPNet: link.IPNet(want)}); err != nil {
+	if err := n.h.AddrAdd(l, &netlink.Addr{IPNet: cidr.IPNet(want)}); err != nil {
 		return fmt.Errorf("add address %s to vxlan %q: %w", want, name, err)
 	}
 	return nil

@@ -9,7 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // Entries reads what the device holds: its IPv4 main-table routes (except
@@ -31,7 +31,7 @@ func (n *NS) Entries(dev Device) (Entries, error) {
 		if r.Protocol == unix.RTPROT_KERNEL {
 			continue
 		}
-		dst, ok := link.PrefixOf(r.Dst)
+		dst, ok := cidr.Prefix(r.Dst)
 		if !ok {
 			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		}
@@ -91,7 +91,7 @@ func (n *NS) apply(dev Device, p syncPlan) error {
 		errs = append(errs, fmt.Errorf("%s on vxlan %q: %w", what, dev.Name, err))
 	}
 	for _, r := range p.delRoutes {
-		nr := &netlink.Route{LinkIndex: dev.Index, Dst: link.IPNet(r.Dst), Table: unix.RT_TABLE_MAIN, Priority: r.Metric}
+		nr := &netlink.Route{LinkIndex: dev.Index, Dst: cidr.IPNet(r.Dst), Table: unix.RT_TABLE_MAIN, Priority: r.Metric}
 		if err := n.h.RouteDel(nr); err != nil && !isNotFound(err) {
 			fail("delete "+r.String(), err)
 		}
@@ -134,7 +134,7 @@ func (n *NS) apply(dev Device, p syncPlan) error {
 	}
 	for _, r := range p.setRoutes {
 		err := n.h.RouteReplace(&netlink.Route{
-			LinkIndex: dev.Index, Dst: link.IPNet(r.Dst), Gw: r.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
+			LinkIndex: dev.Index, Dst: cidr.IPNet(r.Dst), Gw: r.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
 			Scope: netlink.SCOPE_UNIVERSE, Table: unix.RT_TABLE_MAIN, Priority: r.Metric,
 		})
 		if err != nil {

@@ -8,7 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // Underlay is the interface the VXLAN packets leave by.
@@ -47,7 +47,7 @@ func (n *NS) Underlay(name string) (Underlay, error) {
 		return Underlay{}, fmt.Errorf("list addresses of underlay %q: %w", a.Name, err)
 	}
 	for _, ad := range addrs {
-		if p, ok := link.PrefixOf(ad.IPNet); ok && ad.Scope == unix.RT_SCOPE_UNIVERSE && !p.Addr().IsLinkLocalUnicast() {
+		if p, ok := cidr.Prefix(ad.IPNet); ok && ad.Scope == unix.RT_SCOPE_UNIVERSE && !p.Addr().IsLinkLocalUnicast() {
 			u.Addr = p.Addr()
 			break
 		}

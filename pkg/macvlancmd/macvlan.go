@@ -1,4 +1,12 @@
-package main
+// Package macvlancmd is the macvlan plugin's ADD, DEL, CHECK, GC and
+// STATUS: each container gets a macvlan sub-interface of a host NIC (the
+// master), with its own MAC on the physical network, addresses from the
+// IPAM plugin, and optionally a host shim through which the host reaches
+// it. It touches, in the host's namespace, the master's promiscuous mode
+// and the host shim with its routes and neighbours; in the container's
+// namespace, its macvlan; files: attachment records and per-master state
+// under the data dir, flocks under /run/berth/lock.
+package macvlancmd
 
 import (
 	"context"
@@ -7,7 +15,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -16,41 +23,40 @@ import (
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/ipam"
 	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/plan"
 	"github.com/berth-cni/berth/pkg/state"
 	"github.com/berth-cni/berth/pkg/undo"
 )
 
-// lockWait bounds how long a command waits for a master's lock before it
-// answers "try again later" (code 11).
-const lockWait = 30 * time.Second
-
 // load parses the config and the runtime arguments every command needs.
-func load(args *skel.CmdArgs) (*config.Macvlan, link.Owner, error) {
+func load(args *skel.CmdArgs) (*config.Macvlan, owner.Owner, error) {
 	conf, err := config.ParseMacvlan(args.StdinData, args.Args)
 	if err != nil {
-		return nil, link.Owner{}, err
+		return nil, owner.Owner{}, err
 	}
-	if err := config.ValidateContainerID(args.ContainerID); err != nil {
-		return nil, link.Owner{}, err
-	}
-	if err := config.ValidateIfName(args.IfName); err != nil {
-		return nil, link.Owner{}, err
-	}
-	return conf, link.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
+	o, err := config.Attachment(conf.Name, args.ContainerID, args.IfName)
+	return conf, o, err
 }
 
-func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
-	conf, owner, err := load(args)
+// Add is the ADD command.
+func Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
+	conf, o, err := load(args)
 	if err != nil {
 		return err
 	}
-	netns, err := link.OpenContainerNSForAdd(args.Netns, args.IfName)
+	host, err := netns.Host()
 	if err != nil {
 		return err
 	}
-	defer netns.Close()
-	master, masterNS, err := findMaster(conf, netns)
+	defer host.Close()
+	container, err := link.OpenContainerForAdd(args.Netns, args.IfName)
+	if err != nil {
+		return err
+	}
+	defer container.Close()
+	master, masterNS, err := findMaster(conf, host, container)
 	if err != nil {
 		return err
 	}
@@ -64,22 +70,22 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 		return err
 	}
 	steps.Push("attachment record", func() error { return store.Delete(args.ContainerID, args.IfName) })
-	ms := openMasters(conf.DataDir)
-	if masterNS == nil {
+	ms := openMasters(conf.DataDir, host)
+	if masterNS == host {
 		u := masterUser{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Mode: conf.Mode, Promisc: conf.Promisc}
 		if err := ms.claim(master, u); err != nil {
 			return err
 		}
-		steps.Push("master "+master.Name, func() error { return ms.release(owner) })
+		steps.Push("master "+master.Name, func() error { return ms.release(o) })
 	}
 	mac, err := link.AddMacvlan(link.MacvlanSpec{
-		Owner: owner, Master: master, MasterNS: masterNS, ContainerNS: netns,
+		Owner: o, Master: master, MasterNS: masterNS, Container: container,
 		Mode: conf.Mode, MTU: conf.MTU, MAC: conf.MAC, BcQueueLen: conf.BcQueueLen,
 	})
 	if err != nil {
 		return err
 	}
-	steps.Push("macvlan", func() error { return link.DeleteMacvlan(netns, owner) })
+	steps.Push("macvlan", func() error { return link.DeleteMacvlan(container, o) })
 
 	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
@@ -88,29 +94,29 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	}
 	if conf.IPAMConf.Type == "" {
 		// Layer 2 only, as upstream: the interface comes up bare.
-		if err := link.ConfigureContainer(netns, link.ContainerSpec{IfName: args.IfName, Up: true}); err != nil {
+		if err := link.ConfigureContainer(container, plan.Container{IfName: args.IfName, Up: true}); err != nil {
 			return err
 		}
 		return finish(res, conf.CNIVersion, store, rec, out)
 	}
-	ipres, err := ipam.Add(ctx, conf.IPAMConf.Type, args.StdinData)
+	ipres, err := ipam.Add(ctx, conf.IPAMConf.Type, args.StdinData, ipam.Of(args))
 	if err != nil {
 		return err
 	}
-	steps.Push("ipam", func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData) })
+	steps.Push("ipam", func() error { return ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData, ipam.Of(args)) })
 	res.IPs, res.Routes = ipres.IPs, ipres.Routes
 	l3, err := plan.PlanL3(res, plan.Gateway{}, 0)
 	if err != nil {
 		return err
 	}
-	if err := link.NotifyNeighbours(netns, args.IfName); err != nil {
+	if err := link.NotifyNeighbours(container, args.IfName); err != nil {
 		return err
 	}
-	if err := link.ConfigureContainer(netns, link.ContainerSpec{IfName: args.IfName, Addrs: l3.Addrs, Routes: l3.Routes}); err != nil {
+	if err := link.ConfigureContainer(container, plan.Container{IfName: args.IfName, Addrs: l3.Addrs, Routes: l3.Routes}); err != nil {
 		return err
 	}
 	if conf.HostShim {
-		if err := ms.routeShim(master, owner, mac, addrsOf(l3)); err != nil {
+		if err := ms.routeShim(master, o, mac, addrsOf(l3)); err != nil {
 			return err
 		}
 	}
@@ -142,20 +148,26 @@ func addrsOf(l3 plan.L3) []netip.Addr {
 	return out
 }
 
-// del removes the container's macvlan (if its namespace is still there:
-// the kernel deletes a macvlan with its namespace), its addresses (IPAM),
-// its place on the master (shim routes, promiscuous mode) and its record.
-// Every step runs even if another fails; what is missing is success.
-func del(ctx context.Context, args *skel.CmdArgs) error {
-	conf, owner, err := load(args)
+// Del is the DEL command: it removes the container's macvlan (if its
+// namespace is still there: the kernel deletes a macvlan with its
+// namespace), its addresses (IPAM), its place on the master (shim routes,
+// promiscuous mode) and its record. Every step runs even if another
+// fails; what is missing is success.
+func Del(ctx context.Context, args *skel.CmdArgs) error {
+	conf, o, err := load(args)
 	if err != nil {
 		return err
 	}
-	errs := []error{deleteIn(args.Netns, owner)}
-	if conf.IPAMConf.Type != "" {
-		errs = append(errs, ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData))
+	host, err := netns.Host()
+	if err != nil {
+		return err
 	}
-	errs = append(errs, openMasters(conf.DataDir).release(owner))
+	defer host.Close()
+	errs := []error{deleteIn(args.Netns, o)}
+	if conf.IPAMConf.Type != "" {
+		errs = append(errs, ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData, ipam.Of(args)))
+	}
+	errs = append(errs, openMasters(conf.DataDir, host).release(o))
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -165,13 +177,13 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 // deleteIn deletes the owner's macvlan in the namespace at path. A
 // namespace that is gone (or no path at all, as runtimes send after the
 // container died) holds nothing to delete.
-func deleteIn(path string, o link.Owner) error {
+func deleteIn(path string, o owner.Owner) error {
 	if path == "" {
 		return nil
 	}
-	n, err := link.OpenContainerNS(path)
+	n, err := link.OpenContainer(path)
 	if err != nil {
-		if !errors.Is(err, link.ErrNetnsGone) {
+		if !errors.Is(err, netns.ErrGone) {
 			// Not a namespace (an unmounted leftover file), or the
 			// host's own: nothing of the container's can be in it.
 			fmt.Fprintf(os.Stderr, "macvlan DEL: %v: no link deleted there\n", err)
@@ -182,22 +194,27 @@ func deleteIn(path string, o link.Owner) error {
 	return link.DeleteMacvlan(n, o)
 }
 
-// status answers whether an ADD could work now: the master is there and
-// up (looked up as ADD would, default route included) and the IPAM plugin
-// answers. A master inside containers (linkInContainer) cannot be seen
-// from here.
-func status(ctx context.Context, args *skel.CmdArgs) error {
+// Status is the STATUS command: whether an ADD could work now: the master
+// is there and up (looked up as ADD would, default route included) and
+// the IPAM plugin answers. A master inside containers (linkInContainer)
+// cannot be seen from here.
+func Status(ctx context.Context, args *skel.CmdArgs) error {
 	conf, err := config.ParseMacvlan(args.StdinData, args.Args)
 	if err != nil {
 		return err
 	}
 	if !conf.LinkInContainer {
-		if _, _, err := findMaster(conf, nil); err != nil {
+		host, err := netns.Host()
+		if err != nil {
+			return notAvailable(err)
+		}
+		defer host.Close()
+		if _, _, err := findMaster(conf, host, nil); err != nil {
 			return notAvailable(err)
 		}
 	}
 	if conf.IPAMConf.Type != "" {
-		if err := ipam.Status(ctx, conf.IPAMConf.Type, args.StdinData); err != nil {
+		if err := ipam.Status(ctx, conf.IPAMConf.Type, args.StdinData, args.Path); err != nil {
 			return notAvailable(err)
 		}
 	}

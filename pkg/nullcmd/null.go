@@ -1,4 +1,7 @@
-package main
+// Package nullcmd is the null plugin's commands (Docker's "none"
+// network): the container gets loopback up and nothing else. It touches
+// only the container's namespace, over netlink.
+package nullcmd
 
 import (
 	"context"
@@ -13,12 +16,13 @@ import (
 	"github.com/berth-cni/berth/pkg/link"
 )
 
-func add(_ context.Context, args *skel.CmdArgs, out io.Writer) error {
+// Add is the ADD command: lo up, the loopback addresses as the result.
+func Add(_ context.Context, args *skel.CmdArgs, out io.Writer) error {
 	conf, err := config.ParseNull(args.StdinData)
 	if err != nil {
 		return err
 	}
-	netns, err := link.OpenContainerNS(args.Netns)
+	netns, err := link.OpenContainer(args.Netns)
 	if err != nil {
 		return err
 	}
@@ -41,17 +45,19 @@ func add(_ context.Context, args *skel.CmdArgs, out io.Writer) error {
 	return vres.PrintTo(out)
 }
 
-// del has nothing to undo: lo dies with the namespace.
-func del(_ context.Context, args *skel.CmdArgs) error {
+// Del is the DEL command. It has nothing to undo: lo dies with the
+// namespace.
+func Del(_ context.Context, args *skel.CmdArgs) error {
 	_, err := config.ParseNull(args.StdinData)
 	return err
 }
 
-func check(_ context.Context, args *skel.CmdArgs) error {
+// Check is the CHECK command: lo up, no other link, no route.
+func Check(_ context.Context, args *skel.CmdArgs) error {
 	if _, err := config.ParseNull(args.StdinData); err != nil {
 		return err
 	}
-	netns, err := link.OpenContainerNS(args.Netns)
+	netns, err := link.OpenContainer(args.Netns)
 	if err != nil {
 		return err
 	}
@@ -59,7 +65,9 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 	return link.CheckIsolated(netns)
 }
 
-func noop(_ context.Context, args *skel.CmdArgs) error {
+// Noop is GC and STATUS: nothing is held, nothing can be missing; the
+// config is still checked.
+func Noop(_ context.Context, args *skel.CmdArgs) error {
 	_, err := config.ParseNull(args.StdinData)
 	return err
 }

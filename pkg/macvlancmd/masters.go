@@ -1,4 +1,4 @@
-package main
+package macvlancmd
 
 // Per-master state: what berth shares between the containers on one
 // master, kept in <dataDir>/_macvlan/<master>.json and changed only under
@@ -23,6 +23,8 @@ import (
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/link"
 	"github.com/berth-cni/berth/pkg/lock"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/state"
 )
 
@@ -51,8 +53,8 @@ type masterUser struct {
 	IPs []string `json:"ips,omitempty"`
 }
 
-func (u masterUser) owner() link.Owner {
-	return link.Owner{Network: u.Network, ContainerID: u.ContainerID, IfName: u.IfName}
+func (u masterUser) owner() owner.Owner {
+	return owner.Owner{Network: u.Network, ContainerID: u.ContainerID, IfName: u.IfName}
 }
 
 func (u masterUser) String() string {
@@ -84,7 +86,7 @@ func (s *masterState) put(u masterUser) {
 }
 
 // remove takes the owner's entry out.
-func (s *masterState) remove(o link.Owner) (masterUser, bool) {
+func (s *masterState) remove(o owner.Owner) (masterUser, bool) {
 	for i, u := range s.Users {
 		if u.owner() == o {
 			s.Users = slices.Delete(s.Users, i, i+1)
@@ -94,7 +96,7 @@ func (s *masterState) remove(o link.Owner) (masterUser, bool) {
 	return masterUser{}, false
 }
 
-func (s *masterState) find(o link.Owner) *masterUser {
+func (s *masterState) find(o owner.Owner) *masterUser {
 	for i := range s.Users {
 		if s.Users[i].owner() == o {
 			return &s.Users[i]
@@ -131,11 +133,15 @@ func (s *masterState) unroutable(u masterUser) []netip.Addr {
 	return out
 }
 
-// masters is the per-master state under one dataDir.
-type masters struct{ dir string }
+// masters is the per-master state under one dataDir, and the host
+// namespace the masters are in.
+type masters struct {
+	dir  string
+	host *netns.NS
+}
 
-func openMasters(dataDir string) masters {
-	return masters{dir: filepath.Join(dataDir, "_macvlan")}
+func openMasters(dataDir string, host *netns.NS) masters {
+	return masters{dir: filepath.Join(dataDir, "_macvlan"), host: host}
 }
 
 // path: master names are link names (validated: no '/', not "." or "..").
@@ -144,7 +150,7 @@ func (m masters) path(master string) string { return filepath.Join(m.dir, master
 // lock takes the master's lock. It is global (/run/berth/lock), not per
 // dataDir: two dataDirs on one master share the kernel state too.
 func (m masters) lock(master string) (*lock.Lock, error) {
-	return lock.Acquire("macvlan-"+master, lockWait)
+	return lock.Acquire("macvlan-"+master, lock.Wait)
 }
 
 // locked runs fn with the master's state, under the master's lock. fn
@@ -245,7 +251,7 @@ func (m masters) claim(master link.Master, u masterUser) error {
 			return err
 		}
 		if u.Promisc && !master.Promisc {
-			return link.SetPromisc(master.Name, true)
+			return link.SetPromisc(m.host, master.Name, true)
 		}
 		return nil
 	})
@@ -255,7 +261,7 @@ func (m masters) claim(master link.Master, u masterUser) error {
 // ensures the master's host shim and routes them through it.
 //
 // Equivalent: flock …; ip link add $shim link $master type macvlan mode bridge; ip route replace …
-func (m masters) routeShim(master link.Master, o link.Owner, mac net.HardwareAddr, addrs []netip.Addr) error {
+func (m masters) routeShim(master link.Master, o owner.Owner, mac net.HardwareAddr, addrs []netip.Addr) error {
 	return m.locked(master.Name, func(s *masterState) error {
 		u := s.find(o)
 		if u == nil {
@@ -268,10 +274,10 @@ func (m masters) routeShim(master link.Master, o link.Owner, mac net.HardwareAdd
 		if err := m.save(*s); err != nil {
 			return err
 		}
-		if _, err := link.EnsureShim(master); err != nil {
+		if _, err := link.EnsureShim(m.host, master); err != nil {
 			return err
 		}
-		return link.AddShimPeer(master, link.ShimPeer{MAC: mac, Addrs: addrs})
+		return link.AddShimPeer(m.host, master, link.ShimPeer{MAC: mac, Addrs: addrs})
 	})
 }
 
@@ -282,7 +288,7 @@ func (m masters) routeShim(master link.Master, o link.Owner, mac net.HardwareAdd
 // kernel changes, so a failed release is found again by a retried DEL.
 //
 // Equivalent: flock …; ip route del …; ip link del $shim; ip link set $master promisc off
-func (m masters) release(o link.Owner) error {
+func (m masters) release(o owner.Owner) error {
 	all, err := m.all()
 	var errs []error
 	for _, s := range all {
@@ -293,13 +299,13 @@ func (m masters) release(o link.Owner) error {
 	return errors.Join(append(errs, err)...)
 }
 
-func (m masters) releaseFrom(master string, o link.Owner) error {
+func (m masters) releaseFrom(master string, o owner.Owner) error {
 	return m.locked(master, func(s *masterState) error {
 		u, ok := s.remove(o)
 		if !ok {
 			return nil
 		}
-		cur, err := link.FindMaster(master, nil)
+		cur, err := link.FindMaster(m.host, master)
 		if err != nil && !errors.Is(err, link.ErrNoSuchLink) {
 			return err
 		}
@@ -308,13 +314,13 @@ func (m masters) releaseFrom(master string, o link.Owner) error {
 		if present := err == nil && cur.Index == s.Index; present {
 			var errs []error
 			if u.Shim {
-				errs = append(errs, link.DeleteShimPeer(master, s.unroutable(u)))
+				errs = append(errs, link.DeleteShimPeer(m.host, master, s.unroutable(u)))
 				if !s.anyShim() {
-					errs = append(errs, link.DeleteShim(master))
+					errs = append(errs, link.DeleteShim(m.host, master))
 				}
 			}
 			if u.Promisc && !s.anyPromisc() && !s.WasPromisc {
-				errs = append(errs, link.SetPromisc(master, false))
+				errs = append(errs, link.SetPromisc(m.host, master, false))
 			}
 			if err := errors.Join(errs...); err != nil {
 				return err
@@ -328,9 +334,9 @@ func (m masters) releaseFrom(master string, o link.Owner) error {
 }
 
 // usersOf lists the attachments of network on any master.
-func (m masters) usersOf(network string) ([]link.Owner, error) {
+func (m masters) usersOf(network string) ([]owner.Owner, error) {
 	all, err := m.all()
-	var out []link.Owner
+	var out []owner.Owner
 	for _, s := range all {
 		for _, u := range s.Users {
 			if u.Network == network {
@@ -342,7 +348,7 @@ func (m masters) usersOf(network string) ([]link.Owner, error) {
 }
 
 // lookup returns the master the owner is on and its entry there, if any.
-func (m masters) lookup(o link.Owner) (string, masterUser, bool, error) {
+func (m masters) lookup(o owner.Owner) (string, masterUser, bool, error) {
 	all, err := m.all()
 	for _, s := range all {
 		if u := s.find(o); u != nil {

@@ -1,41 +1,43 @@
-package main
+package macvlancmd
 
 import (
 	"errors"
 	"fmt"
 
-	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // findMaster finds the attachment's master and checks that it can carry a
 // macvlan: it exists in the namespace the config says (the host's, or the
 // container's with linkInContainer), it is up, and its MTU is at least the
 // config's. An empty "master" is the interface of that namespace's default
-// route, looked up now. It returns the namespace the master is in (nil for
-// the host's). container may be nil (STATUS), which skips the
-// wrong-namespace diagnosis of a missing master.
-func findMaster(conf *config.Macvlan, container ns.NetNS) (link.Master, ns.NetNS, error) {
-	var in ns.NetNS
+// route (IPv4 first, then IPv6, as upstream), looked up now. It returns the
+// namespace the master is in: host, or container. container may be nil
+// (STATUS), which skips the wrong-namespace diagnosis of a missing master.
+func findMaster(conf *config.Macvlan, host, container *netns.NS) (link.Master, *netns.NS, error) {
+	in := host
 	if conf.LinkInContainer {
 		in = container
 	}
 	name := conf.Master
 	if name == "" {
-		var err error
-		if name, err = link.DefaultRouteName(in); err != nil {
-			if errors.Is(err, link.ErrNoSuchLink) {
-				return link.Master{}, in, hostState("no master given, and %s has no default route to take it from: set \"master\"", side(conf))
-			}
+		l, err := link.DefaultRouteLink(in, netlink.FAMILY_V4, netlink.FAMILY_V6)
+		if errors.Is(err, link.ErrNoDefaultRoute) {
+			return link.Master{}, in, hostState("no master given, and %s has no default route to take it from: set \"master\"", side(conf))
+		}
+		if err != nil {
 			return link.Master{}, in, err
 		}
+		name = l.Attrs().Name
 	}
-	m, err := link.FindMaster(name, in)
+	m, err := link.FindMaster(in, name)
 	if errors.Is(err, link.ErrNoSuchLink) {
-		return m, in, masterMissing(conf, name, container)
+		return m, in, masterMissing(conf, name, host, container)
 	}
 	if err != nil {
 		return m, in, err
@@ -60,13 +62,13 @@ func side(conf *config.Macvlan) string {
 // masterMissing explains a master that is not where the config says: in
 // the other namespace, a VLAN sub-interface this kernel cannot have, or
 // simply absent.
-func masterMissing(conf *config.Macvlan, name string, container ns.NetNS) error {
+func masterMissing(conf *config.Macvlan, name string, host, container *netns.NS) error {
 	if container != nil {
-		var other ns.NetNS // the host's
+		other := host
 		if !conf.LinkInContainer {
 			other = container
 		}
-		if _, err := link.FindMaster(name, other); err == nil {
+		if _, err := link.FindMaster(other, name); err == nil {
 			if conf.LinkInContainer {
 				return hostState("master %q is in the host's namespace, not in the container's: linkInContainer is true (remove it to use the host's %s)", name, name)
 			}
@@ -74,7 +76,7 @@ func masterMissing(conf *config.Macvlan, name string, container ns.NetNS) error 
 		}
 	}
 	if parent, vid, ok := link.VlanParent(name); ok {
-		supported, err := link.VlanSupported()
+		supported, err := link.VlanSupported(host)
 		if err != nil {
 			return err
 		}
