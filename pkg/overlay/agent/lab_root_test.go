@@ -17,6 +17,7 @@ import (
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/overlay"
 	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/file"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
 )
 
@@ -97,7 +98,7 @@ func (c *cluster) testConfig(i int) Config {
 func (c *cluster) start(i int, edit ...func(*Config)) *agentRun {
 	c.t.Helper()
 	cfg := c.testConfig(i)
-	st, err := store.NewFile(c.storeDir)
+	st, err := file.New(c.storeDir)
 	if err != nil {
 		c.t.Fatal(err)
 	}

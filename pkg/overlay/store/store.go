@@ -1,13 +1,17 @@
 // Package store is the overlay's cluster state: one network config per
-// overlay network and one subnet lease per host, behind an interface with
-// two backends, etcd (go.etcd.io/etcd/client/v3: leases with a TTL, watches)
-// and a file backend on a shared directory for single-machine use. A
-// Kubernetes API backend (node.spec.podCIDR plus annotations, as flannel's
-// kube subnet manager does) fits the same interface and is future work.
+// overlay network and one subnet lease per host, behind the Store
+// interface. This package holds the types, the interfaces and the pure
+// parts every backend shares (validation, the choice of a subnet, key
+// encoding, the decoding of what is read back); the backends are its
+// subpackages: store/etcd (go.etcd.io/etcd/client/v3: leases with a TTL,
+// watches) and store/file (a shared directory, for single-machine use),
+// and store/storetest is the contract both pass. A Kubernetes API backend
+// (node.spec.podCIDR plus annotations, as flannel's kube subnet manager
+// does) fits the same interface and is future work.
 //
-// It touches only the store: the etcd cluster it is given, or files under
-// the directory it is given. The node agent (cmd/berth-overlayd) is its
-// only user; the CNI plugin never talks to the store.
+// It is pure: no store client, netlink or nftables. The node agent
+// (cmd/berth-overlayd) is the only user of a Store; the CNI plugin never
+// talks to the store.
 package store
 
 import (

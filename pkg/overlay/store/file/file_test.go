@@ -1,19 +1,23 @@
-package store
+package file
 
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/storetest"
 )
 
-func newFileStore(t *testing.T, dir string) Store {
+func newFileStore(t *testing.T, dir string) store.Store {
 	t.Helper()
-	s, err := NewFile(dir)
+	s, err := New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,15 +32,15 @@ func newFileStore(t *testing.T, dir string) Store {
 func TestFileContract(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	testContract(t, time.Second, func(t *testing.T) Store { return newFileStore(t, dir) })
+	storetest.Run(t, time.Second, func(t *testing.T) store.Store { return newFileStore(t, dir) })
 }
 
 func TestFileLayout(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := newFileStore(t, dir)
-	n := ensure(t, s, testNetwork(t))
-	h := acquire(t, s, n.Name, host(1), time.Minute)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	h := storetest.Acquire(t, s, n.Name, storetest.Host(1), time.Minute)
 	for _, p := range []string{"network.json", "lock", "leases/10.244.0.0_24.json"} {
 		if _, err := os.Stat(filepath.Join(dir, n.Name, p)); err != nil {
 			t.Errorf("layout: %v", err)
@@ -62,12 +66,12 @@ func TestFileLostAtRenewal(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := newFileStore(t, dir)
-	n := ensure(t, s, testNetwork(t))
-	path := func(h Hold) string {
-		return filepath.Join(dir, n.Name, "leases", subnetKey(h.Lease().Subnet, '_')+".json")
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	path := func(h store.Hold) string {
+		return filepath.Join(dir, n.Name, "leases", store.SubnetKey(h.Lease().Subnet, '_')+".json")
 	}
 
-	expired := acquire(t, s, n.Name, host(1), time.Second)
+	expired := storetest.Acquire(t, s, n.Name, storetest.Host(1), time.Second)
 	b, err := os.ReadFile(path(expired))
 	if err != nil {
 		t.Fatal(err)
@@ -80,28 +84,28 @@ func TestFileLostAtRenewal(t *testing.T) {
 	if err := writeLease(filepath.Join(dir, n.Name), f); err != nil {
 		t.Fatal(err)
 	}
-	waitClosed(t, expired.Lost(), "Lost of an expired lease")
+	storetest.WaitClosed(t, expired.Lost(), "Lost of an expired lease")
 	if _, err := os.Stat(path(expired)); !os.IsNotExist(err) {
 		t.Errorf("expired lease file still there after the renewal saw it: %v", err)
 	}
 
-	vanished := acquire(t, s, n.Name, host(2), time.Second)
+	vanished := storetest.Acquire(t, s, n.Name, storetest.Host(2), time.Second)
 	if err := os.Remove(path(vanished)); err != nil {
 		t.Fatal(err)
 	}
-	waitClosed(t, vanished.Lost(), "Lost of a deleted lease file")
+	storetest.WaitClosed(t, vanished.Lost(), "Lost of a deleted lease file")
 }
 
 func TestFileCorruptLease(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := newFileStore(t, dir)
-	n := ensure(t, s, testNetwork(t))
+	n := storetest.Ensure(t, s, storetest.Network(t))
 	bad := filepath.Join(dir, n.Name, "leases", "10.244.5.0_24.json")
 	if err := os.WriteFile(bad, []byte(`{"subnet":"10.244.6.0/24"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Leases(testCtx(t), n.Name)
+	_, err := s.Leases(storetest.Ctx(t), n.Name)
 	if err == nil || !strings.Contains(err.Error(), bad) {
 		t.Fatalf("Leases with a corrupt file: err = %v; want one naming %s", err, bad)
 	}
@@ -109,7 +113,7 @@ func TestFileCorruptLease(t *testing.T) {
 	if err := os.Rename(bad, filepath.Join(dir, n.Name, "leases", ".tmp-123")); err != nil {
 		t.Fatal(err)
 	}
-	if ls := leases(t, s, n.Name); len(ls) != 0 {
+	if ls := storetest.Leases(t, s, n.Name); len(ls) != 0 {
 		t.Fatalf("Leases = %+v; want none", ls)
 	}
 }
@@ -119,14 +123,14 @@ func TestFileCorruptLease(t *testing.T) {
 func TestFileConcurrentAcquire(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	n := ensure(t, newFileStore(t, dir), testNetwork(t))
+	n := storetest.Ensure(t, newFileStore(t, dir), storetest.Network(t))
 	const hosts = 20
 	subnets := make([]string, hosts)
 	var wg sync.WaitGroup
 	for i := range hosts {
 		s := newFileStore(t, dir)
 		wg.Go(func() {
-			h, err := s.Acquire(testCtx(t), n.Name, host(i+1), time.Minute)
+			h, err := s.Acquire(storetest.Ctx(t), n.Name, storetest.Host(i+1), time.Minute)
 			if err != nil {
 				t.Error(err)
 				return
@@ -147,4 +151,34 @@ func TestFileConcurrentAcquire(t *testing.T) {
 			t.Errorf("10.244.%d.0/24 not leased; want the lowest %d subnets: %v", i, hosts, subnets)
 		}
 	}
+}
+
+// FuzzDecodeFileLease: a lease file never panics the decoder, and what it
+// accepts is valid, names the subnet of its file name and survives a
+// round trip.
+func FuzzDecodeFileLease(f *testing.F) {
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":"ab","expires":1}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.5/24","host":"n1"}`), "10.244.3.0-24")
+	f.Add([]byte(`null`), "")
+	f.Fuzz(func(t *testing.T, b []byte, key string) {
+		subnet, err := store.ParseSubnetKey(key, '_')
+		if err != nil {
+			subnet = netip.MustParsePrefix("10.244.3.0/24")
+		}
+		fl, err := decodeFileLease(b, subnet)
+		if err != nil {
+			return
+		}
+		if verr := fl.Lease.Validate(); verr != nil || fl.Subnet != subnet || fl.Holder == "" || fl.Expires <= 0 {
+			t.Fatalf("accepted lease file %+v: %v", fl, verr)
+		}
+		again, err := json.Marshal(fl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fl2, err := decodeFileLease(again, subnet); err != nil || fl2 != fl {
+			t.Fatalf("round trip of %+v: %+v, %v", fl, fl2, err)
+		}
+	})
 }
