@@ -151,9 +151,12 @@ func TestDecodeLease(t *testing.T) {
 }
 
 // FuzzDecodeLease: what a backend reads back for a lease never panics, and
-// whatever it accepts is valid and survives a round trip.
+// whatever it accepts is valid and survives a round trip, attributes
+// included.
 func FuzzDecodeLease(f *testing.F) {
 	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","attrs":{"ack":{"version":1,"data":{"seen":[2,3]}}}}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","attrs":{"Ack":{"version":0}}}`), "10.244.3.0_24")
 	f.Add([]byte(`{"subnet":"10.244.3.5/24","host":"n1"}`), "10.244.3.0-24")
 	f.Add([]byte(`null`), "")
 	f.Fuzz(func(t *testing.T, b []byte, key string) {

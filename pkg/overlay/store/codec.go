@@ -50,9 +50,25 @@ func DecodeNetwork(b []byte) (Network, error) {
 	return n, nil
 }
 
+// MaxRecordSize bounds a stored lease record: its attributes and room for
+// the rest. A backend refuses a longer one before decoding it.
+const MaxRecordSize = MaxAttrsSize + 4<<10
+
+// CheckRecordSize refuses a stored lease record of subnet longer than
+// MaxRecordSize.
+func CheckRecordSize(n int, subnet netip.Prefix) error {
+	if n > MaxRecordSize {
+		return fmt.Errorf("stored lease of %s: %d bytes, more than the %d a lease record may take: %w", subnet, n, MaxRecordSize, ErrAttrsTooLarge)
+	}
+	return nil
+}
+
 // DecodeLease decodes and validates a stored lease read under the key of
-// subnet.
+// subnet, its attributes included.
 func DecodeLease(b []byte, subnet netip.Prefix) (Lease, error) {
+	if err := CheckRecordSize(len(b), subnet); err != nil {
+		return Lease{}, err
+	}
 	var l Lease
 	if err := json.Unmarshal(b, &l); err != nil {
 		return Lease{}, fmt.Errorf("decode lease of %s: %w", subnet, err)

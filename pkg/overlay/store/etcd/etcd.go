@@ -344,8 +344,14 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want stor
 		key := subnets + store.SubnetKey(subnet, '-')
 		var modRev int64 // 0: the key must not exist
 		for _, l := range live {
-			if l.key == key {
-				modRev = l.modRev // the host's own: taken over as it was read
+			if l.key != key {
+				continue
+			}
+			// The host's own: taken over as it was read, keeping the
+			// attributes want does not know.
+			modRev = l.modRev
+			if got.Attrs, err = store.MergeAttrs(l.Attrs, want.Attrs); err != nil {
+				return store.Lease{}, "", err
 			}
 		}
 		val, err := json.Marshal(got)

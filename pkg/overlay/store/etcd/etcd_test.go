@@ -104,6 +104,10 @@ func TestEtcdLayout(t *testing.T) {
 	if err != nil || len(sub.Kvs) != 1 {
 		t.Fatalf("subnet key %s: %v, %v", key, sub, err)
 	}
+	// A lease without attributes is stored as before they existed.
+	if got, want := string(sub.Kvs[0].Value), `{"subnet":"10.244.0.0/24","host":"host1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`; got != want {
+		t.Fatalf("subnet value %s; want %s", got, want)
+	}
 	var l store.Lease
 	if err = json.Unmarshal(sub.Kvs[0].Value, &l); err != nil || l != h.Lease() {
 		t.Fatalf("subnet value %s: %v", sub.Kvs[0].Value, err)
@@ -111,6 +115,31 @@ func TestEtcdLayout(t *testing.T) {
 	ttl, err := c.TimeToLive(ctx, clientv3.LeaseID(sub.Kvs[0].Lease))
 	if err != nil || ttl.GrantedTTL != 5 {
 		t.Fatalf("etcd lease of %s: %+v, %v; want granted TTL 5", key, ttl, err)
+	}
+}
+
+// A record as written before attributes existed decodes, with none; one
+// whose attributes are malformed is corrupt, and the error names its key.
+func TestEtcdRecords(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := storetest.Ctx(t)
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	c := rawClient(t, e.Endpoint())
+	key := testPrefix + "/" + n.Name + "/subnets/10.244.5.0-24"
+	if _, err := c.Put(ctx, key, `{"subnet":"10.244.5.0/24","host":"old","vtep":"192.0.2.50","mac":"02:00:00:00:00:50"}`); err != nil {
+		t.Fatal(err)
+	}
+	got := storetest.Leases(t, s, n.Name)
+	if len(got) != 1 || got[0].Host != "old" || !got[0].Attrs.IsZero() {
+		t.Fatalf("Leases of a record without attrs = %+v", got)
+	}
+	if _, err := c.Put(ctx, key, `{"subnet":"10.244.5.0/24","host":"old","vtep":"192.0.2.50","mac":"02:00:00:00:00:50","attrs":{"Bad":{"version":1,"data":1}}}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Leases(ctx, n.Name); err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), `"Bad"`) {
+		t.Fatalf("Leases with malformed attrs: err = %v; want one naming %s and the attribute", err, key)
 	}
 }
 

@@ -2,8 +2,10 @@ package etcd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,9 +16,11 @@ import (
 )
 
 type etcdHold struct {
-	s     *etcdStore
-	key   string
-	id    clientv3.LeaseID
+	s   *etcdStore
+	key string
+	id  clientv3.LeaseID
+
+	mu    sync.Mutex // serialises Update
 	lease store.Lease
 
 	ctx      context.Context // Acquire's
@@ -27,8 +31,59 @@ type etcdHold struct {
 	done     chan struct{} // run returned
 }
 
-func (h *etcdHold) Lease() store.Lease    { return h.lease }
 func (h *etcdHold) Lost() <-chan struct{} { return h.lost }
+
+func (h *etcdHold) Lease() store.Lease {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lease
+}
+
+// Update writes the lease with the attributes fn returns, in one
+// transaction that succeeds only while the key is attached to this Hold's
+// etcd lease (and keeps it attached).
+//
+// Equivalent: etcdctl txn <<< 'lease("$key") = "$id"\n\nput --lease=$id $key $val\n\n'
+func (h *etcdHold) Update(ctx context.Context, fn func(store.Attrs) (store.Attrs, error)) (store.Lease, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	what := fmt.Sprintf("update the attributes of the lease of %s for %q", h.lease.Subnet, h.lease.Host)
+	select {
+	case <-h.lost:
+		return h.lease, fmt.Errorf("%s: the lease was lost: %w", what, store.ErrLost)
+	default:
+	}
+	if h.ended() {
+		return h.lease, fmt.Errorf("%s: the lease is no longer kept alive (released, or its context or store ended): %w", what, store.ErrLost)
+	}
+	attrs, err := fn(h.lease.Attrs)
+	if err != nil {
+		return h.lease, err
+	}
+	if attrs == h.lease.Attrs {
+		return h.lease, nil
+	}
+	next := h.lease
+	next.Attrs = attrs
+	val, err := json.Marshal(next)
+	if err != nil {
+		return h.lease, fmt.Errorf("%s: %w", what, err)
+	}
+	rctx, cancel := h.s.request(ctx)
+	defer cancel()
+	resp, err := h.s.cli.Txn(rctx).
+		If(clientv3.Compare(clientv3.LeaseValue(h.key), "=", h.id)).
+		Then(clientv3.OpPut(h.key, string(val), clientv3.WithLease(h.id))).
+		Commit()
+	if err != nil {
+		return h.lease, fail(ctx, what, err)
+	}
+	if !resp.Succeeded {
+		return h.lease, fmt.Errorf("%s: %s is gone or another holder's: %w", what, h.key, store.ErrLost)
+	}
+	h.lease = next
+	return next, nil
+}
 
 // run follows the keep-alive responses, checking on each that the key is
 // still attached to this Hold's etcd lease. The client closes ka when it
@@ -126,5 +181,6 @@ func (h *etcdHold) Release(ctx context.Context) error {
 	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return nil
 	}
-	return fail(ctx, fmt.Sprintf("release lease of %s for %q", h.lease.Subnet, h.lease.Host), err)
+	l := h.Lease()
+	return fail(ctx, fmt.Sprintf("release lease of %s for %q", l.Subnet, l.Host), err)
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -160,9 +161,10 @@ func leasePath(d string, subnet netip.Prefix) string {
 	return filepath.Join(d, "leases", store.SubnetKey(subnet, '_')+".json")
 }
 
-// readLeaseFile reads one lease file; ok is false when there is none.
+// readLeaseFile reads one lease file; ok is false when there is none. It
+// reads no more than a lease record may take, and one byte to tell.
 func readLeaseFile(path string, subnet netip.Prefix) (f fileLease, ok bool, err error) {
-	b, err := os.ReadFile(path)
+	b, err := readAtMost(path, store.MaxRecordSize+1)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fileLease{}, false, nil
 	}
@@ -176,8 +178,20 @@ func readLeaseFile(path string, subnet netip.Prefix) (f fileLease, ok bool, err 
 	return f, true, nil
 }
 
+func readAtMost(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
+}
+
 // decodeFileLease decodes and validates a lease file of subnet.
 func decodeFileLease(b []byte, subnet netip.Prefix) (fileLease, error) {
+	if err := store.CheckRecordSize(len(b), subnet); err != nil {
+		return fileLease{}, err
+	}
 	var f fileLease
 	if err := json.Unmarshal(b, &f); err != nil {
 		return fileLease{}, fmt.Errorf("decode lease of %s: %w", subnet, err)
@@ -293,6 +307,7 @@ func (s *fileStore) Acquire(ctx context.Context, network string, want store.Leas
 	h := &fileHold{
 		s:       s,
 		d:       d,
+		host:    want.Host,
 		ttl:     ttl,
 		holder:  newToken(),
 		lost:    make(chan struct{}),
@@ -300,6 +315,7 @@ func (s *fileStore) Acquire(ctx context.Context, network string, want store.Leas
 		done:    make(chan struct{}),
 	}
 	h.lease, err = locked(ctx, d, func() (store.Lease, error) { return claimFile(d, want, h.holder, ttl) })
+	h.subnet = h.lease.Subnet
 	if errors.Is(err, fs.ErrNotExist) {
 		err = fmt.Errorf("no config stored (EnsureNetwork first): %w", err)
 	}
@@ -333,6 +349,15 @@ func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (st
 	}
 	got := want
 	got.Subnet = subnet
+	for _, f := range live {
+		if f.Subnet == subnet && f.Host == want.Host {
+			// The host's own, taken over: keep the attributes want
+			// does not know.
+			if got.Attrs, err = store.MergeAttrs(f.Attrs, want.Attrs); err != nil {
+				return store.Lease{}, err
+			}
+		}
+	}
 	return got, writeLease(d, fileLease{Lease: got, Holder: holder, Expires: now.Add(ttl).UnixMilli()})
 }
 

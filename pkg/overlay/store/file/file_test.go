@@ -54,6 +54,10 @@ func TestFileLayout(t *testing.T) {
 	if err := json.Unmarshal(b, &f); err != nil || f.Lease != h.Lease() || f.Holder == "" {
 		t.Fatalf("lease file %s: %+v, %v", b, f, err)
 	}
+	// A lease without attributes is stored as before they existed.
+	if want := fmt.Sprintf(`{"subnet":"10.244.0.0/24","host":"host1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":%q,"expires":%d}`, f.Holder, f.Expires); string(b) != want {
+		t.Errorf("lease file %s; want %s", b, want)
+	}
 	if left := time.Until(time.UnixMilli(f.Expires)); left <= 0 || left > time.Minute {
 		t.Errorf("lease file expires in %v; want within the minute of ttl", left)
 	}
@@ -115,6 +119,37 @@ func TestFileCorruptLease(t *testing.T) {
 	}
 	if ls := storetest.Leases(t, s, n.Name); len(ls) != 0 {
 		t.Fatalf("Leases = %+v; want none", ls)
+	}
+}
+
+// A lease file as written before attributes existed decodes, with none,
+// and keeps none through renewals; one whose attributes are malformed,
+// or that is longer than a lease record may be, is corrupt.
+func TestFileRecords(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := newFileStore(t, dir)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	path := filepath.Join(dir, n.Name, "leases", "10.244.5.0_24.json")
+	old := fmt.Sprintf(`{"subnet":"10.244.5.0/24","host":"old","vtep":"192.0.2.50","mac":"02:00:00:00:00:50","holder":"ab","expires":%d}`,
+		time.Now().Add(time.Minute).UnixMilli())
+	if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := storetest.Leases(t, s, n.Name)
+	if len(got) != 1 || got[0].Host != "old" || !got[0].Attrs.IsZero() {
+		t.Fatalf("Leases of a record without attrs = %+v", got)
+	}
+	for name, body := range map[string]string{
+		"malformed attrs": strings.Replace(old, `"holder"`, `"attrs":{"a":{"version":0,"data":1}},"holder"`, 1),
+		"too long":        strings.Replace(old, `"holder":"ab"`, `"holder":"`+strings.Repeat("a", store.MaxRecordSize)+`"`, 1),
+	} {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Leases(storetest.Ctx(t), n.Name); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: Leases err = %v; want one naming %s", name, err, path)
+		}
 	}
 }
 

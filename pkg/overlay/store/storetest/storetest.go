@@ -195,10 +195,11 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 		t.Parallel()
 		n := Ensure(t, newStore(t), Network(t))
 		s := newStore(t)
-		h := Acquire(t, s, n.Name, Host(1), ttl)
-		// Renewal keeps it past several TTLs: wait 3 and look.
+		h := Acquire(t, s, n.Name, WithAttr(t, Host(1), "ack", 1, `{"seen":[2]}`), ttl)
+		// Renewal keeps it, attributes and all, past several TTLs: wait 3
+		// and look.
 		time.Sleep(3 * ttl)
-		if got := Leases(t, s, n.Name); !slices.Equal(got, []store.Lease{h.Lease()}) {
+		if got := Leases(t, s, n.Name); !slices.Equal(got, []store.Lease{h.Lease()}) || h.Lease().Attrs.IsZero() {
 			t.Fatalf("after 3 TTLs of renewal Leases = %+v; want %+v", got, h.Lease())
 		}
 		select {
@@ -293,6 +294,8 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 		}
 	})
 
+	runAttrs(t, ttl, newStore)
+
 	t.Run("BadInput", func(t *testing.T) {
 		t.Parallel()
 		ctx := Ctx(t)
@@ -341,6 +344,16 @@ func Host(i int) store.Lease {
 		VTEP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}),
 		MAC:  fmt.Sprintf("02:00:00:00:00:%02x", i),
 	}
+}
+
+// WithAttr returns l with the attribute name set to version and data.
+func WithAttr(t *testing.T, l store.Lease, name string, version int, data string) store.Lease {
+	t.Helper()
+	var err error
+	if l.Attrs, err = l.Attrs.With(name, store.Attr{Version: version, Data: []byte(data)}); err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 func withSubnet(l store.Lease, subnet string) store.Lease {
