@@ -8,7 +8,7 @@
 // It touches: the store it is given; through package vxlan, the links,
 // routes, neighbours and FDB entries of the network namespace it is given
 // and that namespace's ip_forward; the file <StateDir>/<network>.json; the
-// listener it is given.
+// listener it is given. What to program comes from package peerplan.
 package agent
 
 import (
@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
 )
@@ -104,7 +105,7 @@ type Agent struct {
 	dev   vxlan.Device
 	hold  store.Hold
 	local overlay.Local
-	peers []vxlan.Peer
+	peers []peerplan.Peer
 	delay time.Duration // the next retry delay
 }
 
@@ -402,7 +403,7 @@ func (a *Agent) sync(ctx context.Context) bool {
 			return false // ctx ended, or a fatal error the next acquire reports again
 		}
 	}
-	peers := vxlan.PlanPeers(a.hold.Lease(), leases)
+	peers := peerplan.PlanPeers(candidate(a.hold.Lease()), candidates(leases))
 	stats, err := a.ns.SyncPeers(a.dev, peers)
 	if err != nil {
 		a.st.update(func(s *status) { s.syncErrors++ })
@@ -426,10 +427,24 @@ func (a *Agent) sync(ctx context.Context) bool {
 	return true
 }
 
+// candidate is the peer a lease describes, as stored: PlanPeers checks
+// and normalises it.
+func candidate(l store.Lease) peerplan.Peer {
+	return peerplan.Peer{Host: l.Host, Subnet: l.Subnet, VTEP: l.VTEP, MAC: l.MAC}
+}
+
+func candidates(leases []store.Lease) []peerplan.Peer {
+	cs := make([]peerplan.Peer, len(leases))
+	for i, l := range leases {
+		cs[i] = candidate(l)
+	}
+	return cs
+}
+
 // diffPeers says, one line per peer, who came, went or changed between
 // two peer lists.
-func diffPeers(old, cur []vxlan.Peer) []string {
-	was := map[netip.Prefix]vxlan.Peer{}
+func diffPeers(old, cur []peerplan.Peer) []string {
+	was := map[netip.Prefix]peerplan.Peer{}
 	for _, p := range old {
 		was[p.Subnet] = p
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/store/file"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
@@ -198,7 +199,7 @@ func (c *cluster) entries(i int) (string, error) {
 // others: one route, neighbour and FDB entry each, from their Local files,
 // devices and underlay addresses.
 func (c *cluster) wantEntries(others ...int) (string, error) {
-	var peers []vxlan.Peer
+	var peers []peerplan.Peer
 	for _, j := range others {
 		l, err := c.local(j)
 		if err != nil {
@@ -208,9 +209,9 @@ func (c *cluster) wantEntries(others ...int) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		peers = append(peers, vxlan.Peer{Host: fmt.Sprintf("h%d", j), Subnet: l.Subnet, VTEP: lab.HostAddr(j).Addr(), MAC: d.MAC})
+		peers = append(peers, peerplan.Peer{Host: fmt.Sprintf("h%d", j), Subnet: l.Subnet, VTEP: lab.HostAddr(j).Addr(), MAC: d.MAC})
 	}
-	return vxlan.WantEntries(peers).String(), nil
+	return peerplan.WantEntries(peers).String(), nil
 }
 
 // waitPeers waits until host i's device holds exactly the entries for

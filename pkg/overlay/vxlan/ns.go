@@ -6,8 +6,9 @@
 // It touches, with netlink in the network namespace it is given (an NS),
 // that namespace's links, addresses, main-table routes, neighbours and
 // VXLAN FDB entries, and its /proc/sys/net/ipv4/ip_forward. What to program
-// is computed by pure functions (PlanPeers, DeviceName and the sync plan)
-// over plain values.
+// is computed by pure code over plain values: package peerplan (the peers,
+// the entries they need, the sync plan) and DeviceName here; this package
+// reads the kernel into those values and applies the plans.
 package vxlan
 
 import (

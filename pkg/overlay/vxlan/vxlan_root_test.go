@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 )
 
 // hostNS is a "host" namespace for one test: a veth pair stands in for its
@@ -227,7 +228,7 @@ func TestSyncPeers(t *testing.T) {
 		slices.Sort(lines)
 		return strings.Join(lines, "\n")
 	}
-	sync := func(want SyncStats, peers ...Peer) {
+	sync := func(want peerplan.SyncStats, peers ...peerplan.Peer) {
 		t.Helper()
 		got, err := n.SyncPeers(d, peers)
 		if err != nil {
@@ -240,13 +241,13 @@ func TestSyncPeers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e.Routes = slices.DeleteFunc(e.Routes, func(r Route) bool { return d.Subnet.Contains(r.Dst.Addr()) })
-		if got, want := e.String(), WantEntries(peers).String(); got != want {
+		e.Routes = slices.DeleteFunc(e.Routes, func(r peerplan.Route) bool { return d.Subnet.Contains(r.Dst.Addr()) })
+		if got, want := e.String(), peerplan.WantEntries(peers).String(); got != want {
 			t.Fatalf("entries after sync:\n%swant:\n%s", got, want)
 		}
 	}
 
-	sync(SyncStats{Peers: 2, Added: 6}, p2, p3)
+	sync(peerplan.SyncStats{Peers: 2, Added: 6}, p2, p3)
 	want := `02:00:00:00:00:02 dst 192.168.77.12 self permanent
 02:00:00:00:00:03 dst 192.168.77.13 self permanent
 10.244.2.0 lladdr 02:00:00:00:00:02 PERMANENT
@@ -256,7 +257,7 @@ func TestSyncPeers(t *testing.T) {
 	if got := state(); got != want {
 		t.Fatalf("kernel state:\n%s\nwant:\n%s", got, want)
 	}
-	sync(SyncStats{Peers: 2}, p2, p3)
+	sync(peerplan.SyncStats{Peers: 2}, p2, p3)
 
 	// Strays on the device go; a route inside the local subnet stays.
 	for _, cmd := range [][]string{
@@ -269,7 +270,7 @@ func TestSyncPeers(t *testing.T) {
 	} {
 		ipText(t, h, cmd[0], cmd[1:]...)
 	}
-	sync(SyncStats{Peers: 2, Deleted: 4}, p2, p3)
+	sync(peerplan.SyncStats{Peers: 2, Deleted: 4}, p2, p3)
 	withLocal := strings.Split(want+"\n10.244.1.128/25 scope link", "\n")
 	slices.Sort(withLocal)
 	if got := state(); got != strings.Join(withLocal, "\n") {
@@ -279,13 +280,17 @@ func TestSyncPeers(t *testing.T) {
 	// h3 recreated its device: new MAC. h2 moved to another VTEP.
 	p3b := peer("h3", "10.244.3.0/24", "192.168.77.13", "02:00:00:00:00:33")
 	p2b := peer("h2", "10.244.2.0/24", "192.168.77.22", "02:00:00:00:00:02")
-	sync(SyncStats{Peers: 2, Added: 1, Replaced: 2, Deleted: 1}, p2b, p3b)
+	sync(peerplan.SyncStats{Peers: 2, Added: 1, Replaced: 2, Deleted: 1}, p2b, p3b)
 
 	// h2 left.
-	sync(SyncStats{Peers: 1, Deleted: 3}, p3b)
+	sync(peerplan.SyncStats{Peers: 1, Deleted: 3}, p3b)
 	// Everyone left; the local route is still there.
-	sync(SyncStats{Deleted: 3})
+	sync(peerplan.SyncStats{Deleted: 3})
 	if got := state(); got != "10.244.1.128/25 scope link" {
 		t.Fatalf("kernel state with no peers: %q", got)
 	}
+}
+
+func peer(host, subnet, vtep, mac string) peerplan.Peer {
+	return peerplan.Peer{Host: host, Subnet: netip.MustParsePrefix(subnet), VTEP: netip.MustParseAddr(vtep), MAC: mac}
 }
