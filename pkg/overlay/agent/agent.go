@@ -6,7 +6,7 @@
 // reads, and answers /healthz and /metrics.
 //
 // It touches: the store it is given; through package vxlan, the links,
-// routes, neighbours and FDB entries of the network namespace it is given
+// routes, neighbours and FDB entries of the network namespace it is given,
 // and that namespace's ip_forward; the file <StateDir>/<network>.json; the
 // listener it is given. What to program comes from package peerplan.
 package agent
@@ -23,6 +23,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/overlay"
 	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
@@ -50,8 +51,8 @@ type Config struct {
 	// closes it.
 	Listener net.Listener
 	// Netns is the network namespace to program (a path such as
-	// /var/run/netns/NAME); "" is the namespace of the thread that calls
-	// Run, what a process running in its host's namespace wants.
+	// /var/run/netns/NAME); "" is the namespace the process started in
+	// (netns.Host), what a process running in its host's namespace wants.
 	Netns string
 	Log   io.Writer // one line per event; nil discards
 	// Resync is how often the leases and the kernel are compared without
@@ -100,7 +101,7 @@ type Agent struct {
 	st  status
 
 	// Owned by Run's goroutine.
-	ns    *vxlan.NS
+	ns    *netns.NS
 	spec  vxlan.DeviceSpec
 	dev   vxlan.Device
 	hold  store.Hold
@@ -165,7 +166,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			<-served
 		}()
 	}
-	ns, err := vxlan.OpenNS(a.cfg.Netns)
+	ns, err := openNS(a.cfg.Netns)
 	if err != nil {
 		return err
 	}
@@ -186,7 +187,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // and turns forwarding on. The Local file says "starting" meanwhile.
 func (a *Agent) start(ctx context.Context) error {
 	n := a.cfg.Network
-	u, err := a.ns.Underlay(a.cfg.Underlay)
+	u, err := vxlan.FindUnderlay(a.ns, a.cfg.Underlay)
 	if err != nil {
 		return err
 	}
@@ -225,7 +226,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.acquire(ctx, a.local.Subnet); err != nil {
 		return err
 	}
-	if err := a.ns.EnableForwarding(); err != nil {
+	// Traffic between the VXLAN device and the containers' bridge is
+	// routed.
+	if err := a.ns.EnsureSysctl("ipv4/ip_forward", "1"); err != nil {
 		return err
 	}
 	a.setReady(false, "programming peers")
@@ -247,7 +250,7 @@ func (a *Agent) ensureNetwork(ctx context.Context) error {
 // again (someone deleted or changed it), its MAC changed: the caller
 // re-acquires the lease to publish the new one.
 func (a *Agent) ensureDevice() error {
-	dev, err := a.ns.EnsureDevice(a.spec)
+	dev, err := vxlan.EnsureDevice(a.ns, a.spec)
 	if err != nil {
 		return err
 	}
@@ -404,7 +407,7 @@ func (a *Agent) sync(ctx context.Context) bool {
 		}
 	}
 	peers := peerplan.PlanPeers(candidate(a.hold.Lease()), candidates(leases))
-	stats, err := a.ns.SyncPeers(a.dev, peers)
+	stats, err := vxlan.SyncPeers(a.ns, a.dev, peers)
 	if err != nil {
 		a.st.update(func(s *status) { s.syncErrors++ })
 		a.log.Printf("sync: %v", err)
@@ -425,6 +428,14 @@ func (a *Agent) sync(ctx context.Context) bool {
 		a.setReady(true, "")
 	}
 	return true
+}
+
+// openNS opens the namespace at path, or the process's own for "".
+func openNS(path string) (*netns.NS, error) {
+	if path == "" {
+		return netns.Host()
+	}
+	return netns.Open(path)
 }
 
 // candidate is the peer a lease describes, as stored: PlanPeers checks

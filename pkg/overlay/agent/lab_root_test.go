@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/overlay"
 	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
@@ -186,12 +187,12 @@ func (c *cluster) entries(i int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	n, err := vxlan.OpenNS(c.host(i).Path)
+	n, err := netns.Open(c.host(i).Path)
 	if err != nil {
 		return "", err
 	}
 	defer n.Close()
-	e, err := n.Entries(vxlan.Device{Name: l.Name, Index: l.Index})
+	e, err := vxlan.Entries(n, vxlan.Device{Name: l.Name, Index: l.Index})
 	return e.String(), err
 }
 

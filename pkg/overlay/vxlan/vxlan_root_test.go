@@ -3,19 +3,22 @@ package vxlan
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 )
 
 // hostNS is a "host" namespace for one test: a veth pair stands in for its
 // NIC (the kernel here has no dummy links), ul0 with 192.168.77.11/24 and
 // the default route via 192.168.77.1. It is removed in t.Cleanup.
-func hostNS(t *testing.T) (*lab.NS, *NS) {
+func hostNS(t *testing.T) (*lab.NS, *netns.NS) {
 	t.Helper()
 	lab.RequireRoot(t)
 	ctx := context.Background()
@@ -38,7 +41,7 @@ func hostNS(t *testing.T) (*lab.NS, *NS) {
 	if err = h.AddDefaultRoute(netip.MustParseAddr("192.168.77.1")); err != nil {
 		t.Fatal(err)
 	}
-	n, err := OpenNS(h.Path)
+	n, err := netns.Open(h.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +89,7 @@ func showLink(t *testing.T, h *lab.NS, name string) ipLink {
 
 func TestUnderlay(t *testing.T) {
 	h, n := hostNS(t)
-	u, err := n.Underlay("")
+	u, err := FindUnderlay(n, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,34 +99,36 @@ func TestUnderlay(t *testing.T) {
 	}
 	want := Underlay{Name: "ul0", Index: ul0.Index, MTU: 1500, Addr: netip.MustParseAddr("192.168.77.11")}
 	if u != want {
-		t.Fatalf("Underlay(\"\") = %+v, want %+v", u, want)
+		t.Fatalf("FindUnderlay(\"\") = %+v, want %+v", u, want)
 	}
 	// Named, without an address: found, no VTEP.
-	u, err = n.Underlay("ul1")
+	u, err = FindUnderlay(n, "ul1")
 	if err != nil || u.Name != "ul1" || u.Addr.IsValid() {
-		t.Fatalf("Underlay(ul1) = %+v, %v; want ul1 without address", u, err)
+		t.Fatalf("FindUnderlay(ul1) = %+v, %v; want ul1 without address", u, err)
 	}
-	if _, err := n.Underlay("nope0"); err == nil {
-		t.Fatal("Underlay(nope0) found a link")
+	if _, err := FindUnderlay(n, "nope0"); err == nil {
+		t.Fatal("FindUnderlay(nope0) found a link")
 	}
 	if _, err := h.Output(context.Background(), "ip", "route", "del", "default"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.Underlay(""); err == nil || !strings.Contains(err.Error(), "no IPv4 default route") {
-		t.Fatalf("Underlay without a default route: %v", err)
+	_, err = FindUnderlay(n, "")
+	if !errors.Is(err, ErrNoDefaultRoute) || !errors.Is(err, link.ErrNoDefaultRoute) ||
+		!strings.Contains(err.Error(), "no IPv4 default route (name one)") {
+		t.Fatalf("FindUnderlay without a default route: %v; want ErrNoDefaultRoute, saying to name one", err)
 	}
 }
 
 func TestEnsureDevice(t *testing.T) {
 	h, n := hostNS(t)
-	u, err := n.Underlay("")
+	u, err := FindUnderlay(n, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec := DeviceSpec{Name: DeviceName("t1"), VNI: 42, Local: u.Addr, Underlay: u.Index, Alias: AliasFor("t1")}
 
 	// Before the agent has a lease: the device, no address.
-	d, err := n.EnsureDevice(spec)
+	d, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +155,7 @@ func TestEnsureDevice(t *testing.T) {
 	}
 	spec.Subnet = netip.MustParsePrefix("10.244.3.0/24")
 	spec.MTU = 1400
-	d2, err := n.EnsureDevice(spec)
+	d2, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,13 +169,13 @@ func TestEnsureDevice(t *testing.T) {
 		t.Fatalf("device after second ensure: %+v", l)
 	}
 	// A third call changes nothing.
-	if d3, err3 := n.EnsureDevice(spec); err3 != nil || d3.Index != d.Index || d3.Created {
+	if d3, err3 := EnsureDevice(n, spec); err3 != nil || d3.Index != d.Index || d3.Created {
 		t.Fatalf("third EnsureDevice = %+v, %v", d3, err3)
 	}
 
 	// Another VNI cannot be changed in place: a new device.
 	spec.VNI = 43
-	d4, err := n.EnsureDevice(spec)
+	d4, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,26 +188,26 @@ func TestEnsureDevice(t *testing.T) {
 
 	// Delete: idempotent; refuses a link of the name that is no vxlan.
 	for range 2 {
-		if err := n.DeleteDevice(spec.Name); err != nil {
+		if err := DeleteDevice(n, spec.Name); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := h.LinkByName(spec.Name); err == nil {
 		t.Fatal("device still there after DeleteDevice")
 	}
-	if err := n.DeleteDevice("ul1"); err == nil {
+	if err := DeleteDevice(n, "ul1"); err == nil {
 		t.Fatal("DeleteDevice removed a veth")
 	}
 }
 
 func TestSyncPeers(t *testing.T) {
 	h, n := hostNS(t)
-	u, err := n.Underlay("")
+	u, err := FindUnderlay(n, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec := DeviceSpec{Name: DeviceName("t2"), VNI: 1, Local: u.Addr, Underlay: u.Index, Subnet: netip.MustParsePrefix("10.244.1.0/24")}
-	d, err := n.EnsureDevice(spec)
+	d, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,14 +235,14 @@ func TestSyncPeers(t *testing.T) {
 	}
 	sync := func(want peerplan.SyncStats, peers ...peerplan.Peer) {
 		t.Helper()
-		got, err := n.SyncPeers(d, peers)
+		got, err := SyncPeers(n, d, peers)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got != want {
 			t.Fatalf("SyncPeers(%v) = %+v, want %+v", peers, got, want)
 		}
-		e, err := n.Entries(d)
+		e, err := Entries(n, d)
 		if err != nil {
 			t.Fatal(err)
 		}
