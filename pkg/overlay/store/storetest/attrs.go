@@ -3,7 +3,9 @@ package storetest
 import (
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -104,6 +106,29 @@ func runAttrs(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 			t.Fatal("the Hold is lost after updates")
 		default:
 		}
+
+		// Two features updating their own attributes at once: both stick,
+		// since the Hold serialises its updates.
+		var wg sync.WaitGroup
+		for _, name := range []string{"feature.a", "feature.b"} {
+			wg.Go(func() {
+				for i := range 3 {
+					_, err := h.Update(ctx, func(a store.Attrs) (store.Attrs, error) {
+						return a.With(name, store.Attr{Version: 1, Data: []byte(strconv.Itoa(i))})
+					})
+					if err != nil {
+						t.Errorf("%s: %v", name, err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if got := h.Lease().Attrs.Names(); !slices.Equal(got, []string{"ack", "feature.a", "feature.b", "mesh"}) {
+			t.Fatalf("after concurrent updates the attributes are %v", got)
+		}
+		WaitLeases(t, watcher, n.Name, ch, "the concurrent updates", func(ls []store.Lease) bool {
+			return slices.Equal(ls, []store.Lease{h.Lease()})
+		})
 
 		// A released Hold holds nothing to update.
 		if err := h.Release(ctx); err != nil {
