@@ -30,6 +30,8 @@ import (
 	"github.com/berth-cni/berth/pkg/overlay"
 	"github.com/berth-cni/berth/pkg/overlay/agent"
 	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/etcd"
+	"github.com/berth-cni/berth/pkg/overlay/store/file"
 )
 
 func main() {
@@ -43,7 +45,7 @@ type options struct {
 	agent    agent.Config // without Store, Listener and Log
 	store    string       // "file" or "etcd"
 	storeDir string
-	etcd     store.EtcdConfig
+	etcd     etcd.Config
 	listen   string
 }
 
@@ -60,7 +62,7 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 	backend := fs.String("store", "", "cluster store: file or etcd (required)")
 	storeDir := fs.String("store-dir", "", "directory of the file store, shared by the hosts")
 	endpoints := fs.String("etcd-endpoints", "", "etcd endpoints, comma-separated")
-	prefix := fs.String("etcd-prefix", store.DefaultEtcdPrefix, "etcd key prefix")
+	prefix := fs.String("etcd-prefix", etcd.DefaultPrefix, "etcd key prefix")
 	node := fs.String("node", "", "this host's name in the store (default: the hostname)")
 	underlay := fs.String("underlay", "", "interface the VXLAN packets leave by (default: the IPv4 default route's)")
 	vtep := fs.String("vtep", "", "this host's underlay address (default: the underlay's first global IPv4 address)")
@@ -158,9 +160,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	var st store.Store
 	if o.store == "file" {
-		st, err = store.NewFile(o.storeDir)
+		st, err = file.New(o.storeDir)
 	} else {
-		st, err = store.NewEtcd(o.etcd)
+		st, err = etcd.New(o.etcd)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "berth-overlayd: %v\n", err)

@@ -15,7 +15,7 @@ import (
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/overlay"
-	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/file"
 )
 
 // buildAgent builds this command into a temporary directory.
@@ -164,7 +164,7 @@ func TestDaemon(t *testing.T) {
 	if err := d1.Stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("h1 exit: %v", err)
 	}
-	st, err := store.NewFile(storeDir)
+	st, err := file.New(storeDir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/berth-cni/berth/pkg/overlay"
 	"github.com/berth-cni/berth/pkg/overlay/agent"
 	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/etcd"
 )
 
 func hostname() (string, error) { return "node-a", nil }
@@ -58,7 +59,7 @@ func TestParseFlagsAll(t *testing.T) {
 			LeaseTTL: 10 * time.Second, ReleaseOnExit: true,
 		},
 		store: "etcd",
-		etcd:  store.EtcdConfig{Endpoints: []string{"http://10.0.0.1:2379", "http://10.0.0.2:2379"}, Prefix: "/x"},
+		etcd:  etcd.Config{Endpoints: []string{"http://10.0.0.1:2379", "http://10.0.0.2:2379"}, Prefix: "/x"},
 	}
 	if !reflect.DeepEqual(o, want) {
 		t.Fatalf("parseFlags:\n%+v\nwant\n%+v", o, want)

@@ -6,9 +6,9 @@
 // reads, and answers /healthz and /metrics.
 //
 // It touches: the store it is given; through package vxlan, the links,
-// routes, neighbours and FDB entries of the network namespace it is given
+// routes, neighbours and FDB entries of the network namespace it is given,
 // and that namespace's ip_forward; the file <StateDir>/<network>.json; the
-// listener it is given.
+// listener it is given. What to program comes from package peerplan.
 package agent
 
 import (
@@ -23,7 +23,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
 )
@@ -49,8 +51,8 @@ type Config struct {
 	// closes it.
 	Listener net.Listener
 	// Netns is the network namespace to program (a path such as
-	// /var/run/netns/NAME); "" is the namespace of the thread that calls
-	// Run, what a process running in its host's namespace wants.
+	// /var/run/netns/NAME); "" is the namespace the process started in
+	// (netns.Host), what a process running in its host's namespace wants.
 	Netns string
 	Log   io.Writer // one line per event; nil discards
 	// Resync is how often the leases and the kernel are compared without
@@ -99,12 +101,12 @@ type Agent struct {
 	st  status
 
 	// Owned by Run's goroutine.
-	ns    *vxlan.NS
+	ns    *netns.NS
 	spec  vxlan.DeviceSpec
 	dev   vxlan.Device
 	hold  store.Hold
 	local overlay.Local
-	peers []vxlan.Peer
+	peers []peerplan.Peer
 	delay time.Duration // the next retry delay
 }
 
@@ -164,7 +166,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			<-served
 		}()
 	}
-	ns, err := vxlan.OpenNS(a.cfg.Netns)
+	ns, err := openNS(a.cfg.Netns)
 	if err != nil {
 		return err
 	}
@@ -185,7 +187,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // and turns forwarding on. The Local file says "starting" meanwhile.
 func (a *Agent) start(ctx context.Context) error {
 	n := a.cfg.Network
-	u, err := a.ns.Underlay(a.cfg.Underlay)
+	u, err := vxlan.FindUnderlay(a.ns, a.cfg.Underlay)
 	if err != nil {
 		return err
 	}
@@ -224,7 +226,9 @@ func (a *Agent) start(ctx context.Context) error {
 	if err := a.acquire(ctx, a.local.Subnet); err != nil {
 		return err
 	}
-	if err := a.ns.EnableForwarding(); err != nil {
+	// Traffic between the VXLAN device and the containers' bridge is
+	// routed.
+	if err := a.ns.EnsureSysctl("ipv4/ip_forward", "1"); err != nil {
 		return err
 	}
 	a.setReady(false, "programming peers")
@@ -246,7 +250,7 @@ func (a *Agent) ensureNetwork(ctx context.Context) error {
 // again (someone deleted or changed it), its MAC changed: the caller
 // re-acquires the lease to publish the new one.
 func (a *Agent) ensureDevice() error {
-	dev, err := a.ns.EnsureDevice(a.spec)
+	dev, err := vxlan.EnsureDevice(a.ns, a.spec)
 	if err != nil {
 		return err
 	}
@@ -402,8 +406,8 @@ func (a *Agent) sync(ctx context.Context) bool {
 			return false // ctx ended, or a fatal error the next acquire reports again
 		}
 	}
-	peers := vxlan.PlanPeers(a.hold.Lease(), leases)
-	stats, err := a.ns.SyncPeers(a.dev, peers)
+	peers := peerplan.PlanPeers(candidate(a.hold.Lease()), candidates(leases))
+	stats, err := vxlan.SyncPeers(a.ns, a.dev, peers)
 	if err != nil {
 		a.st.update(func(s *status) { s.syncErrors++ })
 		a.log.Printf("sync: %v", err)
@@ -426,10 +430,32 @@ func (a *Agent) sync(ctx context.Context) bool {
 	return true
 }
 
+// openNS opens the namespace at path, or the process's own for "".
+func openNS(path string) (*netns.NS, error) {
+	if path == "" {
+		return netns.Host()
+	}
+	return netns.Open(path)
+}
+
+// candidate is the peer a lease describes, as stored: PlanPeers checks
+// and normalises it.
+func candidate(l store.Lease) peerplan.Peer {
+	return peerplan.Peer{Host: l.Host, Subnet: l.Subnet, VTEP: l.VTEP, MAC: l.MAC}
+}
+
+func candidates(leases []store.Lease) []peerplan.Peer {
+	cs := make([]peerplan.Peer, len(leases))
+	for i, l := range leases {
+		cs[i] = candidate(l)
+	}
+	return cs
+}
+
 // diffPeers says, one line per peer, who came, went or changed between
 // two peer lists.
-func diffPeers(old, cur []vxlan.Peer) []string {
-	was := map[netip.Prefix]vxlan.Peer{}
+func diffPeers(old, cur []peerplan.Peer) []string {
+	was := map[netip.Prefix]peerplan.Peer{}
 	for _, p := range old {
 		was[p.Subnet] = p
 	}

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
-	"github.com/berth-cni/berth/pkg/overlay/vxlan"
 )
 
 func TestMetrics(t *testing.T) {
@@ -97,21 +97,21 @@ func TestHealthz(t *testing.T) {
 
 func TestDiffPeers(t *testing.T) {
 	t.Parallel()
-	p := func(host, subnet, vtep, mac string) vxlan.Peer {
-		return vxlan.Peer{Host: host, Subnet: netip.MustParsePrefix(subnet), VTEP: netip.MustParseAddr(vtep), MAC: mac}
+	p := func(host, subnet, vtep, mac string) peerplan.Peer {
+		return peerplan.Peer{Host: host, Subnet: netip.MustParsePrefix(subnet), VTEP: netip.MustParseAddr(vtep), MAC: mac}
 	}
 	h2 := p("h2", "10.244.2.0/24", "192.168.77.12", "02:00:00:00:00:02")
 	h3 := p("h3", "10.244.3.0/24", "192.168.77.13", "02:00:00:00:00:03")
 	h3b := p("h3", "10.244.3.0/24", "192.168.77.13", "02:00:00:00:00:33")
 	h4 := p("h4", "10.244.4.0/24", "192.168.77.14", "02:00:00:00:00:04")
-	got := strings.Join(diffPeers([]vxlan.Peer{h2, h3}, []vxlan.Peer{h3b, h4}), "\n")
+	got := strings.Join(diffPeers([]peerplan.Peer{h2, h3}, []peerplan.Peer{h3b, h4}), "\n")
 	want := `peer changed: host h3 subnet 10.244.3.0/24 vtep 192.168.77.13 mac 02:00:00:00:00:33 (was host h3 vtep 192.168.77.13 mac 02:00:00:00:00:03)
 peer added: host h4 subnet 10.244.4.0/24 vtep 192.168.77.14 mac 02:00:00:00:00:04
 peer removed: host h2 subnet 10.244.2.0/24`
 	if got != want {
 		t.Errorf("diffPeers:\n%s\nwant:\n%s", got, want)
 	}
-	if d := diffPeers([]vxlan.Peer{h2}, []vxlan.Peer{h2}); len(d) != 0 {
+	if d := diffPeers([]peerplan.Peer{h2}, []peerplan.Peer{h2}); len(d) != 0 {
 		t.Errorf("diffPeers of equal lists: %q", d)
 	}
 }

@@ -15,8 +15,11 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/file"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
 )
 
@@ -97,7 +100,7 @@ func (c *cluster) testConfig(i int) Config {
 func (c *cluster) start(i int, edit ...func(*Config)) *agentRun {
 	c.t.Helper()
 	cfg := c.testConfig(i)
-	st, err := store.NewFile(c.storeDir)
+	st, err := file.New(c.storeDir)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -184,12 +187,12 @@ func (c *cluster) entries(i int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	n, err := vxlan.OpenNS(c.host(i).Path)
+	n, err := netns.Open(c.host(i).Path)
 	if err != nil {
 		return "", err
 	}
 	defer n.Close()
-	e, err := n.Entries(vxlan.Device{Name: l.Name, Index: l.Index})
+	e, err := vxlan.Entries(n, vxlan.Device{Name: l.Name, Index: l.Index})
 	return e.String(), err
 }
 
@@ -197,7 +200,7 @@ func (c *cluster) entries(i int) (string, error) {
 // others: one route, neighbour and FDB entry each, from their Local files,
 // devices and underlay addresses.
 func (c *cluster) wantEntries(others ...int) (string, error) {
-	var peers []vxlan.Peer
+	var peers []peerplan.Peer
 	for _, j := range others {
 		l, err := c.local(j)
 		if err != nil {
@@ -207,9 +210,9 @@ func (c *cluster) wantEntries(others ...int) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		peers = append(peers, vxlan.Peer{Host: fmt.Sprintf("h%d", j), Subnet: l.Subnet, VTEP: lab.HostAddr(j).Addr(), MAC: d.MAC})
+		peers = append(peers, peerplan.Peer{Host: fmt.Sprintf("h%d", j), Subnet: l.Subnet, VTEP: lab.HostAddr(j).Addr(), MAC: d.MAC})
 	}
-	return vxlan.WantEntries(peers).String(), nil
+	return peerplan.WantEntries(peers).String(), nil
 }
 
 // waitPeers waits until host i's device holds exactly the entries for

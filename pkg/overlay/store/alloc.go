@@ -1,21 +1,19 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/berth-cni/berth/pkg/config"
 )
 
-// This file is the pure part shared by the backends: validation, the choice
-// of a subnet, key encoding and the decoding of what is read back.
+// This file is the pure part shared by the backends that checks and
+// chooses: validation of what callers and the store hand in, and the
+// choice of a subnet.
 
 // MaxSubnetLen is the longest per-host subnet: a /30 still leaves two host
 // addresses, the bridge's gateway and one container.
@@ -55,7 +53,7 @@ func (n Network) Validate() error {
 // value. It does not check that the subnet belongs to a network; see
 // Network.HasSubnet.
 func (l Lease) Validate() error {
-	if err := validateHost(l.Host); err != nil {
+	if err := ValidateHost(l.Host); err != nil {
 		return err
 	}
 	switch {
@@ -66,12 +64,12 @@ func (l Lease) Validate() error {
 	case l.Subnet != l.Subnet.Masked():
 		return fmt.Errorf("lease of host %q: subnet %s: host bits are set", l.Host, l.Subnet)
 	}
-	return l.validateEndpoint()
+	return l.ValidateEndpoint()
 }
 
-// validateEndpoint checks what Acquire needs from its caller besides the
+// ValidateEndpoint checks what Acquire needs from its caller besides the
 // subnet: the VTEP and the MAC.
-func (l Lease) validateEndpoint() error {
+func (l Lease) ValidateEndpoint() error {
 	if !l.VTEP.IsValid() || l.VTEP.IsUnspecified() || l.VTEP.IsMulticast() || l.VTEP.Zone() != "" {
 		return fmt.Errorf("lease of host %q: vtep %q: a unicast address is required", l.Host, l.VTEP)
 	}
@@ -85,9 +83,9 @@ func (l Lease) validateEndpoint() error {
 	return nil
 }
 
-// validateHost checks a node name: it is stored and compared, never used
+// ValidateHost checks a node name: it is stored and compared, never used
 // as a path, but it is shown to people, so no control characters.
-func validateHost(h string) error {
+func ValidateHost(h string) error {
 	if h == "" {
 		return errors.New("lease: host: a node name is required")
 	}
@@ -102,13 +100,15 @@ func validateHost(h string) error {
 	return nil
 }
 
-// validateTTL checks Acquire's ttl: renewal runs every ttl/3, so anything
-// under a second would spin.
-func validateTTL(ttl time.Duration) error {
+// ValidateAcquire checks the arguments of Acquire: the host, VTEP and MAC
+// of want (its subnet is only a wish) and the ttl. Renewal runs every
+// ttl/3, so a ttl under a second would spin.
+func ValidateAcquire(want Lease, ttl time.Duration) error {
+	var errTTL error
 	if ttl < time.Second {
-		return fmt.Errorf("lease ttl %v: must be at least 1s", ttl)
+		errTTL = fmt.Errorf("lease ttl %v: must be at least 1s", ttl)
 	}
-	return nil
+	return errors.Join(errTTL, ValidateHost(want.Host), want.ValidateEndpoint())
 }
 
 // HasSubnet reports whether p is one of n's per-host subnets: inside CIDR,
@@ -132,11 +132,11 @@ func (n Network) subnet(i uint64) netip.Prefix {
 	return netip.PrefixFrom(a, n.SubnetLen)
 }
 
-// pickSubnet chooses the subnet Acquire leases for want.Host among the
+// PickSubnet chooses the subnet Acquire leases for want.Host among the
 // live leases of a valid n: the host's own (the lowest, should it hold
 // several), want.Subnet when it is one of n's subnets and free, else the
 // lowest free one. A full network is ErrConflict.
-func pickSubnet(n Network, want Lease, live []Lease) (netip.Prefix, error) {
+func PickSubnet(n Network, want Lease, live []Lease) (netip.Prefix, error) {
 	taken := make(map[netip.Prefix]bool, len(live))
 	var own []netip.Prefix
 	for _, l := range live {
@@ -161,66 +161,4 @@ func pickSubnet(n Network, want Lease, live []Lease) (netip.Prefix, error) {
 	}
 	return netip.Prefix{}, fmt.Errorf("overlay network %q: all %d subnets of %s (/%d each) are leased: %w",
 		n.Name, n.subnetCount(), n.CIDR, n.SubnetLen, ErrConflict)
-}
-
-// sortLeases sorts ls by subnet, the order Leases promises.
-func sortLeases(ls []Lease) {
-	slices.SortFunc(ls, func(a, b Lease) int { return a.Subnet.Compare(b.Subnet) })
-}
-
-// subnetKey encodes a subnet for a key or a file name: the '/' becomes sep
-// ("10.244.3.0-24" in etcd, "10.244.3.0_24" in a file name).
-func subnetKey(p netip.Prefix, sep byte) string {
-	return p.Addr().String() + string(sep) + strconv.Itoa(p.Bits())
-}
-
-// parseSubnetKey is the inverse of subnetKey; it accepts only what
-// subnetKey writes for a valid IPv4 subnet.
-func parseSubnetKey(s string, sep byte) (netip.Prefix, error) {
-	i := strings.LastIndexByte(s, sep)
-	if i < 0 {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: no %q separator", s, sep)
-	}
-	p, err := netip.ParsePrefix(s[:i] + "/" + s[i+1:])
-	if err != nil || !p.Addr().Is4() || p != p.Masked() || subnetKey(p, sep) != s {
-		return netip.Prefix{}, fmt.Errorf("subnet key %q: not an IPv4 subnet", s)
-	}
-	return p, nil
-}
-
-// decodeNetwork decodes and validates a stored network config.
-func decodeNetwork(b []byte) (Network, error) {
-	var n Network
-	if err := json.Unmarshal(b, &n); err != nil {
-		return Network{}, fmt.Errorf("decode network config: %w", err)
-	}
-	if err := n.Validate(); err != nil {
-		return Network{}, fmt.Errorf("stored %w", err)
-	}
-	return n, nil
-}
-
-// decodeLease decodes and validates a stored lease read under the key of
-// subnet.
-func decodeLease(b []byte, subnet netip.Prefix) (Lease, error) {
-	var l Lease
-	if err := json.Unmarshal(b, &l); err != nil {
-		return Lease{}, fmt.Errorf("decode lease of %s: %w", subnet, err)
-	}
-	if err := checkStoredLease(l, subnet); err != nil {
-		return Lease{}, err
-	}
-	return l, nil
-}
-
-// checkStoredLease validates a lease read back under the key of subnet:
-// the value must name the same subnet.
-func checkStoredLease(l Lease, subnet netip.Prefix) error {
-	if err := l.Validate(); err != nil {
-		return fmt.Errorf("stored lease of %s: %w", subnet, err)
-	}
-	if l.Subnet != subnet {
-		return fmt.Errorf("stored lease of %s: subnet %s differs from its key", subnet, l.Subnet)
-	}
-	return nil
 }

@@ -81,7 +81,7 @@ func TestPickSubnet(t *testing.T) {
 		{"full", lease("e", ""), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24"), lease("d", "10.244.3.0/24")}, ""},
 		{"full but own", lease("d", ""), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24"), lease("d", "10.244.3.0/24")}, "10.244.3.0/24"},
 	} {
-		got, err := pickSubnet(n, tc.want, tc.live)
+		got, err := PickSubnet(n, tc.want, tc.live)
 		switch {
 		case tc.gets == "" && !errors.Is(err, ErrConflict):
 			t.Errorf("%s: got %s, %v; want ErrConflict", tc.name, got, err)
@@ -111,17 +111,17 @@ func TestSubnetKey(t *testing.T) {
 	t.Parallel()
 	p := netip.MustParsePrefix("10.244.3.0/24")
 	for _, sep := range []byte{'-', '_'} {
-		k := subnetKey(p, sep)
-		if got, err := parseSubnetKey(k, sep); err != nil || got != p {
-			t.Errorf("parseSubnetKey(%q) = %s, %v; want %s", k, got, err, p)
+		k := SubnetKey(p, sep)
+		if got, err := ParseSubnetKey(k, sep); err != nil || got != p {
+			t.Errorf("ParseSubnetKey(%q) = %s, %v; want %s", k, got, err, p)
 		}
 	}
-	if k := subnetKey(p, '-'); k != "10.244.3.0-24" {
+	if k := SubnetKey(p, '-'); k != "10.244.3.0-24" {
 		t.Errorf("etcd key = %q", k)
 	}
 	for _, bad := range []string{"", "10.244.3.0", "10.244.3.0-33", "10.244.3.1-24", "fd00::-64", "10.244.3.0-024", "x-24", "10.244.3.0_24"} {
-		if p, err := parseSubnetKey(bad, '-'); err == nil {
-			t.Errorf("parseSubnetKey(%q) = %s; want an error", bad, p)
+		if p, err := ParseSubnetKey(bad, '-'); err == nil {
+			t.Errorf("ParseSubnetKey(%q) = %s; want an error", bad, p)
 		}
 	}
 }
@@ -130,9 +130,9 @@ func TestDecodeLease(t *testing.T) {
 	t.Parallel()
 	subnet := netip.MustParsePrefix("10.244.3.0/24")
 	good := `{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`
-	l, err := decodeLease([]byte(good), subnet)
+	l, err := DecodeLease([]byte(good), subnet)
 	if err != nil || l.Host != "n1" || l.VTEP != netip.MustParseAddr("192.0.2.1") {
-		t.Fatalf("decodeLease(good) = %+v, %v", l, err)
+		t.Fatalf("DecodeLease(good) = %+v, %v", l, err)
 	}
 	for _, bad := range []string{
 		`{`,
@@ -144,24 +144,27 @@ func TestDecodeLease(t *testing.T) {
 		`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"01:00:00:00:00:01"}`,
 		`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01:02:03"}`,
 	} {
-		if l, err := decodeLease([]byte(bad), subnet); err == nil {
-			t.Errorf("decodeLease(%s) = %+v; want an error", bad, l)
+		if l, err := DecodeLease([]byte(bad), subnet); err == nil {
+			t.Errorf("DecodeLease(%s) = %+v; want an error", bad, l)
 		}
 	}
 }
 
 // FuzzDecodeLease: what a backend reads back for a lease never panics, and
-// whatever it accepts is valid and survives a round trip.
+// whatever it accepts is valid and survives a round trip, attributes
+// included.
 func FuzzDecodeLease(f *testing.F) {
-	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":"ab","expires":1}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","attrs":{"ack":{"version":1,"data":{"seen":[2,3]}}}}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","attrs":{"Ack":{"version":0}}}`), "10.244.3.0_24")
 	f.Add([]byte(`{"subnet":"10.244.3.5/24","host":"n1"}`), "10.244.3.0-24")
 	f.Add([]byte(`null`), "")
 	f.Fuzz(func(t *testing.T, b []byte, key string) {
-		subnet, err := parseSubnetKey(key, '_')
+		subnet, err := ParseSubnetKey(key, '_')
 		if err != nil {
 			subnet = netip.MustParsePrefix("10.244.3.0/24")
 		}
-		if l, err := decodeLease(b, subnet); err == nil {
+		if l, err := DecodeLease(b, subnet); err == nil {
 			if verr := l.Validate(); verr != nil || l.Subnet != subnet {
 				t.Fatalf("accepted %+v: %v", l, verr)
 			}
@@ -169,13 +172,8 @@ func FuzzDecodeLease(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if l2, err := decodeLease(again, subnet); err != nil || l2 != l {
+			if l2, err := DecodeLease(again, subnet); err != nil || l2 != l {
 				t.Fatalf("round trip of %+v: %+v, %v", l, l2, err)
-			}
-		}
-		if fl, err := decodeFileLease(b, subnet); err == nil {
-			if fl.Lease.Validate() != nil || fl.Subnet != subnet || fl.Holder == "" || fl.Expires <= 0 {
-				t.Fatalf("accepted lease file %+v", fl)
 			}
 		}
 	})
@@ -188,7 +186,7 @@ func FuzzDecodeNetwork(f *testing.F) {
 	f.Add([]byte(`{"name":"ov1","cidr":"fd00::/64","subnetLen":80,"vni":1,"port":4789}`))
 	f.Add([]byte(`{"name":"../x","cidr":"10.0.0.0/0","subnetLen":-1,"vni":99999999,"port":70000}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		n, err := decodeNetwork(b)
+		n, err := DecodeNetwork(b)
 		if err != nil {
 			return
 		}
@@ -199,7 +197,7 @@ func FuzzDecodeNetwork(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n2, err := decodeNetwork(again); err != nil || n2 != n {
+		if n2, err := DecodeNetwork(again); err != nil || n2 != n {
 			t.Fatalf("round trip of %+v: %+v, %v", n, n2, err)
 		}
 		if c := n.subnetCount(); c == 0 || !n.HasSubnet(n.subnet(c-1)) {

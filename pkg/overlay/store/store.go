@@ -1,13 +1,52 @@
 // Package store is the overlay's cluster state: one network config per
-// overlay network and one subnet lease per host, behind an interface with
-// two backends, etcd (go.etcd.io/etcd/client/v3: leases with a TTL, watches)
-// and a file backend on a shared directory for single-machine use. A
-// Kubernetes API backend (node.spec.podCIDR plus annotations, as flannel's
-// kube subnet manager does) fits the same interface and is future work.
+// overlay network and one subnet lease per host, behind the Store
+// interface. This package holds the types, the interfaces and the pure
+// parts every backend shares (validation, the choice of a subnet, key
+// encoding, the decoding of what is read back); the backends are its
+// subpackages: store/etcd (go.etcd.io/etcd/client/v3: leases with a TTL,
+// watches) and store/file (a shared directory, for single-machine use),
+// and store/storetest is the contract both pass. A Kubernetes API backend
+// (node.spec.podCIDR plus annotations, as flannel's kube subnet manager
+// does) fits the same interface and is future work.
 //
-// It touches only the store: the etcd cluster it is given, or files under
-// the directory it is given. The node agent (cmd/berth-overlayd) is its
-// only user; the CNI plugin never talks to the store.
+// It is pure: no store client, netlink or nftables. The node agent
+// (cmd/berth-overlayd) is the only user of a Store; the CNI plugin never
+// talks to the store.
+//
+// # Attributes
+//
+// A Lease, a host's record in a network, carries besides its subnet, VTEP
+// and MAC the attributes of the features that publish something per host
+// (acknowledgements between agents, key epochs, the routing mesh), as
+// flannel's BackendData does for its backends. The contract:
+//
+//   - An attribute is a name, [a-z][a-z0-9.-]* of at most 63 bytes, owned
+//     by one feature, holding a version and raw JSON data. The feature
+//     defines its typed attribute in its own package as an Attribute[T]
+//     and reads and writes it with Get and Set; nothing else (the
+//     backends, the subnet choice, the decoders) looks inside the data.
+//   - Backends store the attributes and return them untouched (the data
+//     compacted, as encoding/json writes it); Leases returns them as the
+//     host last wrote them.
+//   - Acquire publishes want.Attrs. When it takes over the host's own live
+//     lease (a restarted agent), the stored attributes whose names
+//     want.Attrs lacks are kept (MergeAttrs): a host never drops an
+//     attribute it does not know, such as a newer version of its agent
+//     wrote. Hold.Update changes the attributes in place (same subnet,
+//     same TTL, one write); a feature changes its own there, leaving the
+//     others as they are. Changes signals when another host's attributes
+//     change.
+//   - Version is that of the data's encoding. A reader that finds another
+//     version than it knows gets ErrAttrVersion from Attribute.Get and
+//     decides what that means (skip the feature for that host, or read an
+//     older version through Attrs.Get).
+//   - The encoded attributes of one lease are at most MaxAttrsSize
+//     (64 KiB); more is refused with an error wrapping ErrAttrsTooLarge.
+//   - Stored attributes are outside input: they are validated on read
+//     like the rest of a lease, and a malformed one makes the record
+//     corrupt. A record without attributes (as written before they
+//     existed) decodes with none, and a lease with none is written
+//     without the "attrs" key, as before.
 package store
 
 import (
@@ -28,12 +67,15 @@ type Network struct {
 	Port      uint16       `json:"port"` // VXLAN UDP destination port, 4789 by default
 }
 
-// Lease is one host's claim on one subnet of a network: where its VTEP is.
+// Lease is one host's record in a network: its claim on one subnet,
+// where its VTEP is, and the attributes its features publish. Leases are
+// values: == compares every field, attributes included.
 type Lease struct {
 	Subnet netip.Prefix `json:"subnet"` // e.g. 10.244.3.0/24
 	Host   string       `json:"host"`   // the node name, unique in the cluster
 	VTEP   netip.Addr   `json:"vtep"`   // the host's underlay address
 	MAC    string       `json:"mac"`    // the host's VXLAN device MAC, aa:bb:cc:dd:ee:ff
+	Attrs  Attrs        `json:"attrs,omitzero"`
 }
 
 // ErrConflict is returned (wrapped) by EnsureNetwork when the stored config
@@ -44,6 +86,10 @@ var ErrConflict = errors.New("conflict with the stored state")
 // ErrUnavailable is returned (wrapped) when the store cannot be reached.
 var ErrUnavailable = errors.New("store unavailable")
 
+// ErrLost is returned (wrapped) by Hold.Update when the Hold no longer
+// holds its lease: lost, taken over or released.
+var ErrLost = errors.New("lease no longer held")
+
 // Store is one connection to the cluster state. It is safe for concurrent use.
 type Store interface {
 	// EnsureNetwork stores n when the store has no config for n.Name and
@@ -51,19 +97,22 @@ type Store interface {
 	// returns that config and an error wrapping ErrConflict.
 	EnsureNetwork(ctx context.Context, n Network) (Network, error)
 
-	// Acquire leases a subnet of network for want.Host, with want's VTEP and
-	// MAC, and keeps the lease alive (renewing it well within ttl) until
-	// the Hold is released or ctx ends. The subnet is, in order: the one
-	// want.Host already holds, want.Subnet when set and free, else the
-	// lowest free subnet of the network. Leases whose TTL ran out are free.
+	// Acquire leases a subnet of network for want.Host, with want's VTEP,
+	// MAC and attributes, and keeps the lease alive (renewing it well
+	// within ttl) until the Hold is released or ctx ends. The subnet is,
+	// in order: the one want.Host already holds, want.Subnet when set and
+	// free, else the lowest free subnet of the network. Leases whose TTL
+	// ran out are free. Taking over the host's own lease keeps the
+	// attributes stored there that want lacks (MergeAttrs); a merge over
+	// MaxAttrsSize fails with ErrAttrsTooLarge and changes nothing.
 	Acquire(ctx context.Context, network string, want Lease, ttl time.Duration) (Hold, error)
 
 	// Leases lists the live leases of network, sorted by subnet.
 	Leases(ctx context.Context, network string) ([]Lease, error)
 
 	// Changes signals, coalesced, whenever the leases of network may have
-	// changed: a lease added, renewed with other values, deleted or
-	// expired. It also signals once at the start and after every
+	// changed: a lease added, renewed with other values, its attributes
+	// updated, deleted or expired. It also signals once at the start and after every
 	// reconnection, so a caller that re-lists on each signal never misses a
 	// change. The channel is closed when ctx ends.
 	Changes(ctx context.Context, network string) <-chan struct{}
@@ -73,9 +122,20 @@ type Store interface {
 	Close() error
 }
 
-// Hold is a lease being kept alive.
+// Hold is a lease being kept alive. It is safe for concurrent use.
 type Hold interface {
+	// Lease is the lease as held: as Acquire stored it, with the
+	// attributes of the last Update.
 	Lease() Lease
+	// Update changes the attributes of the lease in place: fn gets the
+	// attributes the lease holds and returns those it is to hold, and the
+	// store is written once, keeping the subnet, VTEP, MAC and TTL (an
+	// fn that returns them unchanged writes nothing). fn changes only what
+	// its feature owns (Attribute.Set, Delete), so that the others stay.
+	// Updates of one Hold are serialised. A Hold that lost its lease, or
+	// was released, fails with ErrLost; an error of fn is returned as it
+	// is, with nothing written. It returns the lease as now held.
+	Update(ctx context.Context, fn func(Attrs) (Attrs, error)) (Lease, error)
 	// Lost is closed when the lease can no longer be kept alive: it expired
 	// in the store (an outage longer than the TTL) or was deleted. The
 	// caller then calls Acquire again, asking for the same subnet.

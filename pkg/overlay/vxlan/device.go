@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/berth-cni/berth/pkg/cidr"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // DevicePrefix starts the name of every VXLAN device berth creates.
@@ -114,7 +115,7 @@ func incompatible(l netlink.Link, spec DeviceSpec) string {
 	if v.Port != int(spec.port()) {
 		diffs = append(diffs, fmt.Sprintf("dstport %d, want %d", v.Port, spec.port()))
 	}
-	if have, _ := netip.AddrFromSlice(v.SrcAddr); have.Unmap() != spec.Local {
+	if have, _ := cidr.Addr(v.SrcAddr); have != spec.Local {
 		diffs = append(diffs, fmt.Sprintf("local %v, want %s", v.SrcAddr, spec.Local))
 	}
 	if v.VtepDevIndex != spec.Underlay {
@@ -141,18 +142,19 @@ func incompatible(l netlink.Link, spec DeviceSpec) string {
 //
 // Equivalent: ip link add $name type vxlan id $vni dstport $port local $vtep dev $underlay nolearning;
 // ip link set $name mtu $mtu alias $alias; ip addr add $subnet.0/32 dev $name; ip link set $name up
-func (n *NS) EnsureDevice(spec DeviceSpec) (Device, error) {
+func EnsureDevice(n *netns.NS, spec DeviceSpec) (Device, error) {
+	h := n.Netlink()
 	if err := spec.validate(); err != nil {
 		return Device{}, err
 	}
 	dev := Device{Name: spec.Name, Subnet: spec.Subnet}
-	l, err := n.h.LinkByName(spec.Name)
+	l, err := h.LinkByName(spec.Name)
 	switch {
 	case err != nil && !isNotFound(err):
 		return Device{}, fmt.Errorf("look up vxlan %q in %s: %w", spec.Name, n, err)
 	case err == nil:
 		if why := incompatible(l, spec); why != "" {
-			if derr := n.h.LinkDel(l); derr != nil && !isNotFound(derr) {
+			if derr := h.LinkDel(l); derr != nil && !isNotFound(derr) {
 				return Device{}, fmt.Errorf("delete incompatible vxlan %q (%s): %w", spec.Name, why, derr)
 			}
 			dev.Replaced = why
@@ -162,30 +164,30 @@ func (n *NS) EnsureDevice(spec DeviceSpec) (Device, error) {
 		l = nil
 	}
 	if l == nil {
-		if l, err = n.createDevice(spec); err != nil {
+		if l, err = createDevice(n, spec); err != nil {
 			return Device{}, err
 		}
 		dev.Created = true
 	}
 	a := l.Attrs()
 	if spec.MTU > 0 && a.MTU != spec.MTU {
-		if err := n.h.LinkSetMTU(l, spec.MTU); err != nil {
+		if err := h.LinkSetMTU(l, spec.MTU); err != nil {
 			return Device{}, fmt.Errorf("set mtu %d on vxlan %q: %w", spec.MTU, spec.Name, err)
 		}
 		a.MTU = spec.MTU
 	}
 	if spec.Alias != "" && a.Alias != spec.Alias {
-		if err := n.h.LinkSetAlias(l, spec.Alias); err != nil {
+		if err := h.LinkSetAlias(l, spec.Alias); err != nil {
 			return Device{}, fmt.Errorf("set alias %q on vxlan %q: %w", spec.Alias, spec.Name, err)
 		}
 	}
 	if spec.Subnet.IsValid() {
-		if err := n.ensureOnlyAddr(l, spec.Addr()); err != nil {
+		if err := ensureOnlyAddr(n, l, spec.Addr()); err != nil {
 			return Device{}, err
 		}
 	}
 	if a.Flags&net.FlagUp == 0 {
-		if err := n.h.LinkSetUp(l); err != nil {
+		if err := h.LinkSetUp(l); err != nil {
 			return Device{}, fmt.Errorf("set vxlan %q up: %w", spec.Name, err)
 		}
 	}
@@ -193,7 +195,8 @@ func (n *NS) EnsureDevice(spec DeviceSpec) (Device, error) {
 	return dev, nil
 }
 
-func (n *NS) createDevice(spec DeviceSpec) (netlink.Link, error) {
+func createDevice(n *netns.NS, spec DeviceSpec) (netlink.Link, error) {
+	h := n.Netlink()
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = spec.Name
 	attrs.MTU = spec.MTU
@@ -206,11 +209,11 @@ func (n *NS) createDevice(spec DeviceSpec) (netlink.Link, error) {
 		Port:         int(spec.port()),
 		Learning:     false,
 	}
-	if err := n.h.LinkAdd(v); err != nil {
+	if err := h.LinkAdd(v); err != nil {
 		return nil, fmt.Errorf("create vxlan %q (vni %d, dstport %d, local %s) in %s: %w", spec.Name, spec.VNI, spec.port(), spec.Local, n, err)
 	}
 	// Read it back: the kernel chose the MAC (and the MTU when none was given).
-	l, err := n.h.LinkByName(spec.Name)
+	l, err := h.LinkByName(spec.Name)
 	if err != nil {
 		return nil, fmt.Errorf("look up new vxlan %q: %w", spec.Name, err)
 	}
@@ -220,9 +223,10 @@ func (n *NS) createDevice(spec DeviceSpec) (netlink.Link, error) {
 // ensureOnlyAddr leaves want as the link's only IPv4 address.
 //
 // Equivalent: ip addr add $want dev $link; ip addr del $other dev $link
-func (n *NS) ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
+func ensureOnlyAddr(n *netns.NS, l netlink.Link, want netip.Prefix) error {
+	h := n.Netlink()
 	name := l.Attrs().Name
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return n.h.AddrList(l, netlink.FAMILY_V4) })
+	addrs, err := netns.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list addresses of vxlan %q: %w", name, err)
 	}
@@ -232,14 +236,14 @@ func (n *NS) ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
 			found = true
 			continue
 		}
-		if err := n.h.AddrDel(l, &a); err != nil && !isNotFound(err) {
+		if err := h.AddrDel(l, &a); err != nil && !isNotFound(err) {
 			return fmt.Errorf("remove address %s from vxlan %q: %w", a.IPNet, name, err)
 		}
 	}
 	if found {
 		return nil
 	}
-	if err := n.h.AddrAdd(l, &netlink.Addr{IPNet: cidr.IPNet(want)}); err != nil {
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: cidr.IPNet(want)}); err != nil {
 		return fmt.Errorf("add address %s to vxlan %q: %w", want, name, err)
 	}
 	return nil
@@ -249,8 +253,9 @@ func (n *NS) ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
 // The kernel drops its routes, neighbours and FDB entries with it.
 //
 // Equivalent: ip link del $name
-func (n *NS) DeleteDevice(name string) error {
-	l, err := n.h.LinkByName(name)
+func DeleteDevice(n *netns.NS, name string) error {
+	h := n.Netlink()
+	l, err := h.LinkByName(name)
 	if isNotFound(err) {
 		return nil
 	}
@@ -260,7 +265,7 @@ func (n *NS) DeleteDevice(name string) error {
 	if _, ok := l.(*netlink.Vxlan); !ok {
 		return fmt.Errorf("delete vxlan %q in %s: it is a %s, not a vxlan", name, n, l.Type())
 	}
-	if err := n.h.LinkDel(l); err != nil && !isNotFound(err) {
+	if err := h.LinkDel(l); err != nil && !isNotFound(err) {
 		return fmt.Errorf("delete vxlan %q in %s: %w", name, n, err)
 	}
 	return nil

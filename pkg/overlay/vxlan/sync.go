@@ -10,6 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/cidr"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 )
 
 // Entries reads what the device holds: its IPv4 main-table routes (except
@@ -17,15 +19,16 @@ import (
 // that have a remote.
 //
 // Equivalent: ip route show dev $dev; ip neigh show dev $dev; bridge fdb show dev $dev
-func (n *NS) Entries(dev Device) (Entries, error) {
-	var e Entries
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return n.h.RouteListFiltered(netlink.FAMILY_V4,
+func Entries(n *netns.NS, dev Device) (peerplan.Entries, error) {
+	h := n.Netlink()
+	var e peerplan.Entries
+	routes, err := netns.RetryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4,
 			&netlink.Route{LinkIndex: dev.Index, Table: unix.RT_TABLE_MAIN},
 			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
-		return Entries{}, fmt.Errorf("list routes of vxlan %q: %w", dev.Name, err)
+		return peerplan.Entries{}, fmt.Errorf("list routes of vxlan %q: %w", dev.Name, err)
 	}
 	for _, r := range routes {
 		if r.Protocol == unix.RTPROT_KERNEL {
@@ -35,33 +38,33 @@ func (n *NS) Entries(dev Device) (Entries, error) {
 		if !ok {
 			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		}
-		rt := Route{Dst: dst, Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0, Metric: r.Priority}
-		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
-			rt.Via = gw.Unmap()
+		rt := peerplan.Route{Dst: dst, Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0, Metric: r.Priority}
+		if gw, ok := cidr.Addr(r.Gw); ok {
+			rt.Via = gw
 		}
 		e.Routes = append(e.Routes, rt)
 	}
-	neighs, err := retryDump(func() ([]netlink.Neigh, error) { return n.h.NeighList(dev.Index, netlink.FAMILY_V4) })
+	neighs, err := netns.RetryDump(func() ([]netlink.Neigh, error) { return h.NeighList(dev.Index, netlink.FAMILY_V4) })
 	if err != nil {
-		return Entries{}, fmt.Errorf("list neighbours of vxlan %q: %w", dev.Name, err)
+		return peerplan.Entries{}, fmt.Errorf("list neighbours of vxlan %q: %w", dev.Name, err)
 	}
 	for _, nb := range neighs {
-		ip, ok := netip.AddrFromSlice(nb.IP)
+		ip, ok := cidr.Addr(nb.IP)
 		if !ok {
 			continue
 		}
-		e.Neighs = append(e.Neighs, Neigh{IP: ip.Unmap(), MAC: nb.HardwareAddr.String(), Permanent: nb.State&netlink.NUD_PERMANENT != 0})
+		e.Neighs = append(e.Neighs, peerplan.Neigh{IP: ip, MAC: nb.HardwareAddr.String(), Permanent: nb.State&netlink.NUD_PERMANENT != 0})
 	}
-	fdb, err := retryDump(func() ([]netlink.Neigh, error) { return n.h.NeighList(dev.Index, unix.AF_BRIDGE) })
+	fdb, err := netns.RetryDump(func() ([]netlink.Neigh, error) { return h.NeighList(dev.Index, unix.AF_BRIDGE) })
 	if err != nil {
-		return Entries{}, fmt.Errorf("list fdb of vxlan %q: %w", dev.Name, err)
+		return peerplan.Entries{}, fmt.Errorf("list fdb of vxlan %q: %w", dev.Name, err)
 	}
 	for _, f := range fdb {
-		dst, ok := netip.AddrFromSlice(f.IP)
+		dst, ok := cidr.Addr(f.IP)
 		if !ok {
 			continue // not a remote: nothing of the agent's
 		}
-		e.FDB = append(e.FDB, FDB{MAC: f.HardwareAddr.String(), Dst: dst.Unmap()})
+		e.FDB = append(e.FDB, peerplan.FDB{MAC: f.HardwareAddr.String(), Dst: dst})
 	}
 	return e, nil
 }
@@ -76,54 +79,55 @@ func (n *NS) Entries(dev Device) (Entries, error) {
 // Equivalent, per peer: bridge fdb replace $mac dev $dev dst $vtep self permanent;
 // ip neigh replace $addr lladdr $mac dev $dev nud permanent;
 // ip route replace $subnet via $addr dev $dev onlink
-func (n *NS) SyncPeers(dev Device, desired []Peer) (SyncStats, error) {
-	have, err := n.Entries(dev)
+func SyncPeers(n *netns.NS, dev Device, desired []peerplan.Peer) (peerplan.SyncStats, error) {
+	have, err := Entries(n, dev)
 	if err != nil {
-		return SyncStats{}, err
+		return peerplan.SyncStats{}, err
 	}
-	plan := planSync(desired, have, dev.Subnet)
-	return plan.stats, n.apply(dev, plan)
+	plan := peerplan.PlanSync(desired, have, dev.Subnet)
+	return plan.Stats, apply(n, dev, plan)
 }
 
-func (n *NS) apply(dev Device, p syncPlan) error {
+func apply(n *netns.NS, dev Device, p peerplan.SyncPlan) error {
+	h := n.Netlink()
 	var errs []error
 	fail := func(what string, err error) {
 		errs = append(errs, fmt.Errorf("%s on vxlan %q: %w", what, dev.Name, err))
 	}
-	for _, r := range p.delRoutes {
+	for _, r := range p.DelRoutes {
 		nr := &netlink.Route{LinkIndex: dev.Index, Dst: cidr.IPNet(r.Dst), Table: unix.RT_TABLE_MAIN, Priority: r.Metric}
-		if err := n.h.RouteDel(nr); err != nil && !isNotFound(err) {
+		if err := h.RouteDel(nr); err != nil && !isNotFound(err) {
 			fail("delete "+r.String(), err)
 		}
 	}
-	for _, nb := range p.delNeighs {
+	for _, nb := range p.DelNeighs {
 		nn := &netlink.Neigh{LinkIndex: dev.Index, Family: netlink.FAMILY_V4, IP: nb.IP.AsSlice()}
-		if err := n.h.NeighDel(nn); err != nil && !isNotFound(err) {
+		if err := h.NeighDel(nn); err != nil && !isNotFound(err) {
 			fail("delete "+nb.String(), err)
 		}
 	}
-	for _, f := range p.delFDB {
+	for _, f := range p.DelFDB {
 		nf, err := fdbNeigh(dev, f)
 		if err == nil {
-			err = n.h.NeighDel(nf)
+			err = h.NeighDel(nf)
 		}
 		if err != nil && !isNotFound(err) {
 			fail("delete "+f.String(), err)
 		}
 	}
-	for _, f := range p.setFDB {
+	for _, f := range p.SetFDB {
 		nf, err := fdbNeigh(dev, f)
 		if err == nil {
-			err = n.h.NeighSet(nf)
+			err = h.NeighSet(nf)
 		}
 		if err != nil {
 			fail("set "+f.String(), err)
 		}
 	}
-	for _, nb := range p.setNeighs {
+	for _, nb := range p.SetNeighs {
 		mac, err := net.ParseMAC(nb.MAC)
 		if err == nil {
-			err = n.h.NeighSet(&netlink.Neigh{
+			err = h.NeighSet(&netlink.Neigh{
 				LinkIndex: dev.Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
 				Type: unix.RTN_UNICAST, IP: nb.IP.AsSlice(), HardwareAddr: mac,
 			})
@@ -132,8 +136,8 @@ func (n *NS) apply(dev Device, p syncPlan) error {
 			fail("set "+nb.String(), err)
 		}
 	}
-	for _, r := range p.setRoutes {
-		err := n.h.RouteReplace(&netlink.Route{
+	for _, r := range p.SetRoutes {
+		err := h.RouteReplace(&netlink.Route{
 			LinkIndex: dev.Index, Dst: cidr.IPNet(r.Dst), Gw: r.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
 			Scope: netlink.SCOPE_UNIVERSE, Table: unix.RT_TABLE_MAIN, Priority: r.Metric,
 		})
@@ -146,7 +150,7 @@ func (n *NS) apply(dev Device, p syncPlan) error {
 
 // fdbNeigh is the netlink form of an FDB remote: an AF_BRIDGE neighbour
 // of the device itself (NTF_SELF), not of a bridge it is a port of.
-func fdbNeigh(dev Device, f FDB) (*netlink.Neigh, error) {
+func fdbNeigh(dev Device, f peerplan.FDB) (*netlink.Neigh, error) {
 	mac, err := net.ParseMAC(f.MAC)
 	if err != nil {
 		return nil, err

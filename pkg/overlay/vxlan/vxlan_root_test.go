@@ -3,18 +3,22 @@ package vxlan
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/netns"
+	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 )
 
 // hostNS is a "host" namespace for one test: a veth pair stands in for its
 // NIC (the kernel here has no dummy links), ul0 with 192.168.77.11/24 and
 // the default route via 192.168.77.1. It is removed in t.Cleanup.
-func hostNS(t *testing.T) (*lab.NS, *NS) {
+func hostNS(t *testing.T) (*lab.NS, *netns.NS) {
 	t.Helper()
 	lab.RequireRoot(t)
 	ctx := context.Background()
@@ -37,7 +41,7 @@ func hostNS(t *testing.T) (*lab.NS, *NS) {
 	if err = h.AddDefaultRoute(netip.MustParseAddr("192.168.77.1")); err != nil {
 		t.Fatal(err)
 	}
-	n, err := OpenNS(h.Path)
+	n, err := netns.Open(h.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +89,7 @@ func showLink(t *testing.T, h *lab.NS, name string) ipLink {
 
 func TestUnderlay(t *testing.T) {
 	h, n := hostNS(t)
-	u, err := n.Underlay("")
+	u, err := FindUnderlay(n, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,34 +99,36 @@ func TestUnderlay(t *testing.T) {
 	}
 	want := Underlay{Name: "ul0", Index: ul0.Index, MTU: 1500, Addr: netip.MustParseAddr("192.168.77.11")}
 	if u != want {
-		t.Fatalf("Underlay(\"\") = %+v, want %+v", u, want)
+		t.Fatalf("FindUnderlay(\"\") = %+v, want %+v", u, want)
 	}
 	// Named, without an address: found, no VTEP.
-	u, err = n.Underlay("ul1")
+	u, err = FindUnderlay(n, "ul1")
 	if err != nil || u.Name != "ul1" || u.Addr.IsValid() {
-		t.Fatalf("Underlay(ul1) = %+v, %v; want ul1 without address", u, err)
+		t.Fatalf("FindUnderlay(ul1) = %+v, %v; want ul1 without address", u, err)
 	}
-	if _, err := n.Underlay("nope0"); err == nil {
-		t.Fatal("Underlay(nope0) found a link")
+	if _, err := FindUnderlay(n, "nope0"); err == nil {
+		t.Fatal("FindUnderlay(nope0) found a link")
 	}
 	if _, err := h.Output(context.Background(), "ip", "route", "del", "default"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.Underlay(""); err == nil || !strings.Contains(err.Error(), "no IPv4 default route") {
-		t.Fatalf("Underlay without a default route: %v", err)
+	_, err = FindUnderlay(n, "")
+	if !errors.Is(err, ErrNoDefaultRoute) || !errors.Is(err, link.ErrNoDefaultRoute) ||
+		!strings.Contains(err.Error(), "no IPv4 default route (name one)") {
+		t.Fatalf("FindUnderlay without a default route: %v; want ErrNoDefaultRoute, saying to name one", err)
 	}
 }
 
 func TestEnsureDevice(t *testing.T) {
 	h, n := hostNS(t)
-	u, err := n.Underlay("")
+	u, err := FindUnderlay(n, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec := DeviceSpec{Name: DeviceName("t1"), VNI: 42, Local: u.Addr, Underlay: u.Index, Alias: AliasFor("t1")}
 
 	// Before the agent has a lease: the device, no address.
-	d, err := n.EnsureDevice(spec)
+	d, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +155,7 @@ func TestEnsureDevice(t *testing.T) {
 	}
 	spec.Subnet = netip.MustParsePrefix("10.244.3.0/24")
 	spec.MTU = 1400
-	d2, err := n.EnsureDevice(spec)
+	d2, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,13 +169,13 @@ func TestEnsureDevice(t *testing.T) {
 		t.Fatalf("device after second ensure: %+v", l)
 	}
 	// A third call changes nothing.
-	if d3, err3 := n.EnsureDevice(spec); err3 != nil || d3.Index != d.Index || d3.Created {
+	if d3, err3 := EnsureDevice(n, spec); err3 != nil || d3.Index != d.Index || d3.Created {
 		t.Fatalf("third EnsureDevice = %+v, %v", d3, err3)
 	}
 
 	// Another VNI cannot be changed in place: a new device.
 	spec.VNI = 43
-	d4, err := n.EnsureDevice(spec)
+	d4, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,26 +188,26 @@ func TestEnsureDevice(t *testing.T) {
 
 	// Delete: idempotent; refuses a link of the name that is no vxlan.
 	for range 2 {
-		if err := n.DeleteDevice(spec.Name); err != nil {
+		if err := DeleteDevice(n, spec.Name); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := h.LinkByName(spec.Name); err == nil {
 		t.Fatal("device still there after DeleteDevice")
 	}
-	if err := n.DeleteDevice("ul1"); err == nil {
+	if err := DeleteDevice(n, "ul1"); err == nil {
 		t.Fatal("DeleteDevice removed a veth")
 	}
 }
 
 func TestSyncPeers(t *testing.T) {
 	h, n := hostNS(t)
-	u, err := n.Underlay("")
+	u, err := FindUnderlay(n, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	spec := DeviceSpec{Name: DeviceName("t2"), VNI: 1, Local: u.Addr, Underlay: u.Index, Subnet: netip.MustParsePrefix("10.244.1.0/24")}
-	d, err := n.EnsureDevice(spec)
+	d, err := EnsureDevice(n, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,26 +233,26 @@ func TestSyncPeers(t *testing.T) {
 		slices.Sort(lines)
 		return strings.Join(lines, "\n")
 	}
-	sync := func(want SyncStats, peers ...Peer) {
+	sync := func(want peerplan.SyncStats, peers ...peerplan.Peer) {
 		t.Helper()
-		got, err := n.SyncPeers(d, peers)
+		got, err := SyncPeers(n, d, peers)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got != want {
 			t.Fatalf("SyncPeers(%v) = %+v, want %+v", peers, got, want)
 		}
-		e, err := n.Entries(d)
+		e, err := Entries(n, d)
 		if err != nil {
 			t.Fatal(err)
 		}
-		e.Routes = slices.DeleteFunc(e.Routes, func(r Route) bool { return d.Subnet.Contains(r.Dst.Addr()) })
-		if got, want := e.String(), WantEntries(peers).String(); got != want {
+		e.Routes = slices.DeleteFunc(e.Routes, func(r peerplan.Route) bool { return d.Subnet.Contains(r.Dst.Addr()) })
+		if got, want := e.String(), peerplan.WantEntries(peers).String(); got != want {
 			t.Fatalf("entries after sync:\n%swant:\n%s", got, want)
 		}
 	}
 
-	sync(SyncStats{Peers: 2, Added: 6}, p2, p3)
+	sync(peerplan.SyncStats{Peers: 2, Added: 6}, p2, p3)
 	want := `02:00:00:00:00:02 dst 192.168.77.12 self permanent
 02:00:00:00:00:03 dst 192.168.77.13 self permanent
 10.244.2.0 lladdr 02:00:00:00:00:02 PERMANENT
@@ -256,7 +262,7 @@ func TestSyncPeers(t *testing.T) {
 	if got := state(); got != want {
 		t.Fatalf("kernel state:\n%s\nwant:\n%s", got, want)
 	}
-	sync(SyncStats{Peers: 2}, p2, p3)
+	sync(peerplan.SyncStats{Peers: 2}, p2, p3)
 
 	// Strays on the device go; a route inside the local subnet stays.
 	for _, cmd := range [][]string{
@@ -269,7 +275,7 @@ func TestSyncPeers(t *testing.T) {
 	} {
 		ipText(t, h, cmd[0], cmd[1:]...)
 	}
-	sync(SyncStats{Peers: 2, Deleted: 4}, p2, p3)
+	sync(peerplan.SyncStats{Peers: 2, Deleted: 4}, p2, p3)
 	withLocal := strings.Split(want+"\n10.244.1.128/25 scope link", "\n")
 	slices.Sort(withLocal)
 	if got := state(); got != strings.Join(withLocal, "\n") {
@@ -279,13 +285,17 @@ func TestSyncPeers(t *testing.T) {
 	// h3 recreated its device: new MAC. h2 moved to another VTEP.
 	p3b := peer("h3", "10.244.3.0/24", "192.168.77.13", "02:00:00:00:00:33")
 	p2b := peer("h2", "10.244.2.0/24", "192.168.77.22", "02:00:00:00:00:02")
-	sync(SyncStats{Peers: 2, Added: 1, Replaced: 2, Deleted: 1}, p2b, p3b)
+	sync(peerplan.SyncStats{Peers: 2, Added: 1, Replaced: 2, Deleted: 1}, p2b, p3b)
 
 	// h2 left.
-	sync(SyncStats{Peers: 1, Deleted: 3}, p3b)
+	sync(peerplan.SyncStats{Peers: 1, Deleted: 3}, p3b)
 	// Everyone left; the local route is still there.
-	sync(SyncStats{Deleted: 3})
+	sync(peerplan.SyncStats{Deleted: 3})
 	if got := state(); got != "10.244.1.128/25 scope link" {
 		t.Fatalf("kernel state with no peers: %q", got)
 	}
+}
+
+func peer(host, subnet, vtep, mac string) peerplan.Peer {
+	return peerplan.Peer{Host: host, Subnet: netip.MustParsePrefix(subnet), VTEP: netip.MustParseAddr(vtep), MAC: mac}
 }

@@ -1,4 +1,8 @@
-package store
+// Package file is the store.Store backend on a directory shared by
+// several hosts on one machine (network namespaces, processes): a file per
+// network config and per subnet lease, changed under flock(2), expiry by
+// the wall clock. It touches only files under the directory it is given.
+package file
 
 import (
 	"context"
@@ -7,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -17,12 +22,14 @@ import (
 
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/lock"
+	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/internal/tracker"
 	"github.com/berth-cni/berth/pkg/state"
 )
 
 // The file backend keeps, under its directory:
 //
-//	<network>/network.json            the Network
+//	<network>/network.json            the store.Network
 //	<network>/leases/<a.b.c.d_len>.json one fileLease per leased subnet
 //	<network>/lock                    flock(2) held around every read-modify-write
 //
@@ -37,9 +44,9 @@ const (
 	fileLockWait = 10 * time.Second
 )
 
-// fileLease is a lease file: the Lease, who holds it and until when.
+// fileLease is a lease file: the store.Lease, who holds it and until when.
 type fileLease struct {
-	Lease
+	store.Lease
 	// Holder is a random token of the Hold that wrote the file: a Hold
 	// whose file carries another token was taken over, even by the same
 	// host (an agent restarted while its old lease was still live).
@@ -51,22 +58,22 @@ func (f fileLease) expired(now time.Time) bool { return now.UnixMilli() >= f.Exp
 
 type fileStore struct {
 	dir string
-	t   *tracker // renewers and pollers
+	t   *tracker.Tracker // renewers and pollers
 
 	mu     sync.Mutex
 	listed map[string]string // network → fingerprint of what Leases last returned
 }
 
-// NewFile returns a Store on the directory dir, for several hosts (network
+// New returns a store.Store on the directory dir, for several hosts (network
 // namespaces, processes) on one machine. It creates dir if missing.
-func NewFile(dir string) (Store, error) {
+func New(dir string) (store.Store, error) {
 	if dir == "" {
 		return nil, errors.New("file store: a directory is required")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("file store: %w", err)
 	}
-	return &fileStore{dir: dir, t: newTracker(), listed: map[string]string{}}, nil
+	return &fileStore{dir: dir, t: tracker.New(), listed: map[string]string{}}, nil
 }
 
 // netDir returns the directory of network, after checking that the name
@@ -79,7 +86,7 @@ func (s *fileStore) netDir(network string) (string, error) {
 }
 
 // locked runs fn under the flock of the network directory d, which must
-// exist. A lock not taken in time is ErrUnavailable.
+// exist. A lock not taken in time is store.ErrUnavailable.
 //
 // Equivalent: flock $dir/$network/lock $fn
 func locked[T any](ctx context.Context, d string, fn func() (T, error)) (T, error) {
@@ -90,7 +97,7 @@ func locked[T any](ctx context.Context, d string, fn func() (T, error)) (T, erro
 	var v T
 	l, err := lock.AcquireFile(filepath.Join(d, "lock"), wait)
 	if errors.Is(err, lock.ErrTimeout) {
-		return v, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return v, fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
 	if err != nil {
 		return v, err
@@ -102,64 +109,62 @@ func locked[T any](ctx context.Context, d string, fn func() (T, error)) (T, erro
 	return v, err
 }
 
-func (s *fileStore) EnsureNetwork(ctx context.Context, n Network) (Network, error) {
+func (s *fileStore) EnsureNetwork(ctx context.Context, n store.Network) (store.Network, error) {
 	if err := n.Validate(); err != nil {
-		return Network{}, err
+		return store.Network{}, err
 	}
 	d, err := s.netDir(n.Name)
 	if err != nil {
-		return Network{}, err
+		return store.Network{}, err
 	}
 	if err = os.MkdirAll(filepath.Join(d, "leases"), 0o755); err != nil {
-		return Network{}, fmt.Errorf("overlay network %q: %w", n.Name, err)
+		return store.Network{}, fmt.Errorf("overlay network %q: %w", n.Name, err)
 	}
-	stored, err := locked(ctx, d, func() (Network, error) { return storeNetwork(d, n) })
+	stored, err := locked(ctx, d, func() (store.Network, error) { return storeNetwork(d, n) })
 	if err != nil {
-		return Network{}, err
+		return store.Network{}, err
 	}
-	if stored != n {
-		return stored, fmt.Errorf("overlay network %q: stored config %+v differs from %+v: %w", n.Name, stored, n, ErrConflict)
-	}
-	return stored, nil
+	return stored, store.CheckStoredNetwork(stored, n)
 }
 
 // storeNetwork writes n to <d>/network.json unless a config is there, and
 // returns the stored one. The caller holds the lock.
-func storeNetwork(d string, n Network) (Network, error) {
+func storeNetwork(d string, n store.Network) (store.Network, error) {
 	stored, ok, err := readNetwork(d)
 	if err != nil || ok {
 		return stored, err
 	}
 	b, err := json.Marshal(n)
 	if err != nil {
-		return Network{}, err
+		return store.Network{}, err
 	}
 	return n, state.WriteAtomic(filepath.Join(d, "network.json"), b)
 }
 
 // readNetwork reads <d>/network.json; ok is false when there is none.
-func readNetwork(d string) (n Network, ok bool, err error) {
+func readNetwork(d string) (n store.Network, ok bool, err error) {
 	b, err := os.ReadFile(filepath.Join(d, "network.json"))
 	if errors.Is(err, fs.ErrNotExist) {
-		return Network{}, false, nil
+		return store.Network{}, false, nil
 	}
 	if err != nil {
-		return Network{}, false, err
+		return store.Network{}, false, err
 	}
-	n, err = decodeNetwork(b)
+	n, err = store.DecodeNetwork(b)
 	if err != nil {
-		return Network{}, false, fmt.Errorf("%s: %w", filepath.Join(d, "network.json"), err)
+		return store.Network{}, false, fmt.Errorf("%s: %w", filepath.Join(d, "network.json"), err)
 	}
 	return n, true, nil
 }
 
 func leasePath(d string, subnet netip.Prefix) string {
-	return filepath.Join(d, "leases", subnetKey(subnet, '_')+".json")
+	return filepath.Join(d, "leases", store.SubnetKey(subnet, '_')+".json")
 }
 
-// readLeaseFile reads one lease file; ok is false when there is none.
+// readLeaseFile reads one lease file; ok is false when there is none. It
+// reads no more than a lease record may take, and one byte to tell.
 func readLeaseFile(path string, subnet netip.Prefix) (f fileLease, ok bool, err error) {
-	b, err := os.ReadFile(path)
+	b, err := readAtMost(path, store.MaxRecordSize+1)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fileLease{}, false, nil
 	}
@@ -173,13 +178,25 @@ func readLeaseFile(path string, subnet netip.Prefix) (f fileLease, ok bool, err 
 	return f, true, nil
 }
 
+func readAtMost(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
+}
+
 // decodeFileLease decodes and validates a lease file of subnet.
 func decodeFileLease(b []byte, subnet netip.Prefix) (fileLease, error) {
+	if err := store.CheckRecordSize(len(b), subnet); err != nil {
+		return fileLease{}, err
+	}
 	var f fileLease
 	if err := json.Unmarshal(b, &f); err != nil {
 		return fileLease{}, fmt.Errorf("decode lease of %s: %w", subnet, err)
 	}
-	if err := checkStoredLease(f.Lease, subnet); err != nil {
+	if err := store.CheckStoredLease(f.Lease, subnet); err != nil {
 		return fileLease{}, err
 	}
 	if f.Holder == "" || f.Expires <= 0 {
@@ -204,7 +221,7 @@ func readLeases(d string, now time.Time) (live []fileLease, expired []string, er
 		if strings.HasPrefix(name, ".") { // a temp file of a write in flight
 			continue
 		}
-		subnet, err := parseSubnetKey(strings.TrimSuffix(name, ".json"), '_')
+		subnet, err := store.ParseSubnetKey(strings.TrimSuffix(name, ".json"), '_')
 		if err != nil || !strings.HasSuffix(name, ".json") {
 			return nil, nil, fmt.Errorf("%s: not a lease file name", filepath.Join(d, "leases", name))
 		}
@@ -238,12 +255,12 @@ func sweep(d string, now time.Time) ([]fileLease, error) {
 	return live, errors.Join(errs...)
 }
 
-func leasesOf(files []fileLease) []Lease {
-	ls := make([]Lease, len(files))
+func leasesOf(files []fileLease) []store.Lease {
+	ls := make([]store.Lease, len(files))
 	for i, f := range files {
 		ls[i] = f.Lease
 	}
-	sortLeases(ls)
+	store.SortLeases(ls)
 	return ls
 }
 
@@ -255,7 +272,7 @@ func writeLease(d string, f fileLease) error {
 	return state.WriteAtomic(leasePath(d, f.Subnet), b)
 }
 
-func (s *fileStore) Leases(ctx context.Context, network string) ([]Lease, error) {
+func (s *fileStore) Leases(ctx context.Context, network string) ([]store.Lease, error) {
 	d, err := s.netDir(network)
 	if err != nil {
 		return nil, err
@@ -276,32 +293,34 @@ func (s *fileStore) Leases(ctx context.Context, network string) ([]Lease, error)
 	return ls, nil
 }
 
-func (s *fileStore) Acquire(ctx context.Context, network string, want Lease, ttl time.Duration) (Hold, error) {
-	if err := errors.Join(validateTTL(ttl), validateHost(want.Host), want.validateEndpoint()); err != nil {
+func (s *fileStore) Acquire(ctx context.Context, network string, want store.Lease, ttl time.Duration) (store.Hold, error) {
+	if err := store.ValidateAcquire(want, ttl); err != nil {
 		return nil, err
 	}
 	d, err := s.netDir(network)
 	if err != nil {
 		return nil, err
 	}
-	if !s.t.add() {
+	if !s.t.Add() {
 		return nil, errors.New("file store is closed")
 	}
 	h := &fileHold{
 		s:       s,
 		d:       d,
+		host:    want.Host,
 		ttl:     ttl,
 		holder:  newToken(),
 		lost:    make(chan struct{}),
 		release: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	h.lease, err = locked(ctx, d, func() (Lease, error) { return claimFile(d, want, h.holder, ttl) })
+	h.lease, err = locked(ctx, d, func() (store.Lease, error) { return claimFile(d, want, h.holder, ttl) })
+	h.subnet = h.lease.Subnet
 	if errors.Is(err, fs.ErrNotExist) {
 		err = fmt.Errorf("no config stored (EnsureNetwork first): %w", err)
 	}
 	if err != nil {
-		s.t.done()
+		s.t.Done()
 		return nil, fmt.Errorf("acquire a subnet of overlay network %q for %q: %w", network, want.Host, err)
 	}
 	go h.renewLoop(ctx)
@@ -311,32 +330,41 @@ func (s *fileStore) Acquire(ctx context.Context, network string, want Lease, ttl
 // claimFile picks a subnet for want among the live leases of the network
 // directory d and writes its lease file for holder. The caller holds the
 // lock.
-func claimFile(d string, want Lease, holder string, ttl time.Duration) (Lease, error) {
+func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (store.Lease, error) {
 	n, ok, err := readNetwork(d)
 	if err != nil {
-		return Lease{}, err
+		return store.Lease{}, err
 	}
 	if !ok {
-		return Lease{}, errors.New("no config stored (EnsureNetwork first)")
+		return store.Lease{}, errors.New("no config stored (EnsureNetwork first)")
 	}
 	now := time.Now()
 	live, err := sweep(d, now)
 	if err != nil {
-		return Lease{}, err
+		return store.Lease{}, err
 	}
-	subnet, err := pickSubnet(n, want, leasesOf(live))
+	subnet, err := store.PickSubnet(n, want, leasesOf(live))
 	if err != nil {
-		return Lease{}, err
+		return store.Lease{}, err
 	}
 	got := want
 	got.Subnet = subnet
+	for _, f := range live {
+		if f.Subnet == subnet && f.Host == want.Host {
+			// The host's own, taken over: keep the attributes want
+			// does not know.
+			if got.Attrs, err = store.MergeAttrs(f.Attrs, want.Attrs); err != nil {
+				return store.Lease{}, err
+			}
+		}
+	}
 	return got, writeLease(d, fileLease{Lease: got, Holder: holder, Expires: now.Add(ttl).UnixMilli()})
 }
 
 func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	d, err := s.netDir(network)
-	if err != nil || !s.t.add() {
+	if err != nil || !s.t.Add() {
 		close(ch)
 		return ch
 	}
@@ -347,7 +375,7 @@ func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{}
 	last := fingerprint(d)
 	ch <- struct{}{}
 	go func() {
-		defer s.t.done()
+		defer s.t.Done()
 		defer close(ch)
 		t := time.NewTicker(filePoll)
 		defer t.Stop()
@@ -355,7 +383,7 @@ func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{}
 			select {
 			case <-ctx.Done():
 				return
-			case <-s.t.ctx.Done():
+			case <-s.t.Context().Done():
 				return
 			case <-t.C:
 			}
@@ -365,7 +393,7 @@ func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{}
 			s.mu.Unlock()
 			if fp != last || ok && fp != listed {
 				last = fp
-				signal(ch)
+				tracker.Signal(ch)
 			}
 		}
 	}()
@@ -384,7 +412,7 @@ func fingerprint(d string) string {
 }
 
 // fingerprintOf is the content of leases (sorted, as leasesOf returns them).
-func fingerprintOf(leases []Lease) string {
+func fingerprintOf(leases []store.Lease) string {
 	b, err := json.Marshal(leases)
 	if err != nil {
 		return "\x00" + err.Error()
@@ -399,106 +427,9 @@ func newToken() string {
 	return hex.EncodeToString(b)
 }
 
-// signal sends on a 1-buffered channel without blocking: signals coalesce.
-func signal(ch chan<- struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
 // Close stops renewals and Changes pollers; lease files stay until their
 // expiry.
 func (s *fileStore) Close() error {
-	s.t.stop(nil)
-	return nil
-}
-
-type fileHold struct {
-	s      *fileStore
-	d      string
-	lease  Lease
-	holder string
-	ttl    time.Duration
-
-	lost        chan struct{} // closed by renewLoop only
-	release     chan struct{}
-	releaseOnce sync.Once
-	done        chan struct{} // renewLoop returned
-}
-
-func (h *fileHold) Lease() Lease          { return h.lease }
-func (h *fileHold) Lost() <-chan struct{} { return h.lost }
-
-// renewLoop rewrites the expiry every ttl/3 until Release, ctx's end, the
-// store's Close or the loss of the lease. A failed renewal is retried at
-// the next tick; failures for a whole ttl are a loss, as the lease may
-// have expired and been taken meanwhile.
-func (h *fileHold) renewLoop(ctx context.Context) {
-	defer h.s.t.done()
-	defer close(h.done)
-	t := time.NewTicker(h.ttl / 3)
-	defer t.Stop()
-	renewed := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-h.release:
-			return
-		case <-h.s.t.ctx.Done():
-			return
-		case <-t.C:
-		}
-		rctx, cancel := context.WithTimeout(ctx, h.ttl/3)
-		lost, err := h.renew(rctx)
-		cancel()
-		if err == nil && !lost {
-			renewed = time.Now()
-		}
-		if lost || time.Since(renewed) >= h.ttl {
-			close(h.lost)
-			return
-		}
-	}
-}
-
-// renew rewrites the expiry of the lease file if it is still this Hold's
-// and live. lost is true when it is gone, taken or expired (an expired
-// file is deleted: the Hold's owner acquires anew).
-func (h *fileHold) renew(ctx context.Context) (lost bool, err error) {
-	return locked(ctx, h.d, func() (bool, error) {
-		path := leasePath(h.d, h.lease.Subnet)
-		f, ok, rerr := readLeaseFile(path, h.lease.Subnet)
-		now := time.Now()
-		switch {
-		case rerr != nil:
-			return false, rerr
-		case !ok || f.Holder != h.holder:
-			return true, nil
-		case f.expired(now):
-			return true, os.Remove(path)
-		}
-		f.Expires = now.Add(h.ttl).UnixMilli()
-		return false, writeLease(h.d, f)
-	})
-}
-
-// Release stops the renewals and deletes the lease file if it is still
-// this Hold's. Releasing twice is not an error.
-func (h *fileHold) Release(ctx context.Context) error {
-	h.releaseOnce.Do(func() { close(h.release) })
-	<-h.done
-	_, err := locked(ctx, h.d, func() (struct{}, error) {
-		path := leasePath(h.d, h.lease.Subnet)
-		f, ok, rerr := readLeaseFile(path, h.lease.Subnet)
-		if rerr != nil || !ok || f.Holder != h.holder {
-			return struct{}{}, rerr
-		}
-		return struct{}{}, os.Remove(path)
-	})
-	if err != nil {
-		return fmt.Errorf("release lease of %s for %q: %w", h.lease.Subnet, h.lease.Host, err)
-	}
+	s.t.Stop(nil)
 	return nil
 }

@@ -1,4 +1,9 @@
-package store
+// Package storetest is the contract every store.Store backend passes,
+// as a test suite a backend's own tests run (Run), and the helpers those
+// tests share: a network and hosts to lease for, and waits for what a
+// Store promises to signal. It touches nothing but the stores it is
+// given.
+package storetest
 
 import (
 	"context"
@@ -9,22 +14,25 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-cni/berth/pkg/overlay/store"
 )
 
-// The Store contract, run against every backend. newStore returns a new
-// connection to one shared state (a directory, an etcd cluster), closed in
-// t.Cleanup; each connection plays one "host" or one incarnation of it.
-// Each subtest uses a network of its own, so they run in parallel.
+// Timeout bounds every wait for an event; no test asserts on durations.
+const Timeout = 30 * time.Second
 
-// waitFor bounds every wait for an event; no test asserts on durations.
-const waitFor = 30 * time.Second
-
-func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) Store) {
+// Run runs the Store contract as subtests of t. newStore returns a new
+// connection to one shared state (a directory, an etcd cluster), closed
+// in t.Cleanup; each connection plays one "host" or one incarnation of
+// it. ttl is the lease TTL the subtests use: the shortest the backend
+// honours. Each subtest uses a network of its own, so they run in
+// parallel.
+func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Store) {
 	t.Run("EnsureNetworkFirstWins", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
+		ctx := Ctx(t)
 		s1, s2 := newStore(t), newStore(t)
-		n := testNetwork(t)
+		n := Network(t)
 		if got, err := s1.EnsureNetwork(ctx, n); err != nil || got != n {
 			t.Fatalf("first EnsureNetwork = %+v, %v; want %+v, nil", got, err, n)
 		}
@@ -34,21 +42,21 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 		other := n
 		other.VNI++
 		got, err := s2.EnsureNetwork(ctx, other)
-		if !errors.Is(err, ErrConflict) || got != n {
+		if !errors.Is(err, store.ErrConflict) || got != n {
 			t.Fatalf("different config = %+v, %v; want the stored %+v and ErrConflict", got, err, n)
 		}
 		bad := n
 		bad.Port = 0
-		if _, err := s1.EnsureNetwork(ctx, bad); err == nil || errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "port") {
+		if _, err := s1.EnsureNetwork(ctx, bad); err == nil || errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "port") {
 			t.Fatalf("invalid config: err = %v; want a validation error naming the port", err)
 		}
 	})
 
 	t.Run("AcquireWithoutNetwork", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
+		ctx := Ctx(t)
 		s := newStore(t)
-		_, err := s.Acquire(ctx, testNetwork(t).Name, host(1), ttl)
+		_, err := s.Acquire(ctx, Network(t).Name, Host(1), ttl)
 		if err == nil || !strings.Contains(err.Error(), "EnsureNetwork") {
 			t.Fatalf("Acquire on a network without config: err = %v; want one saying to EnsureNetwork first", err)
 		}
@@ -56,15 +64,15 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 
 	t.Run("DistinctSubnets", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
-		n := ensure(t, newStore(t), testNetwork(t))
-		a := acquire(t, newStore(t), n.Name, host(1), ttl)
-		b := acquire(t, newStore(t), n.Name, host(2), ttl)
-		want := []Lease{withSubnet(host(1), "10.244.0.0/24"), withSubnet(host(2), "10.244.1.0/24")}
-		if got := []Lease{a.Lease(), b.Lease()}; !slices.Equal(got, want) {
+		ctx := Ctx(t)
+		n := Ensure(t, newStore(t), Network(t))
+		a := Acquire(t, newStore(t), n.Name, Host(1), ttl)
+		b := Acquire(t, newStore(t), n.Name, Host(2), ttl)
+		want := []store.Lease{withSubnet(Host(1), "10.244.0.0/24"), withSubnet(Host(2), "10.244.1.0/24")}
+		if got := []store.Lease{a.Lease(), b.Lease()}; !slices.Equal(got, want) {
 			t.Fatalf("leases = %+v; want %+v", got, want)
 		}
-		if got := leases(t, newStore(t), n.Name); !slices.Equal(got, want) {
+		if got := Leases(t, newStore(t), n.Name); !slices.Equal(got, want) {
 			t.Fatalf("Leases = %+v; want %+v", got, want)
 		}
 		if err := errors.Join(a.Release(ctx), b.Release(ctx)); err != nil {
@@ -74,29 +82,29 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 
 	t.Run("SameHostGetsItsSubnet", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
-		n := ensure(t, newStore(t), testNetwork(t))
-		acquire(t, newStore(t), n.Name, host(1), ttl)
-		old := acquire(t, newStore(t), n.Name, host(2), ttl)
+		ctx := Ctx(t)
+		n := Ensure(t, newStore(t), Network(t))
+		Acquire(t, newStore(t), n.Name, Host(1), ttl)
+		old := Acquire(t, newStore(t), n.Name, Host(2), ttl)
 		// host2 restarts with a new VTEP while its old lease is live and
 		// asks for another subnet: it gets its own, with the new values,
 		// and the old incarnation's Hold is lost.
-		again := host(2)
+		again := Host(2)
 		again.VTEP = netip.MustParseAddr("192.0.2.99")
 		again.Subnet = netip.MustParsePrefix("10.244.9.0/24")
-		h := acquire(t, newStore(t), n.Name, again, ttl)
+		h := Acquire(t, newStore(t), n.Name, again, ttl)
 		if h.Lease().Subnet != old.Lease().Subnet {
 			t.Fatalf("re-acquired %s; want the old %s", h.Lease().Subnet, old.Lease().Subnet)
 		}
-		waitClosed(t, old.Lost(), "the old incarnation's Lost")
-		got := leases(t, newStore(t), n.Name)
+		WaitClosed(t, old.Lost(), "the old incarnation's Lost")
+		got := Leases(t, newStore(t), n.Name)
 		if len(got) != 2 || got[1] != h.Lease() {
 			t.Fatalf("Leases = %+v; want host1's and %+v", got, h.Lease())
 		}
 		if err := old.Release(ctx); err != nil {
 			t.Fatalf("Release of a lost Hold: %v", err)
 		}
-		if got := leases(t, newStore(t), n.Name); len(got) != 2 {
+		if got := Leases(t, newStore(t), n.Name); len(got) != 2 {
 			t.Fatalf("Release of the lost Hold deleted the new lease: %+v", got)
 		}
 		select {
@@ -108,7 +116,7 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 
 	t.Run("WantedSubnet", func(t *testing.T) {
 		t.Parallel()
-		n := ensure(t, newStore(t), testNetwork(t))
+		n := Ensure(t, newStore(t), Network(t))
 		s := newStore(t)
 		for _, tc := range []struct {
 			host       int
@@ -121,9 +129,9 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 			{5, "10.244.3.1/24", "10.244.3.0/24"}, // host bits set
 			{6, "10.244.200.0/24", "10.244.200.0/24"},
 		} {
-			want := host(tc.host)
+			want := Host(tc.host)
 			want.Subnet = netip.MustParsePrefix(tc.want)
-			if got := acquire(t, s, n.Name, want, ttl).Lease().Subnet.String(); got != tc.gets {
+			if got := Acquire(t, s, n.Name, want, ttl).Lease().Subnet.String(); got != tc.gets {
 				t.Errorf("host%d wanting %s got %s; want %s", tc.host, tc.want, got, tc.gets)
 			}
 		}
@@ -131,46 +139,46 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 
 	t.Run("Exhaustion", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
-		n := testNetwork(t)
+		ctx := Ctx(t)
+		n := Network(t)
 		n.CIDR = netip.MustParsePrefix("10.9.0.0/24")
 		n.SubnetLen = 26
-		ensure(t, newStore(t), n)
+		Ensure(t, newStore(t), n)
 		s := newStore(t)
-		var holds []Hold
+		var holds []store.Hold
 		for i := 1; i <= 4; i++ {
-			holds = append(holds, acquire(t, s, n.Name, host(i), ttl))
+			holds = append(holds, Acquire(t, s, n.Name, Host(i), ttl))
 		}
-		_, err := s.Acquire(ctx, n.Name, host(5), ttl)
-		if !errors.Is(err, ErrConflict) {
+		_, err := s.Acquire(ctx, n.Name, Host(5), ttl)
+		if !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("fifth host on four subnets: err = %v; want ErrConflict", err)
 		}
 		if err := holds[2].Release(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if got := acquire(t, s, n.Name, host(5), ttl).Lease().Subnet.String(); got != "10.9.0.128/26" {
+		if got := Acquire(t, s, n.Name, Host(5), ttl).Lease().Subnet.String(); got != "10.9.0.128/26" {
 			t.Fatalf("after a release the fifth host got %s; want the released 10.9.0.128/26", got)
 		}
 	})
 
 	t.Run("ExpiryWhenNotRenewed", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
-		n := ensure(t, newStore(t), testNetwork(t))
+		ctx := Ctx(t)
+		n := Ensure(t, newStore(t), Network(t))
 		watcher := newStore(t)
 		ch := watcher.Changes(ctx, n.Name)
-		waitSignal(t, ch, "the initial signal")
+		WaitSignal(t, ch, "the initial signal")
 
 		gone := newStore(t)
-		h := acquire(t, gone, n.Name, host(1), ttl)
-		waitLeases(t, watcher, n.Name, ch, "the new lease", func(ls []Lease) bool { return slices.Contains(ls, h.Lease()) })
+		h := Acquire(t, gone, n.Name, Host(1), ttl)
+		WaitLeases(t, watcher, n.Name, ch, "the new lease", func(ls []store.Lease) bool { return slices.Contains(ls, h.Lease()) })
 		// The holder stops without releasing: its lease outlives it by the
 		// TTL, then disappears and Changes says so.
 		if err := gone.Close(); err != nil {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		waitLeases(t, watcher, n.Name, ch, "the expiry", func(ls []Lease) bool { return len(ls) == 0 })
+		WaitLeases(t, watcher, n.Name, ch, "the expiry", func(ls []store.Lease) bool { return len(ls) == 0 })
 		t.Logf("lease gone %v after its holder closed (ttl %v)", time.Since(start).Round(time.Millisecond), ttl)
 		select {
 		case <-h.Lost():
@@ -178,19 +186,20 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 		default:
 		}
 		// Its subnet is free again.
-		if got := acquire(t, newStore(t), n.Name, host(2), ttl).Lease().Subnet; got != h.Lease().Subnet {
+		if got := Acquire(t, newStore(t), n.Name, Host(2), ttl).Lease().Subnet; got != h.Lease().Subnet {
 			t.Fatalf("after the expiry host2 got %s; want the freed %s", got, h.Lease().Subnet)
 		}
 	})
 
 	t.Run("RenewalOutlivesTTL", func(t *testing.T) {
 		t.Parallel()
-		n := ensure(t, newStore(t), testNetwork(t))
+		n := Ensure(t, newStore(t), Network(t))
 		s := newStore(t)
-		h := acquire(t, s, n.Name, host(1), ttl)
-		// Renewal keeps it past several TTLs: wait 3 and look.
+		h := Acquire(t, s, n.Name, WithAttr(t, Host(1), "ack", 1, `{"seen":[2]}`), ttl)
+		// Renewal keeps it, attributes and all, past several TTLs: wait 3
+		// and look.
 		time.Sleep(3 * ttl)
-		if got := leases(t, s, n.Name); !slices.Equal(got, []Lease{h.Lease()}) {
+		if got := Leases(t, s, n.Name); !slices.Equal(got, []store.Lease{h.Lease()}) || h.Lease().Attrs.IsZero() {
 			t.Fatalf("after 3 TTLs of renewal Leases = %+v; want %+v", got, h.Lease())
 		}
 		select {
@@ -202,26 +211,26 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 
 	t.Run("ReleaseDeletesAtOnce", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
-		n := ensure(t, newStore(t), testNetwork(t))
+		ctx := Ctx(t)
+		n := Ensure(t, newStore(t), Network(t))
 		s := newStore(t)
-		h := acquire(t, s, n.Name, host(1), ttl)
+		h := Acquire(t, s, n.Name, Host(1), ttl)
 		// Watching from after the acquisition: the next signal is the
 		// release's.
 		watcher := newStore(t)
 		ch := watcher.Changes(ctx, n.Name)
-		waitSignal(t, ch, "the initial signal")
-		if got := leases(t, watcher, n.Name); len(got) != 1 {
+		WaitSignal(t, ch, "the initial signal")
+		if got := Leases(t, watcher, n.Name); len(got) != 1 {
 			t.Fatalf("Leases = %+v; want the one acquired", got)
 		}
 		if err := h.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if got := leases(t, s, n.Name); len(got) != 0 {
+		if got := Leases(t, s, n.Name); len(got) != 0 {
 			t.Fatalf("right after Release, Leases = %+v; want none", got)
 		}
-		waitSignal(t, ch, "the release")
-		if got := leases(t, watcher, n.Name); len(got) != 0 {
+		WaitSignal(t, ch, "the release")
+		if got := Leases(t, watcher, n.Name); len(got) != 0 {
 			t.Fatalf("after the signal Leases = %+v; want none", got)
 		}
 		if err := h.Release(ctx); err != nil {
@@ -231,15 +240,15 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 
 	t.Run("ChangesSeesOtherHost", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
-		n := ensure(t, newStore(t), testNetwork(t))
+		ctx := Ctx(t)
+		n := Ensure(t, newStore(t), Network(t))
 		s1 := newStore(t)
-		h1 := acquire(t, s1, n.Name, host(1), ttl)
+		h1 := Acquire(t, s1, n.Name, Host(1), ttl)
 		ch := s1.Changes(ctx, n.Name)
-		waitSignal(t, ch, "the initial signal")
-		h2 := acquire(t, newStore(t), n.Name, host(2), ttl)
-		waitLeases(t, s1, n.Name, ch, "host2's lease", func(ls []Lease) bool {
-			return slices.Equal(ls, []Lease{h1.Lease(), h2.Lease()})
+		WaitSignal(t, ch, "the initial signal")
+		h2 := Acquire(t, newStore(t), n.Name, Host(2), ttl)
+		WaitLeases(t, s1, n.Name, ch, "host2's lease", func(ls []store.Lease) bool {
+			return slices.Equal(ls, []store.Lease{h1.Lease(), h2.Lease()})
 		})
 	})
 
@@ -249,30 +258,30 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 	// since the window is one poll (file) or one event (etcd).
 	t.Run("ChangesAfterListedLeaseGoes", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
-		n := ensure(t, newStore(t), testNetwork(t))
+		ctx := Ctx(t)
+		n := Ensure(t, newStore(t), Network(t))
 		watcher, other := newStore(t), newStore(t)
 		ch := watcher.Changes(ctx, n.Name)
-		waitSignal(t, ch, "the initial signal")
+		WaitSignal(t, ch, "the initial signal")
 		for i := range 5 {
-			h := acquire(t, other, n.Name, host(2), ttl)
-			if got := leases(t, watcher, n.Name); len(got) != 1 {
+			h := Acquire(t, other, n.Name, Host(2), ttl)
+			if got := Leases(t, watcher, n.Name); len(got) != 1 {
 				t.Fatalf("round %d: Leases = %+v; want the one acquired", i, got)
 			}
 			if err := h.Release(ctx); err != nil {
 				t.Fatal(err)
 			}
-			waitLeases(t, watcher, n.Name, ch, fmt.Sprintf("round %d: the release", i), func(ls []Lease) bool { return len(ls) == 0 })
+			WaitLeases(t, watcher, n.Name, ch, fmt.Sprintf("round %d: the release", i), func(ls []store.Lease) bool { return len(ls) == 0 })
 		}
 	})
 
 	t.Run("ChangesClosesWithContext", func(t *testing.T) {
 		t.Parallel()
-		n := ensure(t, newStore(t), testNetwork(t))
-		ctx, cancel := context.WithCancel(testCtx(t))
+		n := Ensure(t, newStore(t), Network(t))
+		ctx, cancel := context.WithCancel(Ctx(t))
 		ch := newStore(t).Changes(ctx, n.Name)
 		cancel()
-		deadline := time.After(waitFor)
+		deadline := time.After(Timeout)
 		for {
 			select {
 			case _, ok := <-ch:
@@ -285,23 +294,25 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 		}
 	})
 
+	runAttrs(t, ttl, newStore)
+
 	t.Run("BadInput", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t)
+		ctx := Ctx(t)
 		s := newStore(t)
-		n := ensure(t, s, testNetwork(t))
+		n := Ensure(t, s, Network(t))
 		for _, tc := range []struct {
 			name    string
 			network string
-			want    Lease
+			want    store.Lease
 			ttl     time.Duration
 			errHas  string
 		}{
-			{"escaping network name", "../x", host(1), ttl, "name"},
-			{"no host", n.Name, Lease{VTEP: host(1).VTEP, MAC: host(1).MAC}, ttl, "host"},
-			{"no vtep", n.Name, Lease{Host: "h", MAC: host(1).MAC}, ttl, "vtep"},
-			{"bad mac", n.Name, Lease{Host: "h", VTEP: host(1).VTEP, MAC: "zz"}, ttl, "mac"},
-			{"short ttl", n.Name, host(1), time.Millisecond, "ttl"},
+			{"escaping network name", "../x", Host(1), ttl, "name"},
+			{"no host", n.Name, store.Lease{VTEP: Host(1).VTEP, MAC: Host(1).MAC}, ttl, "host"},
+			{"no vtep", n.Name, store.Lease{Host: "h", MAC: Host(1).MAC}, ttl, "vtep"},
+			{"bad mac", n.Name, store.Lease{Host: "h", VTEP: Host(1).VTEP, MAC: "zz"}, ttl, "mac"},
+			{"short ttl", n.Name, Host(1), time.Millisecond, "ttl"},
 		} {
 			if _, err := s.Acquire(ctx, tc.network, tc.want, tc.ttl); err == nil || !strings.Contains(err.Error(), tc.errHas) {
 				t.Errorf("%s: Acquire err = %v; want one naming %q", tc.name, err, tc.errHas)
@@ -313,78 +324,92 @@ func testContract(t *testing.T, ttl time.Duration, newStore func(t *testing.T) S
 	})
 }
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 2*waitFor)
+// Ctx is a context for one test's store calls, ended with t.
+func Ctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*Timeout)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-// testNetwork is a /16 split into /24s, named after the (sub)test.
-func testNetwork(t *testing.T) Network {
+// Network is a /16 split into /24s, named after the (sub)test.
+func Network(t *testing.T) store.Network {
 	name := strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())
-	return Network{Name: name, CIDR: netip.MustParsePrefix("10.244.0.0/16"), SubnetLen: 24, VNI: 42, Port: 4789}
+	return store.Network{Name: name, CIDR: netip.MustParsePrefix("10.244.0.0/16"), SubnetLen: 24, VNI: 42, Port: 4789}
 }
 
-// host returns the lease request of host i (1..250), without a subnet.
-func host(i int) Lease {
-	return Lease{
+// Host returns the lease request of host i (1..250), without a subnet.
+func Host(i int) store.Lease {
+	return store.Lease{
 		Host: fmt.Sprintf("host%d", i),
 		VTEP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}),
 		MAC:  fmt.Sprintf("02:00:00:00:00:%02x", i),
 	}
 }
 
-func withSubnet(l Lease, subnet string) Lease {
+// WithAttr returns l with the attribute name set to version and data.
+func WithAttr(t *testing.T, l store.Lease, name string, version int, data string) store.Lease {
+	t.Helper()
+	var err error
+	if l.Attrs, err = l.Attrs.With(name, store.Attr{Version: version, Data: []byte(data)}); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func withSubnet(l store.Lease, subnet string) store.Lease {
 	l.Subnet = netip.MustParsePrefix(subnet)
 	return l
 }
 
-func ensure(t *testing.T, s Store, n Network) Network {
+// Ensure stores n (or checks it) and fails t on an error.
+func Ensure(t *testing.T, s store.Store, n store.Network) store.Network {
 	t.Helper()
-	got, err := s.EnsureNetwork(testCtx(t), n)
+	got, err := s.EnsureNetwork(Ctx(t), n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return got
 }
 
-func acquire(t *testing.T, s Store, network string, want Lease, ttl time.Duration) Hold {
+// Acquire acquires a lease and fails t on an error.
+func Acquire(t *testing.T, s store.Store, network string, want store.Lease, ttl time.Duration) store.Hold {
 	t.Helper()
-	h, err := s.Acquire(testCtx(t), network, want, ttl)
+	h, err := s.Acquire(Ctx(t), network, want, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h
 }
 
-func leases(t *testing.T, s Store, network string) []Lease {
+// Leases lists the leases of network and fails t on an error.
+func Leases(t *testing.T, s store.Store, network string) []store.Lease {
 	t.Helper()
-	ls, err := s.Leases(testCtx(t), network)
+	ls, err := s.Leases(Ctx(t), network)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ls
 }
 
-// waitSignal waits for one signal on ch.
-func waitSignal(t *testing.T, ch <-chan struct{}, what string) {
+// WaitSignal waits for one signal on ch.
+func WaitSignal(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
 	select {
 	case _, ok := <-ch:
 		if !ok {
 			t.Fatalf("waiting for %s: Changes channel closed", what)
 		}
-	case <-time.After(waitFor):
-		t.Fatalf("no signal for %s within %v", what, waitFor)
+	case <-time.After(Timeout):
+		t.Fatalf("no signal for %s within %v", what, Timeout)
 	}
 }
 
-// waitLeases re-lists on every signal until ok holds, as a caller of
+// WaitLeases re-lists on every signal until ok holds, as a caller of
 // Changes does.
-func waitLeases(t *testing.T, s Store, network string, ch <-chan struct{}, what string, ok func([]Lease) bool) {
+func WaitLeases(t *testing.T, s store.Store, network string, ch <-chan struct{}, what string, ok func([]store.Lease) bool) {
 	t.Helper()
-	deadline := time.After(waitFor)
-	var last []Lease
+	deadline := time.After(Timeout)
+	var last []store.Lease
 	for {
 		select {
 		case _, open := <-ch:
@@ -392,9 +417,9 @@ func waitLeases(t *testing.T, s Store, network string, ch <-chan struct{}, what 
 				t.Fatalf("waiting for %s: Changes channel closed", what)
 			}
 		case <-deadline:
-			t.Fatalf("no signal for %s within %v; last Leases %+v", what, waitFor, last)
+			t.Fatalf("no signal for %s within %v; last Leases %+v", what, Timeout, last)
 		}
-		ls, err := s.Leases(testCtx(t), network)
+		ls, err := s.Leases(Ctx(t), network)
 		if err != nil {
 			t.Logf("Leases after a signal: %v", err)
 			continue
@@ -405,11 +430,12 @@ func waitLeases(t *testing.T, s Store, network string, ch <-chan struct{}, what 
 	}
 }
 
-func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+// WaitClosed waits until ch is closed.
+func WaitClosed(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
 	select {
 	case <-ch:
-	case <-time.After(waitFor):
-		t.Fatalf("%s not closed within %v", what, waitFor)
+	case <-time.After(Timeout):
+		t.Fatalf("%s not closed within %v", what, Timeout)
 	}
 }

@@ -1,4 +1,8 @@
-package store
+// Package etcd is the store.Store backend on an etcd cluster
+// (go.etcd.io/etcd/client/v3): a subnet lease is a key attached to an etcd
+// lease with the TTL, Changes a prefix watch. It touches only the keys
+// under its prefix in the etcd cluster it is given.
+package etcd
 
 import (
 	"context"
@@ -9,7 +13,6 @@ import (
 	"math"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -22,19 +25,21 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/internal/tracker"
 )
 
 // The etcd backend keeps, under its prefix:
 //
-//	<prefix>/<network>/config               the Network, JSON
-//	<prefix>/<network>/subnets/<a.b.c.d-len> a Lease, JSON, attached to an etcd lease with the TTL
+//	<prefix>/<network>/config               the store.Network, JSON
+//	<prefix>/<network>/subnets/<a.b.c.d-len> a store.Lease, JSON, attached to an etcd lease with the TTL
 //
 // etcd deletes a subnet key when its lease expires, so Leases is a plain
 // prefix read and Changes a prefix watch.
 
-// DefaultEtcdPrefix is where the overlay's keys live when EtcdConfig.Prefix
+// DefaultPrefix is where the overlay's keys live when Config.Prefix
 // is empty.
-const DefaultEtcdPrefix = "/berth/overlay"
+const DefaultPrefix = "/berth/overlay"
 
 const (
 	defaultDialTimeout    = 5 * time.Second
@@ -47,14 +52,14 @@ const (
 	watchRetryMax = 5 * time.Second
 )
 
-// EtcdConfig is how to reach the etcd cluster.
-type EtcdConfig struct {
+// Config is how to reach the etcd cluster.
+type Config struct {
 	Endpoints   []string      // e.g. https://10.0.0.1:2379
-	Prefix      string        // key prefix, DefaultEtcdPrefix when empty
+	Prefix      string        // key prefix, DefaultPrefix when empty
 	DialTimeout time.Duration // 5s when zero
 	TLS         *tls.Config   // nil for plain http endpoints
 	// RequestTimeout bounds each request to etcd (5s when zero), so a dead
-	// cluster fails a call with ErrUnavailable rather than hanging it.
+	// cluster fails a call with store.ErrUnavailable rather than hanging it.
 	RequestTimeout time.Duration
 }
 
@@ -63,20 +68,20 @@ type etcdStore struct {
 	prefix  string
 	timeout time.Duration
 
-	t         *tracker // Hold and Changes goroutines
+	t         *tracker.Tracker // Hold and Changes goroutines
 	closeOnce sync.Once
 	closeErr  error
 }
 
-// NewEtcd returns a Store on the etcd cluster of cfg. It does not wait for
-// the cluster: an unreachable one fails the calls, with ErrUnavailable.
-func NewEtcd(cfg EtcdConfig) (Store, error) {
+// New returns a store.Store on the etcd cluster of cfg. It does not wait for
+// the cluster: an unreachable one fails the calls, with store.ErrUnavailable.
+func New(cfg Config) (store.Store, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd store: at least one endpoint is required")
 	}
 	prefix := strings.TrimRight(cfg.Prefix, "/")
 	if cfg.Prefix == "" {
-		prefix = DefaultEtcdPrefix
+		prefix = DefaultPrefix
 	}
 	if prefix == "" {
 		return nil, fmt.Errorf("etcd store: prefix %q: must name a key path, not the root", cfg.Prefix)
@@ -107,7 +112,7 @@ func NewEtcd(cfg EtcdConfig) (Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
 	}
-	return &etcdStore{cli: cli, prefix: prefix, timeout: timeout, t: newTracker()}, nil
+	return &etcdStore{cli: cli, prefix: prefix, timeout: timeout, t: tracker.New()}, nil
 }
 
 // keys returns the config key and the subnet key prefix of network, after
@@ -128,13 +133,13 @@ func (s *etcdStore) request(ctx context.Context) (context.Context, context.Cance
 
 // fail wraps err from an etcd request made under ctx: the caller's own
 // cancellation stays itself; timeouts and transport failures wrap
-// ErrUnavailable.
+// store.ErrUnavailable.
 func fail(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", what, errors.Join(ctx.Err(), err))
 	}
 	if unreachable(err) {
-		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+		return fmt.Errorf("%s: %w: %w", what, store.ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -152,17 +157,17 @@ func unreachable(err error) bool {
 	return code == codes.Unavailable || code == codes.DeadlineExceeded
 }
 
-func (s *etcdStore) EnsureNetwork(ctx context.Context, n Network) (Network, error) {
+func (s *etcdStore) EnsureNetwork(ctx context.Context, n store.Network) (store.Network, error) {
 	if err := n.Validate(); err != nil {
-		return Network{}, err
+		return store.Network{}, err
 	}
 	key, _, err := s.keys(n.Name)
 	if err != nil {
-		return Network{}, err
+		return store.Network{}, err
 	}
 	val, err := json.Marshal(n)
 	if err != nil {
-		return Network{}, err
+		return store.Network{}, err
 	}
 	rctx, cancel := s.request(ctx)
 	defer cancel()
@@ -175,28 +180,25 @@ func (s *etcdStore) EnsureNetwork(ctx context.Context, n Network) (Network, erro
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return Network{}, fail(ctx, fmt.Sprintf("store overlay network %q", n.Name), err)
+		return store.Network{}, fail(ctx, fmt.Sprintf("store overlay network %q", n.Name), err)
 	}
 	if resp.Succeeded {
 		return n, nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().GetKvs()
 	if len(kvs) == 0 { // deleted between the compare and the get: impossible in one txn
-		return Network{}, fmt.Errorf("store overlay network %q: %s vanished inside a transaction", n.Name, key)
+		return store.Network{}, fmt.Errorf("store overlay network %q: %s vanished inside a transaction", n.Name, key)
 	}
-	stored, err := decodeNetwork(kvs[0].Value)
+	stored, err := store.DecodeNetwork(kvs[0].Value)
 	if err != nil {
-		return Network{}, fmt.Errorf("%s: %w", key, err)
+		return store.Network{}, fmt.Errorf("%s: %w", key, err)
 	}
-	if stored != n {
-		return stored, fmt.Errorf("overlay network %q: stored config %+v differs from %+v: %w", n.Name, stored, n, ErrConflict)
-	}
-	return stored, nil
+	return stored, store.CheckStoredNetwork(stored, n)
 }
 
 // storedLease is a subnet key as read: its lease and revisions.
 type storedLease struct {
-	Lease
+	store.Lease
 	key     string
 	modRev  int64
 	leaseID clientv3.LeaseID
@@ -207,11 +209,11 @@ func decodeLeases(subnets string, resp *clientv3.GetResponse) ([]storedLease, er
 	out := make([]storedLease, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
-		subnet, err := parseSubnetKey(strings.TrimPrefix(key, subnets), '-')
+		subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, subnets), '-')
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", key, err)
 		}
-		l, err := decodeLease(kv.Value, subnet)
+		l, err := store.DecodeLease(kv.Value, subnet)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", key, err)
 		}
@@ -220,16 +222,16 @@ func decodeLeases(subnets string, resp *clientv3.GetResponse) ([]storedLease, er
 	return out, nil
 }
 
-func plainLeases(sl []storedLease) []Lease {
-	ls := make([]Lease, len(sl))
+func plainLeases(sl []storedLease) []store.Lease {
+	ls := make([]store.Lease, len(sl))
 	for i, l := range sl {
 		ls[i] = l.Lease
 	}
-	sortLeases(ls)
+	store.SortLeases(ls)
 	return ls
 }
 
-func (s *etcdStore) Leases(ctx context.Context, network string) ([]Lease, error) {
+func (s *etcdStore) Leases(ctx context.Context, network string) ([]store.Lease, error) {
 	_, subnets, err := s.keys(network)
 	if err != nil {
 		return nil, err
@@ -248,8 +250,8 @@ func (s *etcdStore) Leases(ctx context.Context, network string) ([]Lease, error)
 	return plainLeases(sl), nil
 }
 
-func (s *etcdStore) Acquire(ctx context.Context, network string, want Lease, ttl time.Duration) (Hold, error) {
-	if err := errors.Join(validateTTL(ttl), validateHost(want.Host), want.validateEndpoint()); err != nil {
+func (s *etcdStore) Acquire(ctx context.Context, network string, want store.Lease, ttl time.Duration) (store.Hold, error) {
+	if err := store.ValidateAcquire(want, ttl); err != nil {
 		return nil, err
 	}
 	cfgKey, subnets, err := s.keys(network)
@@ -257,13 +259,13 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want Lease, ttl
 		return nil, err
 	}
 	what := fmt.Sprintf("acquire a subnet of overlay network %q for %q", network, want.Host)
-	if !s.t.add() {
+	if !s.t.Add() {
 		return nil, fmt.Errorf("%s: etcd store is closed", what)
 	}
 	started := false
 	defer func() {
 		if !started {
-			s.t.done()
+			s.t.Done()
 		}
 	}()
 
@@ -282,7 +284,7 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want Lease, ttl
 	// The keep-alive, and the checks it drives, end with the Hold's
 	// release, ctx or the store.
 	kctx, kcancel := context.WithCancel(ctx)
-	stopOnClose := context.AfterFunc(s.t.ctx, kcancel)
+	stopOnClose := context.AfterFunc(s.t.Context(), kcancel)
 	// Equivalent: etcdctl lease keep-alive $id
 	ka, err := s.cli.KeepAlive(kctx, grant.ID)
 	if err != nil {
@@ -312,43 +314,49 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want Lease, ttl
 // claim picks a subnet and writes want's lease there under the etcd lease
 // id, retrying when another host changed that key between the read and
 // the write.
-func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want Lease, id clientv3.LeaseID) (Lease, string, error) {
+func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want store.Lease, id clientv3.LeaseID) (store.Lease, string, error) {
 	for range acquireAttempts {
 		rctx, cancel := s.request(ctx)
 		// The config and every lease at one revision.
 		resp, err := s.cli.Txn(rctx).Then(clientv3.OpGet(cfgKey), clientv3.OpGet(subnets, clientv3.WithPrefix())).Commit()
 		cancel()
 		if err != nil {
-			return Lease{}, "", err
+			return store.Lease{}, "", err
 		}
 		cfgKvs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(cfgKvs) == 0 {
-			return Lease{}, "", fmt.Errorf("no config stored at %s (EnsureNetwork first)", cfgKey)
+			return store.Lease{}, "", fmt.Errorf("no config stored at %s (EnsureNetwork first)", cfgKey)
 		}
-		n, err := decodeNetwork(cfgKvs[0].Value)
+		n, err := store.DecodeNetwork(cfgKvs[0].Value)
 		if err != nil {
-			return Lease{}, "", fmt.Errorf("%s: %w", cfgKey, err)
+			return store.Lease{}, "", fmt.Errorf("%s: %w", cfgKey, err)
 		}
 		live, err := decodeLeases(subnets, (*clientv3.GetResponse)(resp.Responses[1].GetResponseRange()))
 		if err != nil {
-			return Lease{}, "", err
+			return store.Lease{}, "", err
 		}
-		subnet, err := pickSubnet(n, want, plainLeases(live))
+		subnet, err := store.PickSubnet(n, want, plainLeases(live))
 		if err != nil {
-			return Lease{}, "", err
+			return store.Lease{}, "", err
 		}
 		got := want
 		got.Subnet = subnet
-		key := subnets + subnetKey(subnet, '-')
+		key := subnets + store.SubnetKey(subnet, '-')
 		var modRev int64 // 0: the key must not exist
 		for _, l := range live {
-			if l.key == key {
-				modRev = l.modRev // the host's own: taken over as it was read
+			if l.key != key {
+				continue
+			}
+			// The host's own: taken over as it was read, keeping the
+			// attributes want does not know.
+			modRev = l.modRev
+			if got.Attrs, err = store.MergeAttrs(l.Attrs, want.Attrs); err != nil {
+				return store.Lease{}, "", err
 			}
 		}
 		val, err := json.Marshal(got)
 		if err != nil {
-			return Lease{}, "", err
+			return store.Lease{}, "", err
 		}
 		rctx, cancel = s.request(ctx)
 		// Equivalent: etcdctl txn <<< 'mod("$key") = "$modRev"\n\nput --lease=$id $key $val\n\n'
@@ -358,13 +366,13 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want Leas
 			Commit()
 		cancel()
 		if err != nil {
-			return Lease{}, "", err
+			return store.Lease{}, "", err
 		}
 		if tr.Succeeded {
 			return got, key, nil
 		}
 	}
-	return Lease{}, "", fmt.Errorf("lost the race for a subnet %d times in a row: %w", acquireAttempts, ErrConflict)
+	return store.Lease{}, "", fmt.Errorf("lost the race for a subnet %d times in a row: %w", acquireAttempts, store.ErrConflict)
 }
 
 // revoke revokes the etcd lease id, deleting the keys attached to it. A
@@ -372,7 +380,7 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want Leas
 //
 // Equivalent: etcdctl lease revoke $id
 func (s *etcdStore) revoke(id clientv3.LeaseID) error {
-	ctx, cancel := s.request(s.t.ctx)
+	ctx, cancel := s.request(s.t.Context())
 	defer cancel()
 	_, err := s.cli.Revoke(ctx, id)
 	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -387,14 +395,14 @@ func (s *etcdStore) revoke(id clientv3.LeaseID) error {
 func (s *etcdStore) Changes(ctx context.Context, network string) <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	_, subnets, err := s.keys(network)
-	if err != nil || !s.t.add() {
+	if err != nil || !s.t.Add() {
 		close(ch)
 		return ch
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	stopOnClose := context.AfterFunc(s.t.ctx, cancel)
+	stopOnClose := context.AfterFunc(s.t.Context(), cancel)
 	go func() {
-		defer s.t.done()
+		defer s.t.Done()
 		defer close(ch)
 		defer stopOnClose()
 		defer cancel()
@@ -430,7 +438,7 @@ func (s *etcdStore) watchLoop(ctx context.Context, prefix string, ch chan<- stru
 	const minDelay = 100 * time.Millisecond
 	delay := minDelay
 	rev, err := s.revision(ctx, prefix)
-	signal(ch)
+	tracker.Signal(ch)
 	for ctx.Err() == nil {
 		if err != nil {
 			sleepCtx(ctx, delay)
@@ -438,7 +446,7 @@ func (s *etcdStore) watchLoop(ctx context.Context, prefix string, ch chan<- stru
 			if rev, err = s.revision(ctx, prefix); err != nil {
 				continue
 			}
-			signal(ch)
+			tracker.Signal(ch)
 		}
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
@@ -447,7 +455,7 @@ func (s *etcdStore) watchLoop(ctx context.Context, prefix string, ch chan<- stru
 			}
 			if len(wr.Events) > 0 {
 				delay = minDelay
-				signal(ch)
+				tracker.Signal(ch)
 			}
 		}
 		wcancel()
@@ -467,7 +475,7 @@ func (s *etcdStore) signalReconnects(ctx context.Context, ch chan<- struct{}) {
 	for conn.WaitForStateChange(ctx, st) {
 		next := conn.GetState()
 		if next == connectivity.Ready && st != connectivity.Ready && wasReady {
-			signal(ch)
+			tracker.Signal(ch)
 		}
 		wasReady = wasReady || next == connectivity.Ready
 		st = next
@@ -487,127 +495,11 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // expire after their TTL; Changes channels close.
 func (s *etcdStore) Close() error {
 	s.closeOnce.Do(func() {
-		s.t.stop(func() {
+		s.t.Stop(func() {
 			if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 				s.closeErr = fmt.Errorf("close etcd client: %w", err)
 			}
 		})
 	})
 	return s.closeErr
-}
-
-type etcdHold struct {
-	s     *etcdStore
-	key   string
-	id    clientv3.LeaseID
-	lease Lease
-
-	ctx      context.Context // Acquire's
-	cancel   context.CancelFunc
-	ttl      time.Duration // as etcd granted it
-	released atomic.Bool
-	lost     chan struct{} // closed by run only
-	done     chan struct{} // run returned
-}
-
-func (h *etcdHold) Lease() Lease          { return h.lease }
-func (h *etcdHold) Lost() <-chan struct{} { return h.lost }
-
-// run follows the keep-alive responses, checking on each that the key is
-// still attached to this Hold's etcd lease. The client closes ka when it
-// had no response within the TTL, and also when etcd answered that it
-// does not know the lease, which a restarted etcd answers for a moment
-// before it has recovered its leases (seen here under load). So a closed
-// ka is a loss only once etcd says the lease is gone or the TTL since the
-// last renewal has run out; until then run asks etcd again and resumes the
-// keep-alive. Release, the Hold's context or the store's close end it
-// without a loss.
-func (h *etcdHold) run(kctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
-	defer h.s.t.done()
-	defer close(h.done)
-	defer h.cancel()
-	renewed := time.Now()
-	for {
-		for range ka {
-			renewed = time.Now()
-			if h.taken(kctx) {
-				h.cancel()
-				close(h.lost)
-				return
-			}
-		}
-		if h.ended() {
-			return
-		}
-		var ok bool
-		if ka, ok = h.resume(kctx, renewed); !ok {
-			if !h.ended() {
-				close(h.lost)
-			}
-			return
-		}
-	}
-}
-
-// ended reports a Hold released, or whose context or store ended.
-func (h *etcdHold) ended() bool {
-	return h.released.Load() || h.ctx.Err() != nil || h.s.t.ctx.Err() != nil
-}
-
-// resume asks etcd for the lease's remaining TTL until it answers or the
-// TTL since renewed has passed, and restarts the keep-alive while the
-// lease lives.
-//
-// Equivalent: etcdctl lease timetolive $id && etcdctl lease keep-alive $id
-func (h *etcdHold) resume(ctx context.Context, renewed time.Time) (<-chan *clientv3.LeaseKeepAliveResponse, bool) {
-	for time.Since(renewed) < h.ttl {
-		rctx, cancel := h.s.request(ctx)
-		resp, err := h.s.cli.TimeToLive(rctx, h.id)
-		cancel()
-		if err == nil && resp.TTL <= 0 {
-			return nil, false // expired or revoked
-		}
-		if err == nil {
-			if ka, err := h.s.cli.KeepAlive(ctx, h.id); err == nil {
-				return ka, true
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil, false
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-	return nil, false
-}
-
-// taken reports whether the key is gone or attached to another etcd lease
-// (deleted by hand, or taken over by a new incarnation of the same host).
-// An unreachable store is not a loss: the keep-alive deadline decides that.
-func (h *etcdHold) taken(ctx context.Context) bool {
-	rctx, cancel := h.s.request(ctx)
-	defer cancel()
-	resp, err := h.s.cli.Get(rctx, h.key)
-	if err != nil {
-		return false
-	}
-	return len(resp.Kvs) == 0 || clientv3.LeaseID(resp.Kvs[0].Lease) != h.id
-}
-
-// Release stops the keep-alive and revokes the etcd lease, which deletes
-// the key at once if it is still this Hold's. Releasing twice is not an
-// error. It needs the store open.
-//
-// Equivalent: etcdctl lease revoke $id
-func (h *etcdHold) Release(ctx context.Context) error {
-	h.released.Store(true)
-	h.cancel()
-	<-h.done
-	rctx, cancel := h.s.request(ctx)
-	defer cancel()
-	_, err := h.s.cli.Revoke(rctx, h.id)
-	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return nil
-	}
-	return fail(ctx, fmt.Sprintf("release lease of %s for %q", h.lease.Subnet, h.lease.Host), err)
 }

@@ -1,4 +1,4 @@
-package store
+package etcd
 
 import (
 	"context"
@@ -15,24 +15,26 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/overlay/store"
+	"github.com/berth-cni/berth/pkg/overlay/store/storetest"
 )
 
 const testPrefix = "/berth-test"
 
 // startEtcd runs a one-member etcd on 127.0.0.1 for t (lab.StartTestEtcd),
-// waiting at most waitFor for it to answer.
+// waiting at most storetest.Timeout for it to answer.
 func startEtcd(t *testing.T) *lab.Etcd {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+	ctx, cancel := context.WithTimeout(t.Context(), storetest.Timeout)
 	defer cancel()
 	return lab.StartTestEtcd(t, ctx, lab.EtcdOptions{})
 }
 
 // newEtcdStore connects to endpoint under testPrefix; a zero timeout is
 // the default request timeout.
-func newEtcdStore(t *testing.T, endpoint string, timeout time.Duration) Store {
+func newEtcdStore(t *testing.T, endpoint string, timeout time.Duration) store.Store {
 	t.Helper()
-	s, err := NewEtcd(EtcdConfig{Endpoints: []string{endpoint}, Prefix: testPrefix + "/", DialTimeout: 2 * time.Second, RequestTimeout: timeout})
+	s, err := New(Config{Endpoints: []string{endpoint}, Prefix: testPrefix + "/", DialTimeout: 2 * time.Second, RequestTimeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +60,7 @@ func TestEtcdContract(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
 	// 2 s: etcd's minimum lease TTL with its default election timeout.
-	testContract(t, 2*time.Second, func(t *testing.T) Store { return newEtcdStore(t, e.Endpoint(), 0) })
+	storetest.Run(t, 2*time.Second, func(t *testing.T) store.Store { return newEtcdStore(t, e.Endpoint(), 0) })
 }
 
 // etcd raises a TTL under its minimum (1.5 election timeouts, rounded up
@@ -66,7 +68,7 @@ func TestEtcdContract(t *testing.T) {
 func TestEtcdMinimumTTL(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
-	ctx := testCtx(t)
+	ctx := storetest.Ctx(t)
 	g, err := rawClient(t, e.Endpoint()).Grant(ctx, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -76,24 +78,24 @@ func TestEtcdMinimumTTL(t *testing.T) {
 		t.Fatalf("granted TTL %d", g.TTL)
 	}
 	s := newEtcdStore(t, e.Endpoint(), 0)
-	n := ensure(t, s, testNetwork(t))
-	acquire(t, s, n.Name, host(1), time.Second)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	storetest.Acquire(t, s, n.Name, storetest.Host(1), time.Second)
 }
 
 func TestEtcdLayout(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
-	ctx := testCtx(t)
+	ctx := storetest.Ctx(t)
 	s := newEtcdStore(t, e.Endpoint(), 0)
-	n := ensure(t, s, testNetwork(t))
-	h := acquire(t, s, n.Name, host(1), 5*time.Second)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	h := storetest.Acquire(t, s, n.Name, storetest.Host(1), 5*time.Second)
 	c := rawClient(t, e.Endpoint())
 
 	cfg, err := c.Get(ctx, testPrefix+"/"+n.Name+"/config")
 	if err != nil || len(cfg.Kvs) != 1 {
 		t.Fatalf("config key: %v, %v", cfg, err)
 	}
-	var stored Network
+	var stored store.Network
 	if err = json.Unmarshal(cfg.Kvs[0].Value, &stored); err != nil || stored != n {
 		t.Fatalf("config value %s: %v", cfg.Kvs[0].Value, err)
 	}
@@ -102,7 +104,11 @@ func TestEtcdLayout(t *testing.T) {
 	if err != nil || len(sub.Kvs) != 1 {
 		t.Fatalf("subnet key %s: %v, %v", key, sub, err)
 	}
-	var l Lease
+	// A lease without attributes is stored as before they existed.
+	if got, want := string(sub.Kvs[0].Value), `{"subnet":"10.244.0.0/24","host":"host1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`; got != want {
+		t.Fatalf("subnet value %s; want %s", got, want)
+	}
+	var l store.Lease
 	if err = json.Unmarshal(sub.Kvs[0].Value, &l); err != nil || l != h.Lease() {
 		t.Fatalf("subnet value %s: %v", sub.Kvs[0].Value, err)
 	}
@@ -112,26 +118,51 @@ func TestEtcdLayout(t *testing.T) {
 	}
 }
 
+// A record as written before attributes existed decodes, with none; one
+// whose attributes are malformed is corrupt, and the error names its key.
+func TestEtcdRecords(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := storetest.Ctx(t)
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	c := rawClient(t, e.Endpoint())
+	key := testPrefix + "/" + n.Name + "/subnets/10.244.5.0-24"
+	if _, err := c.Put(ctx, key, `{"subnet":"10.244.5.0/24","host":"old","vtep":"192.0.2.50","mac":"02:00:00:00:00:50"}`); err != nil {
+		t.Fatal(err)
+	}
+	got := storetest.Leases(t, s, n.Name)
+	if len(got) != 1 || got[0].Host != "old" || !got[0].Attrs.IsZero() {
+		t.Fatalf("Leases of a record without attrs = %+v", got)
+	}
+	if _, err := c.Put(ctx, key, `{"subnet":"10.244.5.0/24","host":"old","vtep":"192.0.2.50","mac":"02:00:00:00:00:50","attrs":{"Bad":{"version":1,"data":1}}}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Leases(ctx, n.Name); err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), `"Bad"`) {
+		t.Fatalf("Leases with malformed attrs: err = %v; want one naming %s and the attribute", err, key)
+	}
+}
+
 // A key deleted by hand, or taken over, loses the Hold at its next
 // keep-alive.
 func TestEtcdLostWhenKeyDeleted(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
 	s := newEtcdStore(t, e.Endpoint(), 0)
-	n := ensure(t, s, testNetwork(t))
-	h := acquire(t, s, n.Name, host(1), 2*time.Second)
-	if _, err := rawClient(t, e.Endpoint()).Delete(testCtx(t), testPrefix+"/"+n.Name+"/subnets/10.244.0.0-24"); err != nil {
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	h := storetest.Acquire(t, s, n.Name, storetest.Host(1), 2*time.Second)
+	if _, err := rawClient(t, e.Endpoint()).Delete(storetest.Ctx(t), testPrefix+"/"+n.Name+"/subnets/10.244.0.0-24"); err != nil {
 		t.Fatal(err)
 	}
-	waitClosed(t, h.Lost(), "Lost after the key was deleted")
+	storetest.WaitClosed(t, h.Lost(), "Lost after the key was deleted")
 }
 
 func TestEtcdCorruptValue(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
-	ctx := testCtx(t)
+	ctx := storetest.Ctx(t)
 	s := newEtcdStore(t, e.Endpoint(), 0)
-	n := ensure(t, s, testNetwork(t))
+	n := storetest.Ensure(t, s, storetest.Network(t))
 	key := testPrefix + "/" + n.Name + "/subnets/10.244.5.0-24"
 	if _, err := rawClient(t, e.Endpoint()).Put(ctx, key, `{"subnet":"10.244.6.0/24"}`); err != nil {
 		t.Fatal(err)
@@ -139,12 +170,12 @@ func TestEtcdCorruptValue(t *testing.T) {
 	if _, err := s.Leases(ctx, n.Name); err == nil || !strings.Contains(err.Error(), key) {
 		t.Fatalf("Leases with a corrupt value: err = %v; want one naming %s", err, key)
 	}
-	if _, err := s.Acquire(ctx, n.Name, host(1), 2*time.Second); err == nil || !strings.Contains(err.Error(), key) {
+	if _, err := s.Acquire(ctx, n.Name, storetest.Host(1), 2*time.Second); err == nil || !strings.Contains(err.Error(), key) {
 		t.Fatalf("Acquire with a corrupt value: err = %v; want one naming %s", err, key)
 	}
 }
 
-// With nothing listening, every call fails with ErrUnavailable within the
+// With nothing listening, every call fails with store.ErrUnavailable within the
 // request timeout instead of hanging; Changes still signals once.
 func TestEtcdUnavailable(t *testing.T) {
 	t.Parallel()
@@ -156,23 +187,23 @@ func TestEtcdUnavailable(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ctx := testCtx(t)
+	ctx := storetest.Ctx(t)
 	s := newEtcdStore(t, endpoint, 500*time.Millisecond)
-	n := testNetwork(t)
-	if _, err := s.EnsureNetwork(ctx, n); !errors.Is(err, ErrUnavailable) {
+	n := storetest.Network(t)
+	if _, err := s.EnsureNetwork(ctx, n); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("EnsureNetwork: err = %v; want ErrUnavailable", err)
 	}
-	if _, err := s.Leases(ctx, n.Name); !errors.Is(err, ErrUnavailable) {
+	if _, err := s.Leases(ctx, n.Name); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Leases: err = %v; want ErrUnavailable", err)
 	}
-	if _, err := s.Acquire(ctx, n.Name, host(1), 2*time.Second); !errors.Is(err, ErrUnavailable) {
+	if _, err := s.Acquire(ctx, n.Name, storetest.Host(1), 2*time.Second); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Acquire: err = %v; want ErrUnavailable", err)
 	}
-	waitSignal(t, s.Changes(ctx, n.Name), "the initial signal")
+	storetest.WaitSignal(t, s.Changes(ctx, n.Name), "the initial signal")
 
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := s.Leases(cctx, n.Name); !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnavailable) {
+	if _, err := s.Leases(cctx, n.Name); !errors.Is(err, context.Canceled) || errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Leases with a cancelled context: err = %v; want context.Canceled, not ErrUnavailable", err)
 	}
 }
@@ -183,19 +214,19 @@ func TestEtcdUnavailable(t *testing.T) {
 func TestEtcdRestart(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
-	ctx := testCtx(t)
+	ctx := storetest.Ctx(t)
 	a := newEtcdStore(t, e.Endpoint(), time.Second)
-	n := ensure(t, a, testNetwork(t))
+	n := storetest.Ensure(t, a, storetest.Network(t))
 	const ttl = 10 * time.Second
-	h := acquire(t, a, n.Name, host(1), ttl)
+	h := storetest.Acquire(t, a, n.Name, storetest.Host(1), ttl)
 	ch := a.Changes(ctx, n.Name)
-	waitSignal(t, ch, "the initial signal")
+	storetest.WaitSignal(t, ch, "the initial signal")
 
 	if err := e.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	stopped := time.Now()
-	if _, err := a.Leases(ctx, n.Name); !errors.Is(err, ErrUnavailable) {
+	if _, err := a.Leases(ctx, n.Name); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Leases while etcd is stopped: err = %v; want ErrUnavailable", err)
 	}
 	sleepCtx(ctx, 2*time.Second-time.Since(stopped))
@@ -204,16 +235,16 @@ func TestEtcdRestart(t *testing.T) {
 	}
 	t.Logf("etcd was down %v", time.Since(stopped).Round(time.Millisecond))
 
-	waitSignal(t, ch, "the reconnection")
-	got := eventually(t, func() ([]Lease, error) { return a.Leases(ctx, n.Name) })
-	if !slices.Equal(got, []Lease{h.Lease()}) {
+	storetest.WaitSignal(t, ch, "the reconnection")
+	got := eventually(t, func() ([]store.Lease, error) { return a.Leases(ctx, n.Name) })
+	if !slices.Equal(got, []store.Lease{h.Lease()}) {
 		t.Fatalf("Leases after the restart = %+v; want %+v", got, h.Lease())
 	}
 
 	b := newEtcdStore(t, e.Endpoint(), time.Second)
-	h2 := eventually(t, func() (Hold, error) { return b.Acquire(ctx, n.Name, host(2), ttl) })
-	waitLeases(t, a, n.Name, ch, "host2's lease, made after the restart", func(ls []Lease) bool {
-		return slices.Equal(ls, []Lease{h.Lease(), h2.Lease()})
+	h2 := eventually(t, func() (store.Hold, error) { return b.Acquire(ctx, n.Name, storetest.Host(2), ttl) })
+	storetest.WaitLeases(t, a, n.Name, ch, "host2's lease, made after the restart", func(ls []store.Lease) bool {
+		return slices.Equal(ls, []store.Lease{h.Lease(), h2.Lease()})
 	})
 	select {
 	case <-h.Lost():
@@ -228,36 +259,36 @@ func TestEtcdRestart(t *testing.T) {
 func TestEtcdLostAfterLongOutage(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
-	ctx := testCtx(t)
+	ctx := storetest.Ctx(t)
 	s := newEtcdStore(t, e.Endpoint(), time.Second)
-	n := ensure(t, s, testNetwork(t))
-	h := acquire(t, s, n.Name, host(1), 2*time.Second)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	h := storetest.Acquire(t, s, n.Name, storetest.Host(1), 2*time.Second)
 	if err := e.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	waitClosed(t, h.Lost(), "Lost after an outage longer than the TTL")
+	storetest.WaitClosed(t, h.Lost(), "Lost after an outage longer than the TTL")
 	if err := e.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := host(1)
+	want := storetest.Host(1)
 	want.Subnet = h.Lease().Subnet
-	again := eventually(t, func() (Hold, error) { return s.Acquire(ctx, n.Name, want, 2*time.Second) })
+	again := eventually(t, func() (store.Hold, error) { return s.Acquire(ctx, n.Name, want, 2*time.Second) })
 	if again.Lease() != h.Lease() {
 		t.Fatalf("re-acquired %+v; want %+v", again.Lease(), h.Lease())
 	}
 }
 
-// eventually retries fn while it fails with ErrUnavailable (a client
+// eventually retries fn while it fails with store.ErrUnavailable (a client
 // reconnecting) and fails t on any other error or at the deadline.
 func eventually[T any](t *testing.T, fn func() (T, error)) T {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
+	deadline := time.Now().Add(storetest.Timeout)
 	for {
 		v, err := fn()
 		if err == nil {
 			return v
 		}
-		if !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
+		if !errors.Is(err, store.ErrUnavailable) || time.Now().After(deadline) {
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond)
