@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // MaxNetworkName is the longest network name berth accepts: the name becomes
@@ -63,6 +64,22 @@ func ValidateContainerID(id string) error {
 		}
 	}
 	return nil
+}
+
+// Attachment validates the network name, CNI_CONTAINERID and CNI_IFNAME
+// and returns the owner they name: what every command of a plugin tags and
+// finds its state by.
+func Attachment(network, containerID, ifName string) (owner.Owner, error) {
+	if err := ValidateNetworkName(network); err != nil {
+		return owner.Owner{}, err
+	}
+	if err := ValidateContainerID(containerID); err != nil {
+		return owner.Owner{}, err
+	}
+	if err := ValidateIfName(ifName); err != nil {
+		return owner.Owner{}, err
+	}
+	return owner.Owner{Network: network, ContainerID: containerID, IfName: ifName}, nil
 }
 
 // ValidateLinkName checks a kernel link name (at most 15 bytes, no '/',
