@@ -11,7 +11,7 @@ import (
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/hostport"
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // portmapIPTConf is conflist/bridge-portmap.conflist with portmap on the
@@ -95,7 +95,7 @@ func (e *env) iptRelease(ctx context.Context, conf *lab.Conflist, c, n *containe
 		}
 		e.wantGone(ctx, fmt.Sprintf("after DEL %s (#%d)", x, i+1), x.att.ContainerID)
 	}
-	o := link.Owner{Network: e.network, ContainerID: c.att.ContainerID, IfName: c.att.IfName}
+	o := owner.Owner{Network: e.network, ContainerID: c.att.ContainerID, IfName: c.att.IfName}
 	if dump := e.iptDump(ctx); strings.Contains(dump, hostport.IPTChain(o)) {
 		e.t.Errorf("after DEL, the chain of %s is left:\n%s", c, dump)
 	}

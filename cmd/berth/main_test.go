@@ -8,14 +8,14 @@ import (
 	"testing"
 
 	"github.com/berth-cni/berth/pkg/hostport"
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 func TestPorts(t *testing.T) {
 	dir := t.TempDir()
 	s := hostport.Open(dir)
 	a := hostport.Attachment{
-		Owner:   link.Owner{Network: "web", ContainerID: "c1", IfName: "eth0"},
+		Owner:   owner.Owner{Network: "web", ContainerID: "c1", IfName: "eth0"},
 		Targets: []netip.Prefix{netip.MustParsePrefix("10.88.0.5/16"), netip.MustParsePrefix("fd00:88::5/64")},
 		Mappings: []hostport.Mapping{
 			{Key: hostport.Key{Proto: "tcp", Port: 8080}, ContainerPort: 80},

@@ -1,8 +1,6 @@
 package hostport
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,8 +9,8 @@ import (
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/link"
 	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // The iptables layout (iptables.go has the picture). Names are an API once
@@ -33,12 +31,8 @@ const (
 const iptMaxPorts = 15
 
 // IPTChain is the chain of one attachment's rules: BERTH-DN- and 12 hex
-// digits of SHA-256(network NUL containerID NUL ifName), as the host veth
-// name hashes them.
-func IPTChain(o link.Owner) string {
-	sum := sha256.Sum256([]byte(o.Network + "\x00" + o.ContainerID + "\x00" + o.IfName))
-	return iptDNPrefix + hex.EncodeToString(sum[:])[:12]
-}
+// digits of the owner's hash, the same digits as its host veth's name.
+func IPTChain(o owner.Owner) string { return iptDNPrefix + o.Hash(12) }
 
 // iptOpts is what the config adds to an attachment's rules.
 type iptOpts struct {
@@ -213,14 +207,9 @@ func (o iptOpts) plan(a Attachment, v6 bool) (iptWant, error) {
 
 // validOwner checks the owner's strings, which go into the jump's comment.
 // pkg/config has checked them in the plugin; this guards other callers.
-func validOwner(o link.Owner) error {
-	if err := config.ValidateNetworkName(o.Network); err != nil {
-		return err
-	}
-	if err := config.ValidateContainerID(o.ContainerID); err != nil {
-		return err
-	}
-	return config.ValidateIfName(o.IfName)
+func validOwner(o owner.Owner) error {
+	_, err := config.Attachment(o.Network, o.ContainerID, o.IfName)
+	return err
 }
 
 func wildcard(k Key) bool { return !k.Addr.IsValid() || k.Addr.IsUnspecified() }
@@ -357,7 +346,7 @@ func planRemove(chain string, s iptSaved) iptPayload {
 }
 
 // check names the first piece of w missing from s.
-func (w iptWant) check(s iptSaved, o link.Owner) error {
+func (w iptWant) check(s iptSaved, o owner.Owner) error {
 	if len(w.body) == 0 {
 		return nil
 	}

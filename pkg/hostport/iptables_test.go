@@ -1,17 +1,20 @@
 package hostport
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/link"
 	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 // fakeNat is one family's nat table as iptables-restore --noflush changes
@@ -200,17 +203,33 @@ func iptAttachment(id string, ms ...Mapping) Attachment {
 	return a
 }
 
+// The two names hostport derives from an owner are an API: the iptables
+// chain and the index file under owners/. Both are the owner's hash, 12
+// and 24 hex digits of SHA-256(network NUL containerID NUL ifName), as
+// they were before pkg/owner.
+func TestOwnerNames(t *testing.T) {
+	t.Parallel()
+	o := owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"}
+	sum := sha256.Sum256([]byte("n1\x00c1\x00eth0"))
+	if got, want := IPTChain(o), "BERTH-DN-836d7657cb16"; got != want || want != "BERTH-DN-"+hex.EncodeToString(sum[:6]) {
+		t.Errorf("IPTChain = %q, want %q", got, want)
+	}
+	if got, want := filepath.Base(Open("/x").ownerPath(o)), "836d7657cb16b8dc504ee410.json"; got != want || want != hex.EncodeToString(sum[:12])+".json" {
+		t.Errorf("index file = %q, want %q", got, want)
+	}
+}
+
 // The chain name is an API: it must not change between releases.
 func TestIPTChainName(t *testing.T) {
 	t.Parallel()
-	got := IPTChain(link.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"})
+	got := IPTChain(owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"})
 	if got != "BERTH-DN-836d7657cb16" {
 		t.Errorf("IPTChain = %q; it is an API once released", got)
 	}
 	if len(got) > 28 {
 		t.Errorf("IPTChain = %q, longer than xtables' 28", got)
 	}
-	if IPTChain(link.Owner{Network: "n1", ContainerID: "c1", IfName: "eth1"}) == got {
+	if IPTChain(owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth1"}) == got {
 		t.Error("two interfaces of one container share a chain")
 	}
 }
@@ -472,7 +491,7 @@ func TestIPTCommentQuoting(t *testing.T) {
 	if h.dump() != before || strings.Contains(h.last[0], "-D ") {
 		t.Errorf("retried Add rewrote the jump:\n%s", h.last[0])
 	}
-	for _, bad := range []link.Owner{
+	for _, bad := range []owner.Owner{
 		{Network: "n1", ContainerID: "c1\n", IfName: "eth0"},
 		{Network: "n 1", ContainerID: "c1", IfName: "eth0"},
 		{Network: "n1", ContainerID: "c1", IfName: "eth 0"},

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/berth-cni/berth/internal/lab"
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 func testNS(t *testing.T) *lab.NS {
@@ -28,7 +28,7 @@ func testNS(t *testing.T) *lab.NS {
 }
 
 func testAttachment(id string, cip4, cip6 string, ms ...Mapping) Attachment {
-	a := Attachment{Owner: link.Owner{Network: "n1", ContainerID: id, IfName: "eth0"}, Mappings: ms, SNAT: true, Backend: "nftables"}
+	a := Attachment{Owner: owner.Owner{Network: "n1", ContainerID: id, IfName: "eth0"}, Mappings: ms, SNAT: true, Backend: "nftables"}
 	if cip4 != "" {
 		a.Targets = append(a.Targets, netip.MustParsePrefix(cip4))
 	}

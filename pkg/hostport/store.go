@@ -1,8 +1,6 @@
 package hostport
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,8 +13,8 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
-	"github.com/berth-cni/berth/pkg/link"
 	"github.com/berth-cni/berth/pkg/lock"
+	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/state"
 )
 
@@ -31,7 +29,7 @@ type Mapping struct {
 // attachment's index file, so DEL can undo exactly this without the
 // prevResult a runtime may not send.
 type Attachment struct {
-	Owner    link.Owner
+	Owner    owner.Owner
 	Mappings []Mapping
 	// Targets are the container's addresses with their subnets (at most
 	// one per family): DNAT goes to the address, hairpin masquerade
@@ -75,8 +73,8 @@ func (c Claim) Key() Key {
 }
 
 // Owner is the claim's holder.
-func (c Claim) Owner() link.Owner {
-	return link.Owner{Network: c.Network, ContainerID: c.ContainerID, IfName: c.IfName}
+func (c Claim) Owner() owner.Owner {
+	return owner.Owner{Network: c.Network, ContainerID: c.ContainerID, IfName: c.IfName}
 }
 
 // HeldError is a claim refused because another attachment holds an
@@ -100,7 +98,7 @@ func (e *HeldError) Error() string {
 //
 //	<dir>/lock                     the flock every change is made under
 //	<dir>/ports/<proto>-<port>/<addr|any>   one Claim per held key
-//	<dir>/owners/<hash>.json       one Attachment per holder
+//	<dir>/owners/<hash>.json       one Attachment per holder (24 hex digits of owner.Hash)
 //
 // A holder's index is written before its claims and removed after them, so
 // a plugin killed at any point leaves an index that names every claim it
@@ -128,9 +126,10 @@ func (s Store) Lock(timeout time.Duration) (*lock.Lock, error) {
 	return l, nil
 }
 
-func (s Store) ownerPath(o link.Owner) string {
-	sum := sha256.Sum256([]byte(o.Network + "\x00" + o.ContainerID + "\x00" + o.IfName))
-	return filepath.Join(s.dir, "owners", hex.EncodeToString(sum[:12])+".json")
+// ownerPath is o's index: owners/ and 24 hex digits of o's hash. The name
+// is an API once released.
+func (s Store) ownerPath(o owner.Owner) string {
+	return filepath.Join(s.dir, "owners", o.Hash(24)+".json")
 }
 
 func (s Store) keyDir(k Key) string { return filepath.Join(s.dir, "ports", k.dirName()) }
@@ -224,7 +223,7 @@ func (s Store) writeIndex(a Attachment) error {
 }
 
 // Held returns what o holds; found is false if it holds nothing.
-func (s Store) Held(o link.Owner) (a Attachment, found bool, err error) {
+func (s Store) Held(o owner.Owner) (a Attachment, found bool, err error) {
 	b, err := os.ReadFile(s.ownerPath(o))
 	if errors.Is(err, fs.ErrNotExist) {
 		return Attachment{}, false, nil

@@ -18,7 +18,7 @@ import (
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/hostport"
-	"github.com/berth-cni/berth/pkg/link"
+	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/undo"
 )
 
@@ -26,18 +26,18 @@ import (
 // answers "try again later" (code 11).
 const lockWait = 30 * time.Second
 
-func load(args *skel.CmdArgs) (*config.Portmap, link.Owner, error) {
+func load(args *skel.CmdArgs) (*config.Portmap, owner.Owner, error) {
 	conf, err := config.ParsePortmap(args.StdinData)
 	if err != nil {
-		return nil, link.Owner{}, err
+		return nil, owner.Owner{}, err
 	}
 	if err := config.ValidateContainerID(args.ContainerID); err != nil {
-		return nil, link.Owner{}, err
+		return nil, owner.Owner{}, err
 	}
 	if err := config.ValidateIfName(args.IfName); err != nil {
-		return nil, link.Owner{}, err
+		return nil, owner.Owner{}, err
 	}
-	return conf, link.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
+	return conf, owner.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
 }
 
 func backendOf(conf *config.Portmap) string {
@@ -229,7 +229,7 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 
 // release removes owner's datapath state, then its reservations. The
 // caller holds the store lock.
-func release(store hostport.Store, conf *config.Portmap, owner link.Owner) error {
+func release(store hostport.Store, conf *config.Portmap, owner owner.Owner) error {
 	held, found, err := store.Held(owner)
 	if err != nil || !found {
 		return err
@@ -306,9 +306,9 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	valid := map[link.Owner]bool{}
+	valid := map[owner.Owner]bool{}
 	for _, a := range conf.ValidAttachments {
-		valid[link.Owner{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}] = true
+		valid[owner.Owner{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
 	store := hostport.Open(conf.DataDir)
 	l, err := store.Lock(lockWait)
