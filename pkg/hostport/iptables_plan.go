@@ -9,7 +9,7 @@ import (
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/iptables"
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
@@ -199,7 +199,7 @@ func (o iptOpts) plan(a Attachment, v6 bool) (iptWant, error) {
 		jump = append(jump, "-p", protos[0], "-m", "multiport", "--dports", strings.Join(ports, ","))
 	}
 	// The owner's comment comes last: a condition may hold a comment of
-	// its own, and the save reader (nat.ParseNATSave) keeps the last.
+	// its own, and the save reader (iptables.ParseSave) keeps the last.
 	jump = append(jump, "-m", "comment", "--comment", quoteWord(w.comment), "-j", w.chain)
 	w.jump = strings.Join(jump, " ")
 	return w, nil
@@ -233,16 +233,16 @@ func boolInt(b bool) int {
 // iptSaved is one family's nat table as iptables-save printed it.
 type iptSaved struct {
 	chains map[string]bool
-	rules  []nat.SavedRule
+	rules  []iptables.Rule
 }
 
 func parseIPTSaved(out string) (iptSaved, error) {
-	chains, rules, err := nat.ParseNATSave(out)
+	t, err := iptables.ParseSave(out)
 	if err != nil {
 		return iptSaved{}, err
 	}
-	s := iptSaved{chains: map[string]bool{}, rules: rules}
-	for _, c := range chains {
+	s := iptSaved{chains: map[string]bool{}, rules: t.Rules}
+	for _, c := range t.Chains {
 		s.chains[c] = true
 	}
 	return s, nil
@@ -250,17 +250,17 @@ func parseIPTSaved(out string) (iptSaved, error) {
 
 // has reports whether chain holds a rule saved as spec.
 func (s iptSaved) has(chain, spec string) bool {
-	return slices.ContainsFunc(s.rules, func(r nat.SavedRule) bool { return r.Chain == chain && r.Spec == spec })
+	return slices.ContainsFunc(s.rules, func(r iptables.Rule) bool { return r.Chain == chain && r.Spec == spec })
 }
 
 // jumps reports whether chain has a rule jumping to target.
 func (s iptSaved) jumps(chain, target string) bool {
-	return slices.ContainsFunc(s.rules, func(r nat.SavedRule) bool { return r.Chain == chain && r.Jump == target })
+	return slices.ContainsFunc(s.rules, func(r iptables.Rule) bool { return r.Chain == chain && r.Jump == target })
 }
 
 // jumpsTo returns the rules, in any chain, that jump to target.
-func (s iptSaved) jumpsTo(target string) []nat.SavedRule {
-	var out []nat.SavedRule
+func (s iptSaved) jumpsTo(target string) []iptables.Rule {
+	var out []iptables.Rule
 	for _, r := range s.rules {
 		if r.Jump == target {
 			out = append(out, r)
@@ -366,7 +366,7 @@ func (w iptWant) check(s iptSaved, o owner.Owner) error {
 	if !s.chains[w.chain] {
 		return fmt.Errorf("portmap: %s: chain %s of %s is missing", tool, w.chain, who)
 	}
-	found := slices.ContainsFunc(s.jumpsTo(w.chain), func(r nat.SavedRule) bool {
+	found := slices.ContainsFunc(s.jumpsTo(w.chain), func(r iptables.Rule) bool {
 		return r.Chain == IPTHostports && r.Comment == w.comment && (w.cond || r.Spec == w.jump)
 	})
 	if !found {

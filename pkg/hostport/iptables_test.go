@@ -13,7 +13,7 @@ import (
 
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/iptables"
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
@@ -96,11 +96,11 @@ func (f *fakeNat) apply(payload string) error {
 
 // jumpOf is the target of a rule, read as iptables-save output is read.
 func jumpOf(spec string) string {
-	_, rules, err := nat.ParseNATSave("*nat\n-A X " + spec + "\nCOMMIT\n")
-	if err != nil || len(rules) != 1 {
+	t, err := iptables.ParseSave("*nat\n-A X " + spec + "\nCOMMIT\n")
+	if err != nil || len(t.Rules) != 1 {
 		return ""
 	}
-	return rules[0].Jump
+	return t.Rules[0].Jump
 }
 
 // save prints the table as iptables-save does: built-in chains, then user
@@ -457,7 +457,7 @@ func TestIPTPlanConditions(t *testing.T) {
 			t.Errorf("conditions %q: %v, want a field error on conditionsV4", bad, err)
 		}
 		// Remove works whatever the config says.
-		d := NewIPTables(&config.Portmap{ConditionsV4: &bad}, nat.IPTablesCommands{})
+		d := NewIPTables(nil, &config.Portmap{ConditionsV4: &bad}, iptables.Commands{})
 		if d.Add(a) == nil || d.Check(a) == nil {
 			t.Errorf("conditions %q: Add or Check did not report the bad config", bad)
 		}
@@ -475,11 +475,12 @@ func TestIPTCommentQuoting(t *testing.T) {
 	if want := `--comment "berth id=c1 if=e\"t\\h\'0 net=n1"`; !strings.Contains(h.last[0], want) {
 		t.Errorf("payload lacks %s:\n%s", want, h.last[0])
 	}
-	_, rules, err := nat.ParseNATSave(h.fams[0].save())
+	saved, err := iptables.ParseSave(h.fams[0].save())
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := slices.IndexFunc(rules, func(r nat.SavedRule) bool { return r.Jump == IPTChain(a.Owner) })
+	rules := saved.Rules
+	i := slices.IndexFunc(rules, func(r iptables.Rule) bool { return r.Jump == IPTChain(a.Owner) })
 	if i < 0 || rules[i].Comment != holderComment(a) {
 		t.Errorf("saved comment does not read back as %q: %+v", holderComment(a), rules)
 	}
@@ -571,7 +572,8 @@ func FuzzIPTQuoteWord(f *testing.F) {
 		if s == "" || strings.ContainsFunc(s, isControl) {
 			return
 		}
-		_, rules, err := nat.ParseNATSave("*nat\n-A X -m comment --comment " + quoteWord(s) + " -j Y\nCOMMIT\n")
+		saved, err := iptables.ParseSave("*nat\n-A X -m comment --comment " + quoteWord(s) + " -j Y\nCOMMIT\n")
+		rules := saved.Rules
 		if err != nil {
 			t.Fatalf("%q quoted as %s: %v", s, quoteWord(s), err)
 		}

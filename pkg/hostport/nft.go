@@ -12,7 +12,8 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
-	"github.com/berth-cni/berth/pkg/nat"
+	"github.com/berth-cni/berth/pkg/cidr"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // NFTTable is the table berth's portmap owns, in family inet:
@@ -92,8 +93,14 @@ func newFam(v6 bool) *fam {
 
 func (f *fam) sets() []*nftables.Set { return []*nftables.Set{f.any, f.addr, f.hairpin, f.masqall} }
 
-// NFT is the nftables datapath, programmed over netlink in-process.
-type NFT struct{}
+// NFT is the nftables datapath of one namespace, programmed over netlink
+// in-process.
+type NFT struct {
+	ns *netns.NS
+}
+
+// NewNFT returns the nftables datapath of n.
+func NewNFT(n *netns.NS) *NFT { return &NFT{ns: n} }
 
 // elems is what an attachment puts in each set, by set name.
 type elems map[string][]nftables.SetElement
@@ -147,7 +154,7 @@ func elementsOf(a Attachment) elems {
 		for _, s := range srcs {
 			out.add(f.hairpin, nftables.SetElement{
 				Key:     slices.Concat(s.Addr().AsSlice(), t.Addr().AsSlice()),
-				KeyEnd:  slices.Concat(nat.LastAddr(s).AsSlice(), t.Addr().AsSlice()),
+				KeyEnd:  slices.Concat(cidr.Last(s).AsSlice(), t.Addr().AsSlice()),
 				Comment: comment,
 			})
 		}
@@ -171,9 +178,9 @@ func portBytes(p uint16) []byte  { return []byte{byte(p >> 8), byte(p), 0, 0} }
 // same transaction.
 //
 // Equivalent: nft add element inet berth-portmap any4 { tcp . 8080 : 10.88.0.5 . 80 }; …
-func (NFT) Add(a Attachment) error {
+func (d *NFT) Add(a Attachment) error {
 	want := elementsOf(a)
-	return nat.WithNFT(func(c *nftables.Conn) error {
+	return d.ns.WithNFT(func(c *nftables.Conn) error {
 		queueAdd(c, want)
 		err := c.Flush()
 		switch {
@@ -206,9 +213,9 @@ func (NFT) Add(a Attachment) error {
 // crashed ADD, a second DEL) are not an error.
 //
 // Equivalent: nft delete element inet berth-portmap any4 { tcp . 8080 }; …
-func (NFT) Remove(a Attachment) error {
+func (d *NFT) Remove(a Attachment) error {
 	have := elementsOf(a)
-	return nat.WithNFT(func(c *nftables.Conn) error {
+	return d.ns.WithNFT(func(c *nftables.Conn) error {
 		if err := queueDel(c, have); err != nil {
 			return err
 		}
@@ -226,9 +233,9 @@ func (NFT) Remove(a Attachment) error {
 
 // Check names the first of a's elements missing from the table, or one
 // that leads elsewhere.
-func (NFT) Check(a Attachment) error {
+func (d *NFT) Check(a Attachment) error {
 	want := elementsOf(a)
-	return nat.WithNFT(func(c *nftables.Conn) error {
+	return d.ns.WithNFT(func(c *nftables.Conn) error {
 		for _, f := range fams {
 			for _, s := range f.sets() {
 				if len(want[s.Name]) == 0 {

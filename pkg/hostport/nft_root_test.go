@@ -2,49 +2,13 @@ package hostport
 
 import (
 	"context"
-	"net/netip"
 	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/berth-cni/berth/internal/lab"
-	"github.com/berth-cni/berth/pkg/owner"
 )
-
-func testNS(t *testing.T) *lab.NS {
-	t.Helper()
-	lab.RequireRoot(t)
-	n, err := lab.NewNS(context.Background(), "bhp-"+lab.RandomSuffix(6))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Delete(); err != nil {
-			t.Error(err)
-		}
-	})
-	return n
-}
-
-func testAttachment(id string, cip4, cip6 string, ms ...Mapping) Attachment {
-	a := Attachment{Owner: owner.Owner{Network: "n1", ContainerID: id, IfName: "eth0"}, Mappings: ms, SNAT: true, Backend: "nftables"}
-	if cip4 != "" {
-		a.Targets = append(a.Targets, netip.MustParsePrefix(cip4))
-	}
-	if cip6 != "" {
-		a.Targets = append(a.Targets, netip.MustParsePrefix(cip6))
-	}
-	return a
-}
-
-func mapping(proto, addr string, port, cport uint16) Mapping {
-	k := Key{Proto: proto, Port: port}
-	if addr != "" {
-		k.Addr = netip.MustParseAddr(addr)
-	}
-	return Mapping{Key: k, ContainerPort: cport}
-}
 
 var elemComment = regexp.MustCompile(` comment "berth id=[^"]*"`)
 
@@ -63,13 +27,13 @@ func nftList(t *testing.T, n *lab.NS) string {
 // lists as the design says; Check finds each element; Remove takes exactly
 // one attachment's elements; a second Remove is not an error.
 func TestNFTAddCheckRemove(t *testing.T) {
-	n := testNS(t)
+	l, n := testNS(t)
 	a := testAttachment("c1", "10.88.0.5/16", "fd00:88::5/64",
 		mapping("tcp", "", 8080, 80), mapping("udp", "10.0.0.1", 53, 5353), mapping("tcp", "::", 8443, 443))
 	a.MasqAll = true
 	b := testAttachment("c2", "10.88.0.6/16", "", mapping("tcp", "", 9090, 90))
-	var d NFT
-	err := n.Do(func() error {
+	d := NewNFT(n)
+	err := func() error {
 		if err := d.Add(a); err != nil {
 			return err
 		}
@@ -80,11 +44,11 @@ func TestNFTAddCheckRemove(t *testing.T) {
 			return err
 		}
 		return d.Check(a)
-	})
+	}()
 	if err != nil {
 		t.Fatal(err)
 	}
-	list := nftList(t, n)
+	list := nftList(t, l)
 	t.Log(list)
 	for _, want := range []string{
 		"tcp . 8080 : 10.88.0.5 . 80", "tcp . 9090 : 10.88.0.6 . 90",
@@ -100,7 +64,7 @@ func TestNFTAddCheckRemove(t *testing.T) {
 			t.Errorf("nft list lacks %q", want)
 		}
 	}
-	err = n.Do(func() error {
+	err = func() error {
 		if err := d.Remove(a); err != nil {
 			return err
 		}
@@ -114,11 +78,11 @@ func TestNFTAddCheckRemove(t *testing.T) {
 			t.Errorf("Check after Remove = %v, want a missing tcp . 8080", err)
 		}
 		return nil
-	})
+	}()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if list := nftList(t, n); list != "" && (strings.Contains(list, "10.88.0.5") || !strings.Contains(list, "10.88.0.6")) {
+	if list := nftList(t, l); list != "" && (strings.Contains(list, "10.88.0.5") || !strings.Contains(list, "10.88.0.6")) {
 		t.Errorf("after Remove(a):\n%s", list)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/hostport"
+	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/undo"
 )
@@ -40,11 +41,11 @@ func load(args *skel.CmdArgs) (*config.Portmap, owner.Owner, error) {
 	return conf, owner.Owner{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}, nil
 }
 
-func backendOf(conf *config.Portmap) string {
+func backendOf(host *netns.NS, conf *config.Portmap) string {
 	if conf.Backend != nil {
 		return *conf.Backend
 	}
-	return hostport.DefaultBackend()
+	return hostport.DefaultBackend(host)
 }
 
 func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
@@ -62,8 +63,13 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	if len(conf.Mappings) == 0 {
 		return printResult(prev, conf.CNIVersion, out)
 	}
+	host, err := netns.Host()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
 	targets := containerTargets(prev, args.IfName)
-	a := hostport.Attachment{Owner: owner, Targets: targets, SNAT: *conf.SNAT, MasqAll: conf.MasqAll, Backend: backendOf(conf)}
+	a := hostport.Attachment{Owner: owner, Targets: targets, SNAT: *conf.SNAT, MasqAll: conf.MasqAll, Backend: backendOf(host, conf)}
 	for i, m := range conf.Mappings {
 		hm := hostport.Mapping{Key: hostport.Key{Proto: m.Protocol, Addr: m.HostIP, Port: m.HostPort}, ContainerPort: m.ContainerPort}
 		if err := reachable(i, hm, a); err != nil {
@@ -71,7 +77,7 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 		}
 		a.Mappings = append(a.Mappings, hm)
 	}
-	dp, err := hostport.NewDatapath(a.Backend, conf)
+	dp, err := hostport.NewDatapath(host, a.Backend, conf)
 	if err != nil {
 		return err
 	}
@@ -85,7 +91,7 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	if err := store.Conflict(a); err != nil {
 		return err
 	}
-	if err := hostport.CheckBound(a.Mappings); err != nil {
+	if err := hostport.CheckBound(host, a.Mappings); err != nil {
 		return err
 	}
 	var steps undo.Stack
@@ -119,14 +125,14 @@ func add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
 	})
 	if a.SNAT {
 		if t, ok := a.Target(false); ok {
-			if err := hostport.EnableLocalnet(t.Addr()); err != nil {
+			if err := hostport.EnableLocalnet(host, t.Addr()); err != nil {
 				return err
 			}
 		}
 	}
 	// The mapping works without this: a failure to clear old UDP flows
 	// is reported on stderr, not as a failed ADD.
-	if err := hostport.FlushUDP(a.Mappings); err != nil {
+	if err := hostport.FlushUDP(host, a.Mappings); err != nil {
 		log.Printf("portmap: %v", err)
 	}
 	return printResult(prev, conf.CNIVersion, out)
@@ -218,23 +224,28 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	host, err := netns.Host()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
 	store := hostport.Open(conf.DataDir)
 	l, err := store.Lock(lockWait)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	return release(store, conf, owner)
+	return release(host, store, conf, owner)
 }
 
-// release removes owner's datapath state, then its reservations. The
+// release removes o's datapath state, then its reservations. The
 // caller holds the store lock.
-func release(store hostport.Store, conf *config.Portmap, owner owner.Owner) error {
-	held, found, err := store.Held(owner)
+func release(host *netns.NS, store hostport.Store, conf *config.Portmap, o owner.Owner) error {
+	held, found, err := store.Held(o)
 	if err != nil || !found {
 		return err
 	}
-	dp, err := hostport.NewDatapath(held.Backend, conf)
+	dp, err := hostport.NewDatapath(host, held.Backend, conf)
 	if err != nil {
 		return err
 	}
@@ -292,7 +303,12 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 			return fmt.Errorf("portmap: the reservation of host port %s by container %s is missing from %s", h.Key, owner.ContainerID, store.Dir())
 		}
 	}
-	dp, err := hostport.NewDatapath(held.Backend, conf)
+	host, err := netns.Host()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	dp, err := hostport.NewDatapath(host, held.Backend, conf)
 	if err != nil {
 		return err
 	}
@@ -310,6 +326,11 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[owner.Owner{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
+	host, err := netns.Host()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
 	store := hostport.Open(conf.DataDir)
 	l, err := store.Lock(lockWait)
 	if err != nil {
@@ -322,7 +343,7 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 		if h.Owner.Network != conf.Name || valid[h.Owner] {
 			continue
 		}
-		errs = append(errs, release(store, conf, h.Owner))
+		errs = append(errs, release(host, store, conf, h.Owner))
 	}
 	return errors.Join(errs...)
 }
@@ -340,7 +361,12 @@ func status(ctx context.Context, args *skel.CmdArgs) error {
 		return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("portmap cannot serve ADD: %w", err))
 	}
 	l.Unlock()
-	if b := backendOf(conf); !hostport.BackendAvailable(b) {
+	host, err := netns.Host()
+	if err != nil {
+		return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("portmap cannot serve ADD: %w", err))
+	}
+	defer host.Close()
+	if b := backendOf(host, conf); !hostport.BackendAvailable(b) {
 		return cnierr.WithCode(cnierr.CodeNotAvailable, fmt.Errorf("portmap cannot serve ADD: backend %s is not available here", b))
 	}
 	return nil
