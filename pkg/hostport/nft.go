@@ -100,17 +100,18 @@ func (d *NFT) Add(a Attachment) error {
 			// No table yet: create it whole, with the elements. If
 			// another ADD created it meanwhile, the creation fails and
 			// the plain add is tried once more.
-			if err := c.Apply(nftTx{Create: true, Add: want}); err == nil || !errors.Is(err, unix.EEXIST) {
-				return nftErr("create table", err)
+			cerr := c.Apply(nftTx{Create: true, Add: want})
+			if cerr == nil || !errors.Is(cerr, unix.EEXIST) {
+				return nftErr("create table", cerr)
 			}
 			return nftErr("add elements", c.Apply(nftTx{Add: want}))
 		case errors.Is(err, unix.EEXIST), errors.Is(err, unix.EBUSY):
 			// A key is there with another target: this holder's own
 			// earlier ADD (a retry after the container's address
 			// changed). Replace its elements.
-			present, err := presentKeys(c, want)
-			if err != nil {
-				return err
+			present, rerr := presentKeys(c, want)
+			if rerr != nil {
+				return rerr
 			}
 			return nftErr("replace elements", c.Apply(nftTx{Del: present, Add: want}))
 		}
