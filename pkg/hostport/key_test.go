@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
@@ -68,7 +69,7 @@ func TestNames(t *testing.T) {
 }
 
 func testAttachment(id string, cip4, cip6 string, ms ...Mapping) Attachment {
-	a := Attachment{Owner: owner.Owner{Network: "n1", ContainerID: id, IfName: "eth0"}, Mappings: ms, SNAT: true, Backend: "nftables"}
+	a := Attachment{Owner: owner.Owner{Network: "n1", ContainerID: id, IfName: "eth0"}, Mappings: ms, SNAT: true, Backend: config.BackendNFTables}
 	if cip4 != "" {
 		a.Targets = append(a.Targets, netip.MustParsePrefix(cip4))
 	}
