@@ -66,10 +66,13 @@ func ValidateContainerID(id string) error {
 	return nil
 }
 
-// Attachment validates CNI_CONTAINERID and CNI_IFNAME and returns the
-// attachment they name on network (already validated by the parser): what
-// every command of a plugin starts from.
+// Attachment validates the network name, CNI_CONTAINERID and CNI_IFNAME
+// and returns the owner they name: what every command of a plugin tags and
+// finds its state by.
 func Attachment(network, containerID, ifName string) (owner.Owner, error) {
+	if err := ValidateNetworkName(network); err != nil {
+		return owner.Owner{}, err
+	}
 	if err := ValidateContainerID(containerID); err != nil {
 		return owner.Owner{}, err
 	}

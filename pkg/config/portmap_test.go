@@ -110,3 +110,30 @@ func FuzzParsePortmap(f *testing.F) {
 		}
 	})
 }
+
+// Attachment checks the three names an owner is made of, each reported
+// with its own key and code (7 for the network name, a config key; 4 for
+// the CNI_* variables).
+func TestAttachment(t *testing.T) {
+	t.Parallel()
+	o, err := Attachment("n1", "c1", "eth0")
+	if err != nil || o.Network != "n1" || o.ContainerID != "c1" || o.IfName != "eth0" {
+		t.Fatalf("Attachment = %+v, %v", o, err)
+	}
+	for _, tc := range []struct {
+		network, id, ifName string
+		code                uint
+		want                string
+	}{
+		{"../x", "c1", "eth0", 7, "name"},
+		{"n1", "", "eth0", 4, "CNI_CONTAINERID"},
+		{"n1", "c/1", "eth0", 4, "CNI_CONTAINERID"},
+		{"n1", "c1", "eth0:1", 4, "CNI_IFNAME"},
+		{"n1", "c1", "", 4, "CNI_IFNAME"},
+	} {
+		_, err := Attachment(tc.network, tc.id, tc.ifName)
+		if err == nil || cnierr.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Attachment(%q, %q, %q) = %v (code %d), want code %d naming %s", tc.network, tc.id, tc.ifName, err, cnierr.Code(err), tc.code, tc.want)
+		}
+	}
+}

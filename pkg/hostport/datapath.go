@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/iptables"
 	"github.com/berth-cni/berth/pkg/nat"
 	"github.com/berth-cni/berth/pkg/netns"
 )
@@ -17,26 +18,20 @@ type Datapath interface {
 	Check(a Attachment) error
 }
 
-// DefaultBackend is the backend for a config that names none: what the
-// host's NAT already uses (nat.Detect: iptables when the legacy xtables nat
-// table is in use, else nftables).
-func DefaultBackend() string {
-	host, err := netns.Host()
-	if err != nil {
-		return config.BackendNFTables
-	}
-	defer host.Close()
-	return nat.Detect(host)
-}
+// DefaultBackend is the backend for a config that names none: what n's
+// NAT already uses (nat.Detect: iptables when the legacy xtables nat table
+// is in use, else nftables).
+func DefaultBackend(n *netns.NS) string { return nat.Detect(n) }
 
-// NewDatapath returns the datapath of backend ("nftables" or "iptables").
-// conditions are the config's extra iptables matches per family.
-func NewDatapath(backend string, conf *config.Portmap) (Datapath, error) {
+// NewDatapath returns the datapath of backend ("nftables" or "iptables")
+// in n. conf (which may be nil) gives the iptables backend its conditions
+// and marks.
+func NewDatapath(n *netns.NS, backend string, conf *config.Portmap) (Datapath, error) {
 	switch backend {
 	case config.BackendNFTables:
-		return NFT{}, nil
+		return NewNFT(n), nil
 	case config.BackendIPTables:
-		return newIPTables(conf), nil
+		return NewIPTables(n, conf, iptables.Default), nil
 	}
 	return nil, fmt.Errorf("portmap: unknown backend %q", backend)
 }

@@ -5,55 +5,61 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
-// EnableLocalnet sets route_localnet on the host interface that routes to
+// EnableLocalnet sets route_localnet in n on the interface that routes to
 // target, so that 127.0.0.1:hostPort, DNATed to the container, may leave
 // through it (the reply is masqueraded by the hairpin set's 127.0.0.0/8
 // element). It is never undone: other containers behind the interface may
 // rely on it, as with upstream.
 //
 // Equivalent: sysctl -w net.ipv4.conf.$(ip route get $target | dev).route_localnet=1
-func EnableLocalnet(target netip.Addr) error {
+func EnableLocalnet(n *netns.NS, target netip.Addr) error {
 	if !target.Is4() {
 		return nil
 	}
-	routes, err := netlink.RouteGet(net.IP(target.AsSlice()))
+	h := n.Netlink()
+	routes, err := h.RouteGet(net.IP(target.AsSlice()))
 	if err != nil {
 		return fmt.Errorf("portmap: route to container %s: %w", target, err)
 	}
 	if len(routes) == 0 || routes[0].LinkIndex == 0 {
 		return fmt.Errorf("portmap: no interface routes to container %s", target)
 	}
-	l, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	l, err := h.LinkByIndex(routes[0].LinkIndex)
 	if err != nil {
 		return fmt.Errorf("portmap: interface %d routing to %s: %w", routes[0].LinkIndex, target, err)
 	}
 	name := l.Attrs().Name
-	p := "/proc/sys/net/ipv4/conf/" + name + "/route_localnet"
-	if b, err := os.ReadFile(p); err == nil && len(b) > 0 && b[0] == '1' {
-		return nil
-	}
-	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+	if err := n.EnsureSysctl("ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
 		return fmt.Errorf("portmap: enable route_localnet on %s: %w", name, err)
 	}
 	return nil
 }
 
-// FlushUDP deletes conntrack entries of UDP flows to the mappings' host
-// ports, so a flow that started before the mapping existed (and so went
-// to the host, or to a previous holder) does not keep its old target.
+// FlushUDP deletes n's conntrack entries of UDP flows to the mappings'
+// host ports, so a flow that started before the mapping existed (and so
+// went to the host, or to a previous holder) does not keep its old target.
 //
 // Equivalent: conntrack -D -p udp --orig-port-dst $port
-func FlushUDP(ms []Mapping) error {
+func FlushUDP(n *netns.NS, ms []Mapping) error {
+	var h *netlink.Handle
 	var errs []error
 	for _, m := range ms {
 		if m.Proto != "udp" {
 			continue
+		}
+		if h == nil {
+			var err error
+			if h, err = n.NetlinkFamily(unix.NETLINK_NETFILTER); err != nil {
+				return fmt.Errorf("portmap: clear conntrack of udp ports: %w", err)
+			}
+			defer h.Close()
 		}
 		v4, v6 := m.Families()
 		for _, f := range []struct {
@@ -74,7 +80,7 @@ func FlushUDP(ms []Mapping) error {
 					continue
 				}
 			}
-			if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, f.fam, filter); err != nil {
+			if _, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, f.fam, filter); err != nil {
 				errs = append(errs, fmt.Errorf("portmap: clear conntrack of udp port %d: %w", m.Port, err))
 			}
 		}

@@ -1,16 +1,12 @@
 package hostport
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"os/exec"
-	"strings"
-
-	"github.com/google/nftables"
 
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // IPTables is the iptables datapath: the same behaviour as NFT, in the nat
@@ -48,22 +44,19 @@ import (
 // attachment's owner alone, so a DEL with another config, a second DEL
 // and a DEL after a crashed ADD all succeed.
 type IPTables struct {
+	ns   *netns.NS
 	cmds iptables.Commands
 	opts iptOpts
 	err  error // a bad iptables option in the config: Add and Check report it
 }
 
-// NewIPTables returns the iptables datapath running cmds (e.g.
-// iptables.Default) with conf's conditions and marks; conf may
-// be nil. A bad option is reported by Add and Check, not by Remove, so
-// that DEL works whatever the config says.
-func NewIPTables(conf *config.Portmap, cmds iptables.Commands) *IPTables {
+// NewIPTables returns the iptables datapath of n, running cmds (e.g.
+// iptables.Default) there, with conf's conditions and marks; conf may be
+// nil. A bad option is reported by Add and Check, not by Remove, so that
+// DEL works whatever the config says.
+func NewIPTables(n *netns.NS, conf *config.Portmap, cmds iptables.Commands) *IPTables {
 	o, err := optsOf(conf)
-	return &IPTables{cmds: cmds, opts: o, err: err}
-}
-
-func newIPTables(conf *config.Portmap) *IPTables {
-	return NewIPTables(conf, iptables.Default)
+	return &IPTables{ns: n, cmds: cmds, opts: o, err: err}
 }
 
 // families are the address families a has a container address in, where
@@ -152,13 +145,10 @@ func (d *IPTables) eachFamily(a Attachment, all bool, fn func(w iptWant, s iptSa
 
 // save reads the family's nat table.
 //
-// Equivalent: iptables-save -t nat
+// Equivalent: ip netns exec $n iptables-save -t nat
 func (d *IPTables) save(v6 bool) (iptSaved, error) {
-	name := d.cmds.Save4
-	if v6 {
-		name = d.cmds.Save6
-	}
-	out, err := runIPTables(name, "", "-t", "nat")
+	name := d.cmds.Save(v6)
+	out, err := d.ns.Run("", name, "-t", "nat")
 	if err != nil {
 		return iptSaved{}, fmt.Errorf("portmap: %w", err)
 	}
@@ -172,49 +162,13 @@ func (d *IPTables) save(v6 bool) (iptSaved, error) {
 // restore applies p, if it changes anything, atomically; -w waits for the
 // xtables lock other iptables users hold.
 //
-// Equivalent: iptables-restore --noflush -w < p
+// Equivalent: ip netns exec $n iptables-restore --noflush -w < p
 func (d *IPTables) restore(v6 bool, p iptPayload) error {
 	if len(p) == 0 {
 		return nil
 	}
-	name := d.cmds.Restore4
-	if v6 {
-		name = d.cmds.Restore6
-	}
-	if _, err := runIPTables(name, p.String(), "--noflush", "-w"); err != nil {
+	if _, err := d.ns.Run(p.String(), d.cmds.Restore(v6), "--noflush", "-w"); err != nil {
 		return fmt.Errorf("portmap: %w", err)
 	}
 	return nil
-}
-
-// runIPTables runs an iptables program in the calling thread's namespace
-// (a child inherits the thread's namespaces), as before the datapath took
-// an explicit namespace.
-func runIPTables(name, stdin string, args ...string) (string, error) {
-	path, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("iptables backend: %s not found in PATH: %w", name, err)
-	}
-	cmd := exec.Command(path, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
-}
-
-// withNFT runs fn on an nftables connection in the calling thread's
-// namespace, as before the datapath took an explicit namespace.
-func withNFT(fn func(c *nftables.Conn) error) error {
-	c, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("nftables: open netlink: %w", err)
-	}
-	err = fn(c)
-	if cerr := c.CloseLasting(); cerr != nil {
-		err = errors.Join(err, cerr)
-	}
-	return err
 }

@@ -1,8 +1,6 @@
 package hostport
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -33,12 +31,8 @@ const (
 const iptMaxPorts = 15
 
 // IPTChain is the chain of one attachment's rules: BERTH-DN- and 12 hex
-// digits of SHA-256(network NUL containerID NUL ifName), as the host veth
-// name hashes them.
-func IPTChain(o owner.Owner) string {
-	sum := sha256.Sum256([]byte(o.Network + "\x00" + o.ContainerID + "\x00" + o.IfName))
-	return iptDNPrefix + hex.EncodeToString(sum[:])[:12]
-}
+// digits of the owner's hash, the same digits as its host veth's name.
+func IPTChain(o owner.Owner) string { return iptDNPrefix + o.Hash(12) }
 
 // iptOpts is what the config adds to an attachment's rules.
 type iptOpts struct {
@@ -205,7 +199,7 @@ func (o iptOpts) plan(a Attachment, v6 bool) (iptWant, error) {
 		jump = append(jump, "-p", protos[0], "-m", "multiport", "--dports", strings.Join(ports, ","))
 	}
 	// The owner's comment comes last: a condition may hold a comment of
-	// its own, and the save reader (nat.ParseNATSave) keeps the last.
+	// its own, and the save reader (iptables.ParseSave) keeps the last.
 	jump = append(jump, "-m", "comment", "--comment", quoteWord(w.comment), "-j", w.chain)
 	w.jump = strings.Join(jump, " ")
 	return w, nil
@@ -214,13 +208,8 @@ func (o iptOpts) plan(a Attachment, v6 bool) (iptWant, error) {
 // validOwner checks the owner's strings, which go into the jump's comment.
 // pkg/config has checked them in the plugin; this guards other callers.
 func validOwner(o owner.Owner) error {
-	if err := config.ValidateNetworkName(o.Network); err != nil {
-		return err
-	}
-	if err := config.ValidateContainerID(o.ContainerID); err != nil {
-		return err
-	}
-	return config.ValidateIfName(o.IfName)
+	_, err := config.Attachment(o.Network, o.ContainerID, o.IfName)
+	return err
 }
 
 func wildcard(k Key) bool { return !k.Addr.IsValid() || k.Addr.IsUnspecified() }
@@ -248,13 +237,12 @@ type iptSaved struct {
 }
 
 func parseIPTSaved(out string) (iptSaved, error) {
-	tb, err := iptables.ParseSave(out)
-	chains, rules := tb.Chains, tb.Rules
+	t, err := iptables.ParseSave(out)
 	if err != nil {
 		return iptSaved{}, err
 	}
-	s := iptSaved{chains: map[string]bool{}, rules: rules}
-	for _, c := range chains {
+	s := iptSaved{chains: map[string]bool{}, rules: t.Rules}
+	for _, c := range t.Chains {
 		s.chains[c] = true
 	}
 	return s, nil

@@ -13,40 +13,19 @@ import (
 )
 
 // iptFlavours are the iptables programs to run the root tests with: the
-// host's default iptables, and the legacy one when installed.
+// host's default iptables, and the legacy one when installed. Without the
+// default ones the test is skipped, stating why (a failure under CI).
 func iptFlavours(t *testing.T) map[string]iptables.Commands {
 	t.Helper()
+	lab.RequireRoot(t)
 	out := map[string]iptables.Commands{}
 	for name, cmds := range map[string]iptables.Commands{"default": iptables.Default, "legacy": iptables.Legacy} {
-		ok := true
-		for _, c := range []string{cmds.Restore4, cmds.Save4, cmds.Restore6, cmds.Save6} {
-			if _, err := exec.LookPath(c); err != nil {
-				ok = false
-			}
-		}
-		if ok {
+		if installed(cmds) {
 			out[name] = cmds
 		}
 	}
-	if _, ok := out["default"]; !ok {
-		t.Skip("iptables-restore and iptables-save (both families) are not installed: the iptables backend cannot run here")
-	}
+	requireTool(t, out["default"] != iptables.Commands{}, "iptables-restore and iptables-save (both families) are not installed: the iptables backend cannot run here")
 	return out
-}
-
-func iptNS(t *testing.T) *lab.NS {
-	t.Helper()
-	lab.RequireRoot(t)
-	n, err := lab.NewNS(context.Background(), "bhpi-"+lab.RandomSuffix(6))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Delete(); err != nil {
-			t.Error(err)
-		}
-	})
-	return n
 }
 
 // iptSave is both families' nat tables in n.
@@ -85,16 +64,16 @@ func addThenCheck(d *IPTables, as ...Attachment) error {
 func TestIPTAddCheckRemove(t *testing.T) {
 	for name, cmds := range iptFlavours(t) {
 		t.Run(name, func(t *testing.T) {
-			n := iptNS(t)
+			l, n := testNS(t)
 			a := iptAttachment("c1", mapping("tcp", "", 8080, 80), mapping("udp", "10.0.0.1", 53, 5353), mapping("tcp", "::", 8443, 443))
 			a.Owner.IfName = `e"t\h'0` // a legal interface name: the comment must survive it
 			b := iptAttachment("c2", mapping("sctp", "", 9090, 90))
 			b.MasqAll = true
-			d := NewIPTables(nil, cmds)
-			if err := n.Do(func() error { return addThenCheck(d, a, b, a) }); err != nil {
+			d := NewIPTables(n, nil, cmds)
+			if err := addThenCheck(d, a, b, a); err != nil {
 				t.Fatal(err)
 			}
-			dump := iptSave(t, n, cmds)
+			dump := iptSave(t, l, cmds)
 			t.Log(dump)
 			ch := IPTChain(a.Owner)
 			for _, want := range []string{
@@ -117,7 +96,7 @@ func TestIPTAddCheckRemove(t *testing.T) {
 			if c := strings.Count(dump, "-j BERTH-HOSTPORTS"); c != 4 {
 				t.Errorf("%d jumps to BERTH-HOSTPORTS, want PREROUTING and OUTPUT once per family", c)
 			}
-			err := n.Do(func() error {
+			err := func() error {
 				if err := d.Remove(a); err != nil {
 					return err
 				}
@@ -131,11 +110,11 @@ func TestIPTAddCheckRemove(t *testing.T) {
 					t.Errorf("Check after Remove = %v, want the missing %s of c1", err, ch)
 				}
 				return nil
-			})
+			}()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if dump := iptSave(t, n, cmds); strings.Contains(dump, "id=c1") || strings.Contains(dump, ch) || !strings.Contains(dump, "id=c2") {
+			if dump := iptSave(t, l, cmds); strings.Contains(dump, "id=c1") || strings.Contains(dump, ch) || !strings.Contains(dump, "id=c2") {
 				t.Errorf("after Remove(c1):\n%s", dump)
 			}
 		})
@@ -147,7 +126,7 @@ func TestIPTAddCheckRemove(t *testing.T) {
 // would have made. A Remove without the config clears each.
 func TestIPTOptions(t *testing.T) {
 	cmds := iptFlavours(t)["default"]
-	n := iptNS(t)
+	l, n := testNS(t)
 	c4 := []string{"!", "-s", "192.0.2.0/24", "-m", "comment", "--comment", `user's "cond"`}
 	c6 := []string{"!", "-i", "eth9"}
 	bit, kube := 14, "KUBE-MARK-MASQ"
@@ -172,21 +151,21 @@ func TestIPTOptions(t *testing.T) {
 		}},
 	} {
 		a := iptAttachment("opt-"+tc.name, mapping("tcp", "", 7070, 70))
-		d := NewIPTables(tc.conf, cmds)
-		err := n.Do(func() error {
+		d := NewIPTables(n, tc.conf, cmds)
+		err := func() error {
 			if tc.conf.ExternalSetMarkChain != nil {
 				for _, r := range []string{cmds.Restore4, cmds.Restore6} {
-					if _, err := runIPTables(r, "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n", "--noflush", "-w"); err != nil {
+					if _, err := n.Run("*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n", r, "--noflush", "-w"); err != nil {
 						return err
 					}
 				}
 			}
 			return addThenCheck(d, a, a)
-		})
+		}()
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		dump := iptSave(t, n, cmds)
+		dump := iptSave(t, l, cmds)
 		for _, w := range tc.want {
 			if !strings.Contains(dump, w) {
 				t.Errorf("%s: iptables-save lacks %q:\n%s", tc.name, w, dump)
@@ -195,11 +174,21 @@ func TestIPTOptions(t *testing.T) {
 		if c := strings.Count(dump, "-j "+IPTChain(a.Owner)); c != 2 {
 			t.Errorf("%s: %d jumps to the chain after two Adds, want one per family", tc.name, c)
 		}
-		if err := n.Do(func() error { return NewIPTables(nil, cmds).Remove(a) }); err != nil {
+		if err := NewIPTables(n, nil, cmds).Remove(a); err != nil {
 			t.Fatalf("%s: Remove: %v", tc.name, err)
 		}
-		if dump := iptSave(t, n, cmds); strings.Contains(dump, a.Owner.ContainerID) || strings.Contains(dump, IPTChain(a.Owner)) {
+		if dump := iptSave(t, l, cmds); strings.Contains(dump, a.Owner.ContainerID) || strings.Contains(dump, IPTChain(a.Owner)) {
 			t.Errorf("%s: left after Remove:\n%s", tc.name, dump)
 		}
 	}
+}
+
+// installed reports whether all of cmds' programs are on PATH.
+func installed(cmds iptables.Commands) bool {
+	for _, p := range cmds.Programs() {
+		if _, err := exec.LookPath(p); err != nil {
+			return false
+		}
+	}
+	return true
 }

@@ -1,9 +1,12 @@
 package hostport
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -93,12 +96,11 @@ func (f *fakeNat) apply(payload string) error {
 
 // jumpOf is the target of a rule, read as iptables-save output is read.
 func jumpOf(spec string) string {
-	tb, err := iptables.ParseSave("*nat\n-A X " + spec + "\nCOMMIT\n")
-	rules := tb.Rules
-	if err != nil || len(rules) != 1 {
+	t, err := iptables.ParseSave("*nat\n-A X " + spec + "\nCOMMIT\n")
+	if err != nil || len(t.Rules) != 1 {
 		return ""
 	}
-	return rules[0].Jump
+	return t.Rules[0].Jump
 }
 
 // save prints the table as iptables-save does: built-in chains, then user
@@ -199,6 +201,22 @@ func iptAttachment(id string, ms ...Mapping) Attachment {
 	a := testAttachment(id, "10.88.0.5/16", "fd00:88::5/64", ms...)
 	a.Backend = config.BackendIPTables
 	return a
+}
+
+// The two names hostport derives from an owner are an API: the iptables
+// chain and the index file under owners/. Both are the owner's hash, 12
+// and 24 hex digits of SHA-256(network NUL containerID NUL ifName), as
+// they were before pkg/owner.
+func TestOwnerNames(t *testing.T) {
+	t.Parallel()
+	o := owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"}
+	sum := sha256.Sum256([]byte("n1\x00c1\x00eth0"))
+	if got, want := IPTChain(o), "BERTH-DN-836d7657cb16"; got != want || want != "BERTH-DN-"+hex.EncodeToString(sum[:6]) {
+		t.Errorf("IPTChain = %q, want %q", got, want)
+	}
+	if got, want := filepath.Base(Open("/x").ownerPath(o)), "836d7657cb16b8dc504ee410.json"; got != want || want != hex.EncodeToString(sum[:12])+".json" {
+		t.Errorf("index file = %q, want %q", got, want)
+	}
 }
 
 // The chain name is an API: it must not change between releases.
@@ -439,7 +457,7 @@ func TestIPTPlanConditions(t *testing.T) {
 			t.Errorf("conditions %q: %v, want a field error on conditionsV4", bad, err)
 		}
 		// Remove works whatever the config says.
-		d := NewIPTables(&config.Portmap{ConditionsV4: &bad}, iptables.Commands{})
+		d := NewIPTables(nil, &config.Portmap{ConditionsV4: &bad}, iptables.Commands{})
 		if d.Add(a) == nil || d.Check(a) == nil {
 			t.Errorf("conditions %q: Add or Check did not report the bad config", bad)
 		}
@@ -457,11 +475,11 @@ func TestIPTCommentQuoting(t *testing.T) {
 	if want := `--comment "berth id=c1 if=e\"t\\h\'0 net=n1"`; !strings.Contains(h.last[0], want) {
 		t.Errorf("payload lacks %s:\n%s", want, h.last[0])
 	}
-	tb, err := iptables.ParseSave(h.fams[0].save())
-	rules := tb.Rules
+	saved, err := iptables.ParseSave(h.fams[0].save())
 	if err != nil {
 		t.Fatal(err)
 	}
+	rules := saved.Rules
 	i := slices.IndexFunc(rules, func(r iptables.Rule) bool { return r.Jump == IPTChain(a.Owner) })
 	if i < 0 || rules[i].Comment != holderComment(a) {
 		t.Errorf("saved comment does not read back as %q: %+v", holderComment(a), rules)
@@ -554,8 +572,8 @@ func FuzzIPTQuoteWord(f *testing.F) {
 		if s == "" || strings.ContainsFunc(s, isControl) {
 			return
 		}
-		tb, err := iptables.ParseSave("*nat\n-A X -m comment --comment " + quoteWord(s) + " -j Y\nCOMMIT\n")
-		rules := tb.Rules
+		saved, err := iptables.ParseSave("*nat\n-A X -m comment --comment " + quoteWord(s) + " -j Y\nCOMMIT\n")
+		rules := saved.Rules
 		if err != nil {
 			t.Fatalf("%q quoted as %s: %v", s, quoteWord(s), err)
 		}

@@ -12,8 +12,11 @@
 //     container, looked up in one map per family on nftables, so an ADD
 //     costs the same with 5 or 5,000 mappings on the host.
 //
-// The pure parts (keys, conflicts, plans) need no root and are tested as
-// such.
+// Every kernel effect (the datapath, the probe sockets, route_localnet,
+// conntrack) acts in the network namespace it is given, a *netns.NS; files
+// are under the store's directory. The pure parts (keys, conflicts, the
+// nftables elements of PlanNFT, the iptables plans) need no root and are
+// tested as such, the nftables datapath over a recording fake.
 package hostport
 
 import (

@@ -3,6 +3,9 @@ package hostport
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 func key(proto, addr string, port uint16) Key {
@@ -63,4 +66,23 @@ func TestNames(t *testing.T) {
 			t.Errorf("parseFileName(%q) accepted", bad)
 		}
 	}
+}
+
+func testAttachment(id string, cip4, cip6 string, ms ...Mapping) Attachment {
+	a := Attachment{Owner: owner.Owner{Network: "n1", ContainerID: id, IfName: "eth0"}, Mappings: ms, SNAT: true, Backend: config.BackendNFTables}
+	if cip4 != "" {
+		a.Targets = append(a.Targets, netip.MustParsePrefix(cip4))
+	}
+	if cip6 != "" {
+		a.Targets = append(a.Targets, netip.MustParsePrefix(cip6))
+	}
+	return a
+}
+
+func mapping(proto, addr string, port, cport uint16) Mapping {
+	k := Key{Proto: proto, Port: port}
+	if addr != "" {
+		k.Addr = netip.MustParseAddr(addr)
+	}
+	return Mapping{Key: k, ContainerPort: cport}
 }

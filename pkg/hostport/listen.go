@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/netns"
 )
 
 // BoundError is a claim refused because a socket on the host already has
@@ -23,61 +24,75 @@ func (e *BoundError) Error() string {
 		e.Want, e.Want.Proto, e.Addr, e.Want.Port)
 }
 
-// procNet is the calling thread's network namespace's /proc/net.
-var procNet = "/proc/thread-self/net"
-
 // CheckBound returns a *BoundError (code 102) for the first mapping whose
-// host port a socket of this network namespace holds.
+// host port a socket of n holds.
 //
 // It asks the kernel: for each family the key covers it binds a throwaway
-// socket to the key's address and port and closes it at once. TCP probes
-// set SO_REUSEADDR, so they collide with listeners and with sockets bound
-// without it, not with connections lingering in TIME_WAIT; UDP probes
-// collide with any socket bound to the port. IP_FREEBIND lets a probe bind
-// a host address that is not (yet) local. This costs the same however
-// many sockets the host has, where reading /proc/net/tcp walks the
-// kernel's whole connection table (milliseconds on a large machine).
+// socket in n to the key's address and port and closes it at once. TCP
+// probes set SO_REUSEADDR, so they collide with listeners and with sockets
+// bound without it, not with connections lingering in TIME_WAIT; UDP
+// probes collide with any socket bound to the port. IP_FREEBIND lets a
+// probe bind a host address that is not (yet) local. This costs the same
+// however many sockets the host has, where reading /proc/net/tcp walks the
+// kernel's whole connection table (milliseconds on a large machine). All
+// probes run on one thread switched into n once.
 //
-// Equivalent: ss -Hln 'sport = :8080' (non-empty means refuse)
-func CheckBound(ms []Mapping) error {
-	for _, m := range ms {
-		if m.Proto == "sctp" && !sctpLoaded() {
-			continue // no SCTP socket can exist; don't load the module
+// Equivalent: ip netns exec $n ss -Hln 'sport = :8080' (non-empty means refuse)
+func CheckBound(n *netns.NS, ms []Mapping) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	return n.Do(func() error {
+		for _, m := range ms {
+			if m.Proto == "sctp" && !sctpLoaded() {
+				continue // no SCTP socket can exist; don't load the module
+			}
+			if err := checkBound(m); err != nil {
+				return err
+			}
 		}
-		v4, v6 := m.Families()
-		for _, fam := range []struct {
-			on   bool
-			any  netip.Addr
-			isV6 bool
-		}{{v4, netip.IPv4Unspecified(), false}, {v6, netip.IPv6Unspecified(), true}} {
-			if !fam.on {
-				continue
-			}
-			addr := fam.any
-			if m.Addr.IsValid() && !m.Addr.IsUnspecified() {
-				addr = m.Addr
-			}
-			err := probe(m.Proto, netip.AddrPortFrom(addr, m.Port))
-			if errors.Is(err, unix.EADDRINUSE) {
-				return cnierr.WithCode(cnierr.CodePortInUse, &BoundError{Want: m.Key, Addr: netip.AddrPortFrom(addr, m.Port)})
-			}
-			if errors.Is(err, unix.EAFNOSUPPORT) && fam.isV6 {
-				continue // no IPv6 here: nothing can listen on it
-			}
-			if err != nil {
-				return fmt.Errorf("portmap: check whether %s %s is bound on the host: %w", m.Proto, netip.AddrPortFrom(addr, m.Port), err)
-			}
+		return nil
+	})
+}
+
+// checkBound probes m's families from the calling thread's namespace.
+func checkBound(m Mapping) error {
+	v4, v6 := m.Families()
+	for _, fam := range []struct {
+		on   bool
+		any  netip.Addr
+		isV6 bool
+	}{{v4, netip.IPv4Unspecified(), false}, {v6, netip.IPv6Unspecified(), true}} {
+		if !fam.on {
+			continue
+		}
+		addr := fam.any
+		if m.Addr.IsValid() && !m.Addr.IsUnspecified() {
+			addr = m.Addr
+		}
+		err := probe(m.Proto, netip.AddrPortFrom(addr, m.Port))
+		if errors.Is(err, unix.EADDRINUSE) {
+			return cnierr.WithCode(cnierr.CodePortInUse, &BoundError{Want: m.Key, Addr: netip.AddrPortFrom(addr, m.Port)})
+		}
+		if errors.Is(err, unix.EAFNOSUPPORT) && fam.isV6 {
+			continue // no IPv6 here: nothing can listen on it
+		}
+		if err != nil {
+			return fmt.Errorf("portmap: check whether %s %s is bound on the host: %w", m.Proto, netip.AddrPortFrom(addr, m.Port), err)
 		}
 	}
 	return nil
 }
 
+// sctpLoaded reports whether the calling thread's namespace knows SCTP
+// (its /proc/net/sctp exists once the module is loaded).
 func sctpLoaded() bool {
-	_, err := os.Stat(procNet + "/sctp")
+	_, err := os.Stat("/proc/thread-self/net/sctp")
 	return err == nil
 }
 
-// probe binds a socket of proto to ap and closes it.
+// probe binds a socket of proto to ap, in the calling thread's namespace,
+// and closes it.
 func probe(proto string, ap netip.AddrPort) error {
 	domain := unix.AF_INET
 	if ap.Addr().Is6() {

@@ -9,9 +9,9 @@ import (
 
 // CheckBound refuses exactly the keys a socket of the namespace overlaps.
 func TestCheckBound(t *testing.T) {
-	n := testNS(t)
+	l, n := testNS(t)
 	var closers []func() error
-	err := n.Do(func() error {
+	err := l.Do(func() error {
 		for _, l := range []struct{ netw, addr string }{
 			{"tcp4", "0.0.0.0:7001"}, {"tcp", "[::]:7002"}, {"tcp4", "127.0.0.1:7003"}, {"udp4", "0.0.0.0:7004"}, {"tcp6", "[::1]:7005"},
 		} {
@@ -56,10 +56,7 @@ func TestCheckBound(t *testing.T) {
 		{mapping("tcp", "::", 7005, 80), true},
 		{mapping("tcp", "", 7006, 80), false},
 	} {
-		var err error
-		if derr := n.Do(func() error { err = CheckBound([]Mapping{tc.m}); return nil }); derr != nil {
-			t.Fatal(derr)
-		}
+		err := CheckBound(n, []Mapping{tc.m})
 		if got := err != nil; got != tc.refused {
 			t.Errorf("%v: refused %v (%v), want %v", tc.m.Key, got, err, tc.refused)
 		}

@@ -1,8 +1,6 @@
 package hostport
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -100,7 +98,7 @@ func (e *HeldError) Error() string {
 //
 //	<dir>/lock                     the flock every change is made under
 //	<dir>/ports/<proto>-<port>/<addr|any>   one Claim per held key
-//	<dir>/owners/<hash>.json       one Attachment per holder
+//	<dir>/owners/<hash>.json       one Attachment per holder (24 hex digits of owner.Hash)
 //
 // A holder's index is written before its claims and removed after them, so
 // a plugin killed at any point leaves an index that names every claim it
@@ -128,9 +126,10 @@ func (s Store) Lock(timeout time.Duration) (*lock.Lock, error) {
 	return l, nil
 }
 
+// ownerPath is o's index: owners/ and 24 hex digits of o's hash. The name
+// is an API once released.
 func (s Store) ownerPath(o owner.Owner) string {
-	sum := sha256.Sum256([]byte(o.Network + "\x00" + o.ContainerID + "\x00" + o.IfName))
-	return filepath.Join(s.dir, "owners", hex.EncodeToString(sum[:12])+".json")
+	return filepath.Join(s.dir, "owners", o.Hash(24)+".json")
 }
 
 func (s Store) keyDir(k Key) string { return filepath.Join(s.dir, "ports", k.dirName()) }

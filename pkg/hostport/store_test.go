@@ -84,3 +84,29 @@ func TestStoreClaimWithoutIndex(t *testing.T) {
 		t.Error("an orphan claim did not block another owner")
 	}
 }
+
+// The files under the data directory are an API: `berth ports`, a DEL by
+// a newer release and people read them. The index's name (24 hex digits
+// of the owner's hash) and both files' bytes must not change.
+func TestStoreFilesAreAnAPI(t *testing.T) {
+	t.Parallel()
+	s := Open(t.TempDir())
+	a := testAttachment("c1", "10.88.0.5/16", "fd00:88::5/64", mapping("tcp", "", 8080, 80), mapping("udp", "10.0.0.1", 53, 5353))
+	if err := s.Claim(a); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		"owners/836d7657cb16b8dc504ee410.json": `{"Owner":{"Network":"n1","ContainerID":"c1","IfName":"eth0"},"Mappings":[{"Proto":"tcp","Addr":"","Port":8080,"ContainerPort":80},{"Proto":"udp","Addr":"10.0.0.1","Port":53,"ContainerPort":5353}],"Targets":["10.88.0.5/16","fd00:88::5/64"],"SNAT":true,"MasqAll":false,"Backend":"nftables"}`,
+		"ports/tcp-8080/any":                   `{"protocol":"tcp","hostIP":"","hostPort":8080,"network":"n1","containerID":"c1","ifName":"eth0","containerIPs":["10.88.0.5/16","fd00:88::5/64"],"containerPort":80}`,
+		"ports/udp-53/10.0.0.1":                `{"protocol":"udp","hostIP":"10.0.0.1","hostPort":53,"network":"n1","containerID":"c1","ifName":"eth0","containerIPs":["10.88.0.5/16"],"containerPort":5353}`,
+	} {
+		b, err := os.ReadFile(filepath.Join(s.Dir(), path))
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+			continue
+		}
+		if string(b) != want {
+			t.Errorf("%s:\n%s\nwant:\n%s", path, b, want)
+		}
+	}
+}

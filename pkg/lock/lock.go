@@ -16,14 +16,15 @@ import (
 // Dir holds the lock files of shared host state.
 const Dir = "/run/berth/lock"
 
-// Wait is how long a plugin command waits for a lock on shared host state
-// (a bridge, a master, the port reservations) before it answers "try again
-// later" (CNI code 11).
-const Wait = 30 * time.Second
-
 // ErrTimeout is returned (wrapped) when a lock could not be taken in time;
 // the plugin boundary reports it as CNI code 11, "try again later".
 var ErrTimeout = errors.New("timed out waiting for lock")
+
+// Wait is how long a command waits for a lock on shared state before it
+// gives up and answers CNI code 11, "try again later": long enough for the
+// other holders' work (a DEL, a GC sweep) on a busy host, short enough that
+// the runtime's own timeout does not fire first.
+const Wait = 30 * time.Second
 
 // Lock is a held exclusive lock. Release it with Unlock.
 type Lock struct {
