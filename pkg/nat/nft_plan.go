@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+
+	"github.com/berth-cni/berth/pkg/cidr"
 )
 
 // nftables layout. Names are an API once released: never rename them.
@@ -162,7 +164,7 @@ func checkNFT(network string, st nftState, want []entry) error {
 		}
 		for _, p := range subnets(fw, f) {
 			if !slices.ContainsFunc(st.Dst[f], func(r addrRange) bool {
-				return r.From.Compare(p.Addr()) <= 0 && r.To.Compare(LastAddr(p)) >= 0
+				return r.From.Compare(p.Addr()) <= 0 && r.To.Compare(cidr.Last(p)) >= 0
 			}) {
 				return fmt.Errorf("nftables: subnet %s is missing from set %s", p, names.Dst[f])
 			}
@@ -229,7 +231,7 @@ func elemRanges(elems []intervalElem, addrLen int) ([]addrRange, error) {
 // maxAddr is the highest address of addrLen bytes.
 func maxAddr(addrLen int) netip.Addr {
 	if addrLen == 16 {
-		return LastAddr(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+		return cidr.Last(netip.PrefixFrom(netip.IPv6Unspecified(), 0))
 	}
-	return LastAddr(netip.PrefixFrom(netip.IPv4Unspecified(), 0))
+	return cidr.Last(netip.PrefixFrom(netip.IPv4Unspecified(), 0))
 }

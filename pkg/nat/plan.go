@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/berth-cni/berth/pkg/cidr"
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
@@ -198,7 +199,7 @@ type addrRange struct{ From, To netip.Addr }
 func ranges(ps []netip.Prefix) []addrRange {
 	var out []addrRange
 	for _, p := range ps {
-		r := addrRange{From: p.Masked().Addr(), To: LastAddr(p)}
+		r := addrRange{From: p.Masked().Addr(), To: cidr.Last(p)}
 		if n := len(out); n > 0 {
 			last := &out[n-1]
 			if next := last.To.Next(); !next.IsValid() || r.From.Compare(next) <= 0 {
@@ -211,14 +212,4 @@ func ranges(ps []netip.Prefix) []addrRange {
 		out = append(out, r)
 	}
 	return out
-}
-
-// LastAddr is the highest address in p (the broadcast address of a v4 subnet).
-func LastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/berth-cni/berth/pkg/cidr"
 	"github.com/berth-cni/berth/pkg/cnierr"
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/hostport"
@@ -194,13 +195,11 @@ func containerTargets(res *current.Result, ifName string) []netip.Prefix {
 				continue
 			}
 		}
-		p, ok := netip.AddrFromSlice(ip.Address.IP)
+		pre, ok := cidr.Prefix(&ip.Address)
 		if !ok {
 			continue
 		}
-		p = p.Unmap()
-		ones, _ := ip.Address.Mask.Size()
-		pre := netip.PrefixFrom(p, ones)
+		p := pre.Addr()
 		if p.Is4() && !have4 {
 			have4 = true
 			out = append(out, pre)
