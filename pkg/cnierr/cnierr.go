@@ -8,8 +8,6 @@ import (
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/types"
-
-	"github.com/berth-cni/berth/pkg/lock"
 )
 
 // berth's own codes (the spec reserves 100 and above for plugins). They are
@@ -111,8 +109,6 @@ func Code(err error) uint {
 		return types.ErrInvalidNetworkConfig
 	case errors.As(err, &ee):
 		return types.ErrInvalidEnvironmentVariables
-	case errors.Is(err, lock.ErrTimeout):
-		return types.ErrTryAgainLater
 	case errors.Is(err, ErrNotAvailable):
 		return CodeNotAvailable
 	default:

@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
-
-	"github.com/berth-cni/berth/pkg/lock"
 )
 
 func TestToCNICodes(t *testing.T) {
@@ -21,7 +19,7 @@ func TestToCNICodes(t *testing.T) {
 		{Field("mtu", 20, "must be between %d and %d", 68, 65535), 7, `invalid config: mtu 20: must be between 68 and 65535`},
 		{fmt.Errorf("add: %w", Field("name", "../x", "bad")), 7, `name "../x"`},
 		{Env("CNI_NETNS", "/x", nil, "no such network namespace"), 4, `CNI_NETNS="/x"`},
-		{fmt.Errorf("bridge: %w", lock.ErrTimeout), 11, "timed out"},
+		{fmt.Errorf("bridge: %w", WithCode(11, errors.New("timed out waiting for lock"))), 11, "timed out"},
 		{KernelFeature("bridge VLAN filtering", errors.New("operation not supported")), 100, "lacks bridge VLAN filtering"},
 		{WithCode(CodeNotAvailable, errors.New("nft gone")), 50, "nft gone"},
 		{fmt.Errorf("ipam: %w", &types.Error{Code: 11, Msg: "busy"}), 11, "ipam: busy"},

@@ -10,14 +10,17 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/cnierr"
 )
 
 // Dir holds the lock files of shared host state.
 const Dir = "/run/berth/lock"
 
-// ErrTimeout is returned (wrapped) when a lock could not be taken in time;
-// the plugin boundary reports it as CNI code 11, "try again later".
+// ErrTimeout is returned (wrapped, with CNI code 11, "try again later")
+// when a lock could not be taken in time.
 var ErrTimeout = errors.New("timed out waiting for lock")
 
 // Wait is how long a command waits for a lock on shared state before it
@@ -70,7 +73,7 @@ func AcquireFile(path string, timeout time.Duration) (*Lock, error) {
 		}
 		if time.Now().After(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("lock %s after %s: %w", path, timeout, ErrTimeout)
+			return nil, fmt.Errorf("lock %s after %s: %w", path, timeout, cnierr.WithCode(types.ErrTryAgainLater, ErrTimeout))
 		}
 		time.Sleep(delay)
 		if delay < 5*time.Millisecond {

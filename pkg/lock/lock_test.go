@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/berth-cni/berth/pkg/cnierr"
 )
 
 func TestExclusive(t *testing.T) {
@@ -55,5 +57,21 @@ func TestTimeoutAndNames(t *testing.T) {
 		if _, err := AcquireIn(dir, bad, time.Millisecond); err == nil {
 			t.Errorf("Acquire(%q) accepted", bad)
 		}
+	}
+}
+
+// A lock not taken in time is CNI code 11, "try again later", and still
+// ErrTimeout.
+func TestTimeoutIsTryAgain(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	held, err := AcquireIn(dir, "x", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Unlock()
+	_, err = AcquireIn(dir, "x", 20*time.Millisecond)
+	if !errors.Is(err, ErrTimeout) || cnierr.Code(err) != 11 {
+		t.Fatalf("err = %v (code %d), want ErrTimeout with code 11", err, cnierr.Code(err))
 	}
 }
