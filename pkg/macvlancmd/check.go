@@ -20,19 +20,16 @@ import (
 // master, in its mode), its MAC, addresses and routes, the master's
 // promiscuous mode, the host shim and its routes.
 func Check(ctx context.Context, args *skel.CmdArgs) error {
-	conf, o, err := load(args)
+	c, err := begin(args, true)
 	if err != nil {
 		return err
 	}
+	defer c.close()
+	conf, o, host := c.conf, c.o, c.host
 	prev, err := config.PrevResult(&conf.NetConf)
 	if err != nil {
 		return err
 	}
-	host, err := netns.Host()
-	if err != nil {
-		return err
-	}
-	defer host.Close()
 	container, err := link.OpenContainer(args.Netns)
 	if err != nil {
 		return err

@@ -6,9 +6,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 
-	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/ipam"
-	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/state"
 )
@@ -21,15 +19,12 @@ import (
 // Stale attachments are found in attachment records and in the per-master
 // state, so a half-done ADD is found too.
 func GC(ctx context.Context, args *skel.CmdArgs) error {
-	conf, err := config.ParseMacvlan(args.StdinData, args.Args)
+	c, err := begin(args, false)
 	if err != nil {
 		return err
 	}
-	host, err := netns.Host()
-	if err != nil {
-		return err
-	}
-	defer host.Close()
+	defer c.close()
+	conf, host := c.conf, c.host
 	valid := map[owner.Owner]bool{}
 	for _, a := range conf.ValidAttachments {
 		valid[owner.Owner{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName}] = true

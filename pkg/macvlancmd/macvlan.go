@@ -30,27 +30,44 @@ import (
 	"github.com/berth-cni/berth/pkg/undo"
 )
 
-// load parses the config and the runtime arguments every command needs.
-func load(args *skel.CmdArgs) (*config.Macvlan, owner.Owner, error) {
+// cmd is what every command starts from: the config, the attachment it
+// names (zero for GC and STATUS) and the host's namespace.
+type cmd struct {
+	conf *config.Macvlan
+	o    owner.Owner
+	host *netns.NS
+}
+
+// begin parses the config (and, with attachment, the runtime arguments
+// naming the attachment) and opens the host's namespace; the caller
+// closes it.
+func begin(args *skel.CmdArgs, attachment bool) (*cmd, error) {
 	conf, err := config.ParseMacvlan(args.StdinData, args.Args)
 	if err != nil {
-		return nil, owner.Owner{}, err
+		return nil, err
 	}
-	o, err := config.Attachment(conf.Name, args.ContainerID, args.IfName)
-	return conf, o, err
+	c := &cmd{conf: conf}
+	if attachment {
+		if c.o, err = config.Attachment(conf.Name, args.ContainerID, args.IfName); err != nil {
+			return nil, err
+		}
+	}
+	if c.host, err = netns.Host(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
+
+func (c *cmd) close() { c.host.Close() }
 
 // Add is the ADD command.
 func Add(ctx context.Context, args *skel.CmdArgs, out io.Writer) (err error) {
-	conf, o, err := load(args)
+	c, err := begin(args, true)
 	if err != nil {
 		return err
 	}
-	host, err := netns.Host()
-	if err != nil {
-		return err
-	}
-	defer host.Close()
+	defer c.close()
+	conf, o, host := c.conf, c.o, c.host
 	container, err := link.OpenContainerForAdd(args.Netns, args.IfName)
 	if err != nil {
 		return err
@@ -154,15 +171,12 @@ func addrsOf(l3 plan.L3) []netip.Addr {
 // promiscuous mode) and its record. Every step runs even if another
 // fails; what is missing is success.
 func Del(ctx context.Context, args *skel.CmdArgs) error {
-	conf, o, err := load(args)
+	c, err := begin(args, true)
 	if err != nil {
 		return err
 	}
-	host, err := netns.Host()
-	if err != nil {
-		return err
-	}
-	defer host.Close()
+	defer c.close()
+	conf, o, host := c.conf, c.o, c.host
 	errs := []error{deleteIn(args.Netns, o)}
 	if conf.IPAMConf.Type != "" {
 		errs = append(errs, ipam.Del(ctx, conf.IPAMConf.Type, args.StdinData, ipam.Of(args)))
@@ -199,17 +213,14 @@ func deleteIn(path string, o owner.Owner) error {
 // the IPAM plugin answers. A master inside containers (linkInContainer)
 // cannot be seen from here.
 func Status(ctx context.Context, args *skel.CmdArgs) error {
-	conf, err := config.ParseMacvlan(args.StdinData, args.Args)
+	c, err := begin(args, false)
 	if err != nil {
 		return err
 	}
+	defer c.close()
+	conf := c.conf
 	if !conf.LinkInContainer {
-		host, err := netns.Host()
-		if err != nil {
-			return notAvailable(err)
-		}
-		defer host.Close()
-		if _, _, err := findMaster(conf, host, nil); err != nil {
+		if _, _, err := findMaster(conf, c.host, nil); err != nil {
 			return notAvailable(err)
 		}
 	}
