@@ -21,8 +21,8 @@ import (
 // upstream host-local's allocator and disk store, so leases, their files
 // under dataDir and the lock are the ones the host-local binary uses (and
 // the two can serve one network side by side); what is saved is the exec
-// of a second program on every ADD, DEL and CHECK, about a quarter of a
-// bridge ADD's time here.
+// of a second program on every ADD, DEL and CHECK (bench/README.md has
+// what it costs).
 const HostLocal = "host-local"
 
 // openHostLocal parses the ipam section (ranges, routes, requested IPs

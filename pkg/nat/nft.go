@@ -47,8 +47,9 @@ func (b nftBackend) Ensure(m Masq) error {
 // not in the subnet set, or an address is held under another owner (a gone
 // container's, whose DEL never ran), Ensure's read-plan-write path runs
 // instead: it moves the address to m's owner. (Replacing an element in the
-// batch, delete then add, would cost every ADD the ~10 ms the kernel takes
-// to commit an element deletion.)
+// batch, delete then add, would cost every ADD the commit of an element
+// deletion, which waits for the kernel's RCU grace period: see
+// bench/README.md.)
 //
 // Equivalent: nft list set inet berth-nat dst4-$h; nft get element inet berth-nat src4-$h { 10.22.0.5 };
 // nft add element inet berth-nat src4-$h { 10.22.0.5 comment "berth p=16 if=eth0 id=$id" }

@@ -52,8 +52,8 @@ func (s Store) path(containerID, ifName string) string {
 // Put makes r the attachment's record. A new record is written atomically
 // (temp file, rename). A record that exists gets r appended as a new line,
 // the line readers take: appending costs one write, where a new file costs
-// an inode (0.15-0.4 ms on ext4 here, and a rename over a file makes ext4
-// flush it first). A file past maxRecordFile is rewritten with r alone, as
+// an inode and a rename over a file makes ext4 flush it first
+// (bench/README.md has the figures). A file past maxRecordFile is rewritten with r alone, as
 // is one that was renamed over or removed while r was appended (only
 // concurrent Puts and Deletes of one attachment do that, which the spec's
 // one-operation-at-a-time rule excludes). There is no fsync: the records
