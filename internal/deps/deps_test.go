@@ -17,6 +17,7 @@ var pure = []string{
 	"github.com/berth-cni/berth/pkg/cnierr",
 	"github.com/berth-cni/berth/pkg/config",
 	"github.com/berth-cni/berth/pkg/iptables",
+	"github.com/berth-cni/berth/pkg/nat/natplan",
 	"github.com/berth-cni/berth/pkg/owner",
 	"github.com/berth-cni/berth/pkg/plan",
 	"github.com/berth-cni/berth/pkg/undo",

@@ -12,6 +12,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/nat/natplan"
 	bnetns "github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/owner"
 )
@@ -66,16 +67,16 @@ func nftDump(t *testing.T, ns *testNS) string {
 			return err
 		}
 		tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-		if err != nil || !slices.ContainsFunc(tables, func(tb *nftables.Table) bool { return tb.Name == nftTable }) {
+		if err != nil || !slices.ContainsFunc(tables, func(tb *nftables.Table) bool { return tb.Name == natplan.NFTTable }) {
 			return err
 		}
-		lines = append(lines, "table inet "+nftTable)
+		lines = append(lines, "table inet "+natplan.NFTTable)
 		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 		if err != nil {
 			return err
 		}
 		for _, ch := range chains {
-			if ch.Table.Name == nftTable {
+			if ch.Table.Name == natplan.NFTTable {
 				lines = append(lines, fmt.Sprintf("chain %s type %s hook %d priority %d", ch.Name, ch.Type, *ch.Hooknum, *ch.Priority))
 			}
 		}
@@ -96,7 +97,7 @@ func nftDump(t *testing.T, ns *testNS) string {
 			slices.Sort(es)
 			lines = append(lines, fmt.Sprintf("set %s interval=%v { %s }", s.Name, s.Interval, strings.Join(es, ", ")))
 		}
-		rules, err := c.GetRules(natTable, &nftables.Chain{Name: nftChain, Table: natTable})
+		rules, err := c.GetRules(natTable, &nftables.Chain{Name: natplan.NFTChain, Table: natTable})
 		if err != nil {
 			return err
 		}
@@ -115,16 +116,16 @@ func nftDump(t *testing.T, ns *testNS) string {
 // Equivalent: nft delete element inet berth-nat src4-$h { $addr }
 func nftDrop(t *testing.T, ns *testNS, network string, addr netip.Addr) {
 	t.Helper()
-	f := v4
+	f := natplan.V4
 	if addr.Is6() {
-		f = v6
+		f = natplan.V6
 	}
 	ns.must(t, "delete element "+addr.String(), func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
 		}
-		set := &nftables.Set{Table: natTable, Name: namesFor(network).Src[f]}
+		set := &nftables.Set{Table: natTable, Name: natplan.NFTNamesFor(network).Src[f]}
 		if err := c.SetDeleteElements(set, []nftables.SetElement{{Key: addr.AsSlice()}}); err != nil {
 			return err
 		}
@@ -138,7 +139,7 @@ func iptDump(t *testing.T, ns *testNS, cmds iptables.Commands) string {
 	var lines []string
 	for _, save := range []string{cmds.Save4, cmds.Save6} {
 		for _, l := range strings.Split(ns.output(t, save, "-t", "nat"), "\n") {
-			if strings.HasPrefix(l, ":"+iptChainPrefix) || strings.Contains(l, iptChainPrefix) {
+			if strings.HasPrefix(l, ":BERTH-MASQ-") || strings.Contains(l, "BERTH-MASQ-") {
 				name, _, _ := strings.Cut(l, " [") // chain counters change with traffic
 				lines = append(lines, save+": "+name)
 			}
@@ -152,20 +153,20 @@ func iptDump(t *testing.T, ns *testNS, cmds iptables.Commands) string {
 // Equivalent: iptables -t nat -D POSTROUTING -s $addr/32 -m comment --comment … -j BERTH-MASQ-$h
 func iptDrop(t *testing.T, ns *testNS, cmds iptables.Commands, network string, addr netip.Addr) {
 	t.Helper()
-	f, save, restore := v4, cmds.Save4, cmds.Restore4
+	f, save, restore := natplan.V4, cmds.Save4, cmds.Restore4
 	if addr.Is6() {
-		f, save, restore = v6, cmds.Save6, cmds.Restore6
+		f, save, restore = natplan.V6, cmds.Save6, cmds.Restore6
 	}
 	nt, err := iptables.ParseSave(ns.output(t, save, "-t", "nat"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := iptNetwork(network, f, nt)
-	i := slices.IndexFunc(st.Entries, func(e entry) bool { return e.Addr.Addr() == addr })
+	st := natplan.IPTNetwork(network, f, nt)
+	i := slices.IndexFunc(st.Entries, func(e natplan.Entry) bool { return e.Addr.Addr() == addr })
 	if i < 0 {
-		t.Fatalf("no %s rule for %s", iptPost, addr)
+		t.Fatalf("no POSTROUTING rule for %s", addr)
 	}
-	if _, err := ns.ns.Run("*nat\n-D "+iptPost+" "+st.Specs[i]+"\nCOMMIT\n", restore, "--noflush"); err != nil {
+	if _, err := ns.ns.Run("*nat\n-D POSTROUTING "+st.Specs[i]+"\nCOMMIT\n", restore, "--noflush"); err != nil {
 		t.Fatalf("delete rule for %s: %v", addr, err)
 	}
 }
@@ -295,7 +296,7 @@ func TestNFTForeignElement(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		set := &nftables.Set{Table: natTable, Name: namesFor("fnet").Src[v4]}
+		set := &nftables.Set{Table: natTable, Name: natplan.NFTNamesFor("fnet").Src[natplan.V4]}
 		if err := c.SetAddElements(set, []nftables.SetElement{{Key: []byte{10, 22, 0, 5}, Comment: "not berth"}}); err != nil {
 			return err
 		}
@@ -331,7 +332,7 @@ func TestBackendConcurrent(t *testing.T) {
 				if c := strings.Count(state, "rule handle"); c != 1 {
 					t.Errorf("%d rules, want 1:\n%s", c, state)
 				}
-				if !strings.Contains(state, "set dst4-"+netHash("busy")+" interval=true { 10.40.0.0 end=false \"\", 10.42.0.0 end=true \"\" }") {
+				if !strings.Contains(state, "set "+natplan.NFTNamesFor("busy").Dst[natplan.V4]+" interval=true { 10.40.0.0 end=false \"\", 10.42.0.0 end=true \"\" }") {
 					t.Errorf("subnet set does not hold 10.40.0.0-10.41.255.255:\n%s", state)
 				}
 			} else if c := strings.Count(state, "-j RETURN"); c != 2 {
@@ -430,8 +431,8 @@ func TestNFTGetElem(t *testing.T) {
 	ns := newNS(t, "getelem")
 	m := masq("gnet", "ctr-a", "eth0", "10.22.0.5/16")
 	ns.must(t, "ensure", func() error { return nftBackend{ns: ns.ns}.Ensure(m) })
-	set := namesFor("gnet").Src[v4]
-	want := ownerTag("", entry{Owner: StoredOwner(m.Owner), Addr: m.Addrs[0]}).String()
+	set := natplan.NFTNamesFor("gnet").Src[natplan.V4]
+	want := natplan.OwnerTag("", natplan.Entry{Owner: StoredOwner(m.Owner), Addr: m.Addrs[0]}).String()
 	ns.must(t, "get present", func() error {
 		conn, err := ns.ns.Netfilter()
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/nat/natplan"
 	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/owner"
 )
@@ -19,9 +20,9 @@ type iptBackend struct {
 	cmds iptables.Commands
 }
 
-func (b iptBackend) restoreCmd(f family) string { return b.cmds.Restore(f == v6) }
+func (b iptBackend) restoreCmd(f natplan.Family) string { return b.cmds.Restore(f == natplan.V6) }
 
-func (b iptBackend) saveCmd(f family) string { return b.cmds.Save(f == v6) }
+func (b iptBackend) saveCmd(f natplan.Family) string { return b.cmds.Save(f == natplan.V6) }
 
 // Ensure writes m's POSTROUTING rules and the network chain, one restore
 // payload per address family that changes.
@@ -39,7 +40,7 @@ func (b iptBackend) Ensure(m Masq) error {
 	}
 	own := StoredOwner(m.Owner)
 	return withLock(func() error {
-		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, own) })
+		return b.change(m.Owner.Network, func(cur []natplan.Entry) natplan.Change { return natplan.PlanEnsure(cur, want, own) })
 	})
 }
 
@@ -55,7 +56,7 @@ func (b iptBackend) Delete(o owner.Owner) error {
 	}
 	own := StoredOwner(o)
 	return withLock(func() error {
-		return b.change(o.Network, func(cur []entry) change { return planDelete(cur, own) })
+		return b.change(o.Network, func(cur []natplan.Entry) natplan.Change { return natplan.PlanDelete(cur, own) })
 	})
 }
 
@@ -67,9 +68,9 @@ func (b iptBackend) List(network string) ([]Masq, error) {
 	if network == "" {
 		return nil, errors.New("iptables: list needs a network name")
 	}
-	var all []entry
+	var all []natplan.Entry
 	err := withLock(func() error {
-		for _, f := range families {
+		for _, f := range natplan.Families {
 			st, err := b.read(network, f)
 			if err != nil {
 				return err
@@ -93,15 +94,15 @@ func (b iptBackend) Check(m Masq) error {
 		return err
 	}
 	return withLock(func() error {
-		for _, f := range families {
-			if len(ofFamily(want, f)) == 0 {
+		for _, f := range natplan.Families {
+			if len(natplan.OfFamily(want, f)) == 0 {
 				continue
 			}
 			st, err := b.read(m.Owner.Network, f)
 			if err != nil {
 				return err
 			}
-			if err := checkIPT(m.Owner.Network, f, st, want); err != nil {
+			if err := natplan.CheckIPT(m.Owner.Network, f, st, want); err != nil {
 				return err
 			}
 		}
@@ -111,10 +112,10 @@ func (b iptBackend) Check(m Masq) error {
 
 // change reads both families, plans once over all of the network's entries
 // and restores what changed; the caller holds the lock.
-func (b iptBackend) change(network string, plan func(cur []entry) change) error {
-	var sts [2]iptState
-	var cur []entry
-	for _, f := range families {
+func (b iptBackend) change(network string, plan func(cur []natplan.Entry) natplan.Change) error {
+	var sts [2]natplan.IPTState
+	var cur []natplan.Entry
+	for _, f := range natplan.Families {
 		st, err := b.read(network, f)
 		if err != nil {
 			return err
@@ -124,8 +125,8 @@ func (b iptBackend) change(network string, plan func(cur []entry) change) error 
 	}
 	c := plan(cur)
 	var errs []error
-	for _, f := range families {
-		if p := planIPT(network, f, sts[f], c).payload(); p != "" {
+	for _, f := range natplan.Families {
+		if p := natplan.PlanIPT(network, f, sts[f], c).Payload(); p != "" {
 			if err := b.restore(f, p); err != nil {
 				errs = append(errs, fmt.Errorf("update network %q: %w", network, err))
 			}
@@ -137,23 +138,23 @@ func (b iptBackend) change(network string, plan func(cur []entry) change) error 
 // read saves family f's nat table and selects network's part.
 //
 // Equivalent: iptables-save -t nat
-func (b iptBackend) read(network string, f family) (iptState, error) {
+func (b iptBackend) read(network string, f natplan.Family) (natplan.IPTState, error) {
 	out, err := b.ns.Run("", b.saveCmd(f), "-t", "nat")
 	if err != nil {
-		return iptState{}, fmt.Errorf("iptables backend: %w", err)
+		return natplan.IPTState{}, fmt.Errorf("iptables backend: %w", err)
 	}
 	nt, err := iptables.ParseSave(out)
 	if err != nil {
-		return iptState{}, fmt.Errorf("%s: %w", b.saveCmd(f), err)
+		return natplan.IPTState{}, fmt.Errorf("%s: %w", b.saveCmd(f), err)
 	}
-	return iptNetwork(network, f, nt), nil
+	return natplan.IPTNetwork(network, f, nt), nil
 }
 
 // restore applies one payload atomically; -w waits for the xtables lock
 // that other iptables users hold.
 //
 // Equivalent: iptables-restore --noflush -w < payload
-func (b iptBackend) restore(f family, payload string) error {
+func (b iptBackend) restore(f natplan.Family, payload string) error {
 	if _, err := b.ns.Run(payload, b.restoreCmd(f), "--noflush", "-w"); err != nil {
 		return fmt.Errorf("iptables backend: %w", err)
 	}

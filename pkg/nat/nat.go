@@ -16,7 +16,9 @@
 // Every kernel object carries its owner: set elements and POSTROUTING rules
 // carry "berth p=<bits> if=<ifname> id=<container>" comments, network rules
 // and chains carry "berth net=<network>". The pure parts (tags, names,
-// plans, iptables-save parsing) are plain functions over plain values.
+// plans, reading iptables-save output) are in package natplan, plain
+// functions over plain values; this package reads the kernel into
+// natplan's values and applies its plans.
 package nat
 
 import (
@@ -32,6 +34,7 @@ import (
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/iptables"
 	"github.com/berth-cni/berth/pkg/lock"
+	"github.com/berth-cni/berth/pkg/nat/natplan"
 	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/owner"
 )
@@ -136,6 +139,14 @@ func Detect(n *netns.NS) string {
 	return config.BackendIPTables
 }
 
+// StoredOwner returns o as List reports it: a container ID whose escaped
+// form is longer than 64 bytes is kept as its first bytes, "~" and 16 hex
+// digits of its SHA-256. StoredOwner(StoredOwner(o)) == StoredOwner(o), and
+// Delete, Check and Ensure accept either form. GC compares the owners List
+// returns with StoredOwner of the attachments it keeps. It is
+// natplan.StoredOwner, kept here so that callers of a Backend need only nat.
+func StoredOwner(o owner.Owner) owner.Owner { return natplan.StoredOwner(o) }
+
 // validateOwner checks the fields every tag needs. The plugin has validated
 // them already (pkg/config); this guards against a caller that did not.
 func validateOwner(o owner.Owner) error {
@@ -144,20 +155,20 @@ func validateOwner(o owner.Owner) error {
 		return errors.New("owner has no network name")
 	case o.ContainerID == "":
 		return fmt.Errorf("owner in network %q has no container id", o.Network)
-	case o.IfName == "" || len(o.IfName) > maxIfName:
-		return fmt.Errorf("owner %s: interface name %q must be 1 to %d bytes", o.ContainerID, o.IfName, maxIfName)
+	case o.IfName == "" || len(o.IfName) > natplan.MaxIfName:
+		return fmt.Errorf("owner %s: interface name %q must be 1 to %d bytes", o.ContainerID, o.IfName, natplan.MaxIfName)
 	}
 	return nil
 }
 
 // validateMasq checks m and returns its entries in stored form, one per
 // address; a repeated address is an error.
-func validateMasq(m Masq) ([]entry, error) {
+func validateMasq(m Masq) ([]natplan.Entry, error) {
 	if err := validateOwner(m.Owner); err != nil {
 		return nil, err
 	}
 	o := StoredOwner(m.Owner)
-	out := make([]entry, 0, len(m.Addrs))
+	out := make([]natplan.Entry, 0, len(m.Addrs))
 	for _, p := range m.Addrs {
 		if !p.IsValid() {
 			return nil, fmt.Errorf("masquerade for %s/%s: invalid address %v", o.ContainerID, o.IfName, p)
@@ -176,9 +187,25 @@ func validateMasq(m Masq) ([]entry, error) {
 				return nil, fmt.Errorf("masquerade for %s/%s: address %v given twice", o.ContainerID, o.IfName, p.Addr())
 			}
 		}
-		out = append(out, entry{Owner: o, Addr: p})
+		out = append(out, natplan.Entry{Owner: o, Addr: p})
 	}
 	return out, nil
+}
+
+// group turns a network's entries into one Masq per owner, sorted.
+func group(network string, es []natplan.Entry) []Masq {
+	es = slices.Clone(es)
+	natplan.SortEntries(es)
+	var out []Masq
+	for _, e := range es {
+		o := owner.Owner{Network: network, ContainerID: e.Owner.ContainerID, IfName: e.Owner.IfName}
+		if n := len(out); n > 0 && out[n-1].Owner == o {
+			out[n-1].Addrs = append(out[n-1].Addrs, e.Addr)
+			continue
+		}
+		out = append(out, Masq{Owner: o, Addrs: []netip.Prefix{e.Addr}})
+	}
+	return out
 }
 
 // withLock runs fn holding the NAT flock.

@@ -12,10 +12,8 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
-	"github.com/berth-cni/berth/pkg/cidr"
-
+	"github.com/berth-cni/berth/pkg/nat/natplan"
 	"github.com/berth-cni/berth/pkg/netns"
-
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
@@ -35,7 +33,7 @@ func (b nftBackend) Ensure(m Masq) error {
 	}
 	own := StoredOwner(m.Owner)
 	return withLock(func() error {
-		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, own) })
+		return b.change(m.Owner.Network, func(cur []natplan.Entry) natplan.Change { return natplan.PlanEnsure(cur, want, own) })
 	})
 }
 
@@ -68,7 +66,7 @@ func (b nftBackend) Add(m Masq) error {
 		if err != nil || done {
 			return err
 		}
-		return b.change(m.Owner.Network, func(cur []entry) change { return planEnsure(cur, want, own) })
+		return b.change(m.Owner.Network, func(cur []natplan.Entry) natplan.Change { return natplan.PlanEnsure(cur, want, own) })
 	})
 }
 
@@ -76,15 +74,15 @@ func (b nftBackend) Add(m Masq) error {
 // reports not done when its one batch cannot extend the state: the
 // network's subnet set cannot be read (it is not there yet) or lacks one
 // of want's subnets, or an address is held under another comment.
-func (b nftBackend) addFast(c *nftables.Conn, network string, want []entry) (done bool, err error) {
+func (b nftBackend) addFast(c *nftables.Conn, network string, want []natplan.Entry) (done bool, err error) {
 	conn, err := b.ns.Netfilter()
 	if err != nil {
 		return false, err
 	}
 	defer conn.Close()
 	queued := false
-	for _, f := range families {
-		es := ofFamily(want, f)
+	for _, f := range natplan.Families {
+		es := natplan.OfFamily(want, f)
 		if len(es) == 0 {
 			continue
 		}
@@ -95,12 +93,12 @@ func (b nftBackend) addFast(c *nftables.Conn, network string, want []entry) (don
 		if err != nil {
 			return false, nil
 		}
-		for _, p := range subnets(es, f) {
-			if !covered(have, p) {
+		for _, p := range natplan.Subnets(es, f) {
+			if !natplan.Covered(have, p) {
 				return false, nil
 			}
 		}
-		var missing []entry
+		var missing []natplan.Entry
 		for _, e := range es {
 			comment, found, err := getElem(conn, src.Name, e.Addr.Addr().AsSlice())
 			switch {
@@ -108,7 +106,7 @@ func (b nftBackend) addFast(c *nftables.Conn, network string, want []entry) (don
 				return false, err
 			case !found:
 				missing = append(missing, e)
-			case comment != ownerTag("", e).String():
+			case comment != natplan.OwnerTag("", e).String():
 				return false, nil
 			}
 		}
@@ -125,17 +123,6 @@ func (b nftBackend) addFast(c *nftables.Conn, network string, want []entry) (don
 	return true, c.Flush()
 }
 
-// covered reports whether one of rs holds all of p.
-func covered(rs []addrRange, p netip.Prefix) bool {
-	first, last := p.Masked().Addr(), cidr.Last(p)
-	for _, r := range rs {
-		if r.From.Compare(first) <= 0 && r.To.Compare(last) >= 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // Delete removes o's elements, and the network's sets and rules or the
 // whole table when nothing else is left, in one transaction.
 //
@@ -146,7 +133,7 @@ func (b nftBackend) Delete(o owner.Owner) error {
 	}
 	own := StoredOwner(o)
 	return withLock(func() error {
-		return b.change(o.Network, func(cur []entry) change { return planDelete(cur, own) })
+		return b.change(o.Network, func(cur []natplan.Entry) natplan.Change { return natplan.PlanDelete(cur, own) })
 	})
 }
 
@@ -184,51 +171,51 @@ func (b nftBackend) Check(m Masq) error {
 			if err != nil {
 				return err
 			}
-			return checkNFT(m.Owner.Network, st, want)
+			return natplan.CheckNFT(m.Owner.Network, st, want)
 		})
 	})
 }
 
 // change reads network's state, plans, and applies the plan as one
 // transaction; the caller holds the lock.
-func (b nftBackend) change(network string, plan func(cur []entry) change) error {
+func (b nftBackend) change(network string, plan func(cur []natplan.Entry) natplan.Change) error {
 	return b.ns.WithNFT(func(c *nftables.Conn) error {
 		st, err := readNFT(c, network)
 		if err != nil {
 			return err
 		}
-		ops, err := planNFT(network, st, plan(st.Src))
-		if err != nil || ops.empty() {
+		ops, err := natplan.PlanNFT(network, st, plan(st.Src))
+		if err != nil || ops.Empty() {
 			return err
 		}
 		if err := applyNFT(c, network, ops); err != nil {
-			return fmt.Errorf("nftables: update network %q in table inet %s: %w", network, nftTable, err)
+			return fmt.Errorf("nftables: update network %q in table inet %s: %w", network, natplan.NFTTable, err)
 		}
 		return nil
 	})
 }
 
-var natTable = &nftables.Table{Name: nftTable, Family: nftables.TableFamilyINet}
+var natTable = &nftables.Table{Name: natplan.NFTTable, Family: nftables.TableFamilyINet}
 
 // readNFT reads network's part of table inet berth-nat.
-func readNFT(c *nftables.Conn, network string) (st nftState, err error) {
+func readNFT(c *nftables.Conn, network string) (st natplan.NFTState, err error) {
 	// google/nftables decodes element comments with a TLV reader that
 	// panics on malformed kernel data; report that as an error instead.
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("nftables: decode table inet %s: %v", nftTable, r)
+			err = fmt.Errorf("nftables: decode table inet %s: %v", natplan.NFTTable, r)
 		}
 	}()
 	return readNFTState(c, network)
 }
 
-func readNFTState(c *nftables.Conn, network string) (nftState, error) {
-	var st nftState
+func readNFTState(c *nftables.Conn, network string) (natplan.NFTState, error) {
+	var st natplan.NFTState
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return st, fmt.Errorf("nftables: list tables: %w", err)
 	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == nftTable }) {
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == natplan.NFTTable }) {
 		return st, nil
 	}
 	st.Table = true
@@ -237,17 +224,17 @@ func readNFTState(c *nftables.Conn, network string) (nftState, error) {
 		return st, fmt.Errorf("nftables: list chains: %w", err)
 	}
 	st.Chain = slices.ContainsFunc(chains, func(ch *nftables.Chain) bool {
-		return ch.Table.Name == nftTable && ch.Name == nftChain
+		return ch.Table.Name == natplan.NFTTable && ch.Name == natplan.NFTChain
 	})
 	sets, err := c.GetSets(natTable)
 	if err != nil {
-		return st, fmt.Errorf("nftables: list sets of table inet %s: %w", nftTable, err)
+		return st, fmt.Errorf("nftables: list sets of table inet %s: %w", natplan.NFTTable, err)
 	}
 	for _, s := range sets {
 		st.Sets = append(st.Sets, s.Name)
 	}
-	names := namesFor(network)
-	for _, f := range families {
+	names := natplan.NFTNamesFor(network)
+	for _, f := range natplan.Families {
 		var elems []nftables.SetElement
 		if slices.Contains(st.Sets, names.Src[f]) {
 			if elems, err = c.GetSetElements(&nftables.Set{Table: natTable, Name: names.Src[f]}); err != nil {
@@ -263,18 +250,18 @@ func readNFTState(c *nftables.Conn, network string) (nftState, error) {
 			}
 		}
 	}
-	sortEntries(st.Src)
+	natplan.SortEntries(st.Src)
 	if !st.Chain {
 		return st, nil
 	}
-	rules, err := c.GetRules(natTable, &nftables.Chain{Name: nftChain, Table: natTable})
+	rules, err := c.GetRules(natTable, &nftables.Chain{Name: natplan.NFTChain, Table: natTable})
 	if err != nil {
-		return st, fmt.Errorf("nftables: list chain %s: %w", nftChain, err)
+		return st, fmt.Errorf("nftables: list chain %s: %w", natplan.NFTChain, err)
 	}
 	for _, r := range rules {
-		nr := nftRule{Handle: r.Handle, Tag: tag{Bits: -1}}
+		nr := natplan.NFTRule{Handle: r.Handle, Tag: natplan.Tag{Bits: -1}}
 		if s, ok := ruleComment(r.UserData); ok {
-			if t, err := parseTag(s); err == nil && t.Network != "" {
+			if t, err := natplan.ParseTag(s); err == nil && t.Network != "" {
 				nr.Tag = t
 			}
 		}
@@ -286,18 +273,18 @@ func readNFTState(c *nftables.Conn, network string) (nftState, error) {
 // srcEntries decodes an address set's elements. Elements without a berth
 // owner comment cannot be attributed; their addresses are returned apart so
 // that an Ensure of the same address replaces them.
-func srcEntries(network string, elems []nftables.SetElement) (es []entry, foreign []netip.Addr) {
+func srcEntries(network string, elems []nftables.SetElement) (es []natplan.Entry, foreign []netip.Addr) {
 	for _, e := range elems {
 		a, ok := netip.AddrFromSlice(e.Key)
 		if !ok {
 			continue
 		}
-		t, err := parseTag(e.Comment)
-		if err != nil || !t.hasOwner() || t.Network != "" || t.Bits > a.BitLen() {
+		t, err := natplan.ParseTag(e.Comment)
+		if err != nil || !t.HasOwner() || t.Network != "" || t.Bits > a.BitLen() {
 			foreign = append(foreign, a)
 			continue
 		}
-		es = append(es, entry{
+		es = append(es, natplan.Entry{
 			Owner: owner.Owner{Network: network, ContainerID: t.ContainerID, IfName: t.IfName},
 			Addr:  netip.PrefixFrom(a, t.Bits),
 		})
@@ -328,37 +315,37 @@ func ruleComment(ud []byte) (string, bool) {
 // readDst reads the subnet set called name, of family f, as ranges.
 //
 // Equivalent: nft list set inet berth-nat dst4-$h
-func readDst(c *nftables.Conn, name string, f family) ([]addrRange, error) {
+func readDst(c *nftables.Conn, name string, f natplan.Family) ([]natplan.AddrRange, error) {
 	elems, err := c.GetSetElements(&nftables.Set{Table: natTable, Name: name})
 	if err != nil {
 		return nil, fmt.Errorf("nftables: list set %s: %w", name, err)
 	}
-	ies := make([]intervalElem, len(elems))
+	ies := make([]natplan.IntervalElem, len(elems))
 	for i, e := range elems {
-		ies[i] = intervalElem{Key: e.Key, End: e.IntervalEnd}
+		ies[i] = natplan.IntervalElem{Key: e.Key, End: e.IntervalEnd}
 	}
-	rs, err := elemRanges(ies, addrLen(f))
+	rs, err := natplan.ElemRanges(ies, addrLen(f))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: set %s: %w", name, err)
 	}
 	return rs, nil
 }
 
-func addrLen(f family) int {
-	if f == v6 {
+func addrLen(f natplan.Family) int {
+	if f == natplan.V6 {
 		return 16
 	}
 	return 4
 }
 
 // nftSets returns the network's two sets of family f, as AddSet wants them.
-func nftSets(network string, f family) (src, dst *nftables.Set) {
-	names := namesFor(network)
+func nftSets(network string, f natplan.Family) (src, dst *nftables.Set) {
+	names := natplan.NFTNamesFor(network)
 	key := nftables.TypeIPAddr
-	if f == v6 {
+	if f == natplan.V6 {
 		key = nftables.TypeIP6Addr
 	}
-	comment := networkTag(network, "").String()
+	comment := natplan.NetworkTag(network, "").String()
 	src = &nftables.Set{Table: natTable, Name: names.Src[f], KeyType: key,
 		KeyByteOrder: binaryutil.BigEndian, Comment: comment}
 	dst = &nftables.Set{Table: natTable, Name: names.Dst[f], KeyType: key, Interval: true,
@@ -367,19 +354,19 @@ func nftSets(network string, f family) (src, dst *nftables.Set) {
 }
 
 // applyNFT queues ops and sends them as one batch.
-func applyNFT(c *nftables.Conn, network string, ops nftOps) error {
+func applyNFT(c *nftables.Conn, network string, ops natplan.NFTOps) error {
 	if ops.DropTable {
 		c.DelTable(natTable)
 		return c.Flush()
 	}
-	chain := &nftables.Chain{Name: nftChain, Table: natTable}
+	chain := &nftables.Chain{Name: natplan.NFTChain, Table: natTable}
 	if ops.AddBase {
 		c.AddTable(natTable)
 		accept := nftables.ChainPolicyAccept
-		c.AddChain(&nftables.Chain{Name: nftChain, Table: natTable, Type: nftables.ChainTypeNAT,
+		c.AddChain(&nftables.Chain{Name: natplan.NFTChain, Table: natTable, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
 	}
-	for _, f := range families {
+	for _, f := range natplan.Families {
 		fo := ops.Fam[f]
 		src, dst := nftSets(network, f)
 		if fo.AddSrc {
@@ -428,20 +415,20 @@ func applyNFT(c *nftables.Conn, network string, ops nftOps) error {
 
 // srcElems are address set elements; with a network name they carry their
 // owner comment (deletion needs only the key).
-func srcElems(network string, es []entry) []nftables.SetElement {
+func srcElems(network string, es []natplan.Entry) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(es))
 	for i, e := range es {
 		out[i].Key = e.Addr.Addr().AsSlice()
 		if network != "" {
-			out[i].Comment = ownerTag("", e).String()
+			out[i].Comment = natplan.OwnerTag("", e).String()
 		}
 	}
 	return out
 }
 
-func dstElems(rs []addrRange) []nftables.SetElement {
+func dstElems(rs []natplan.AddrRange) []nftables.SetElement {
 	var out []nftables.SetElement
-	for _, ie := range rangeElems(rs) {
+	for _, ie := range natplan.RangeElems(rs) {
 		out = append(out, nftables.SetElement{Key: ie.Key, IntervalEnd: ie.End})
 	}
 	return out
@@ -455,14 +442,14 @@ func dstElems(rs []addrRange) []nftables.SetElement {
 // The multicast tests are encoded as nft encodes them, so that nft lists
 // them as written above: a masked 4-byte compare for the /4, a 1-byte
 // compare for the /8.
-func masqRule(network string, f family, src, dst *nftables.Set) *nftables.Rule {
+func masqRule(network string, f natplan.Family, src, dst *nftables.Set) *nftables.Rule {
 	proto, saddr, daddr, n := byte(unix.NFPROTO_IPV4), uint32(12), uint32(16), uint32(4)
 	mcast := []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: 4},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{0xf0, 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0xe0, 0, 0, 0}},
 	}
-	if f == v6 {
+	if f == natplan.V6 {
 		proto, saddr, daddr, n = byte(unix.NFPROTO_IPV6), 8, 24, 16
 		mcast = []expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: 1},
@@ -481,8 +468,8 @@ func masqRule(network string, f family, src, dst *nftables.Set) *nftables.Rule {
 	exprs = append(exprs, &expr.Masq{})
 	return &nftables.Rule{
 		Table:    natTable,
-		Chain:    &nftables.Chain{Name: nftChain, Table: natTable},
+		Chain:    &nftables.Chain{Name: natplan.NFTChain, Table: natTable},
 		Exprs:    exprs,
-		UserData: userdata.AppendString(nil, userdata.TypeComment, networkTag(network, f.String()).String()),
+		UserData: userdata.AppendString(nil, userdata.TypeComment, natplan.NetworkTag(network, f.String()).String()),
 	}
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/nat/natplan"
 )
 
 // getElem reads one element of set in table inet berth-nat by its key and
@@ -16,7 +18,7 @@ import (
 // Equivalent: nft get element inet berth-nat $set { $key }
 func getElem(conn *netlink.Conn, set string, key []byte) (comment string, found bool, err error) {
 	ae := netlink.NewAttributeEncoder()
-	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, nftTable)
+	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, natplan.NFTTable)
 	ae.String(unix.NFTA_SET_ELEM_LIST_SET, set)
 	ae.Nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(list *netlink.AttributeEncoder) error {
 		list.Nested(unix.NFTA_LIST_ELEM, func(elem *netlink.AttributeEncoder) error {

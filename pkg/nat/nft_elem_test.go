@@ -5,13 +5,15 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/nat/natplan"
 )
 
 // elemReply encodes a GETSETELEM reply's attributes holding one element
 // with userdata ud (none when nil).
 func elemReply(t testing.TB, ud []byte) []byte {
 	ae := netlink.NewAttributeEncoder()
-	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, nftTable)
+	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, natplan.NFTTable)
 	ae.Nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(list *netlink.AttributeEncoder) error {
 		list.Nested(unix.NFTA_LIST_ELEM, func(e *netlink.AttributeEncoder) error {
 			e.Nested(unix.NFTA_SET_ELEM_KEY, func(k *netlink.AttributeEncoder) error {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/iptables"
+	"github.com/berth-cni/berth/pkg/nat/natplan"
 )
 
 // natTopology is three namespaces: a client (the container) and an outside
@@ -179,7 +180,7 @@ func TestNew(t *testing.T) {
 		t.Error(`New("ipfw") = nil error`)
 	}
 	b := iptBackend{cmds: iptables.Commands{Restore4: "no-such-restore", Save4: "no-such-save", Restore6: "x", Save6: "y"}}
-	_, err := b.read("n", v4)
+	_, err := b.read("n", natplan.V4)
 	if err == nil || !strings.Contains(err.Error(), "no-such-save not found") || !errors.Is(err, exec.ErrNotFound) {
 		t.Errorf("List with a missing binary = %v", err)
 	}

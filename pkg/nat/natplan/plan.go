@@ -1,4 +1,12 @@
-package nat
+// Package natplan is the pure part of package nat: the tags berth writes
+// into kernel comments and reads back, the kernel names derived from a
+// network name, and the plans that turn a change of a network's masqueraded
+// addresses into one nftables transaction or one iptables-restore payload.
+// It is pure: plain values in and out, no netlink, nftables or programs.
+// Package nat reads the kernel into these values (NFTState, IPTState) and
+// converts the plans (NFTOps, IPTOps) into google/nftables calls and
+// iptables-restore input at its edge.
+package natplan
 
 import (
 	"cmp"
@@ -10,14 +18,14 @@ import (
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
-// entry is one masqueraded address as stored in the kernel: a set element
+// Entry is one masqueraded address as stored in the kernel: a set element
 // (nftables) or a POSTROUTING rule (iptables). Owner is in stored form.
-type entry struct {
+type Entry struct {
 	Owner owner.Owner
 	Addr  netip.Prefix // the container's address with its subnet length
 }
 
-func (e entry) String() string {
+func (e Entry) String() string {
 	return fmt.Sprintf("%s (%s/%s)", e.Addr, e.Owner.ContainerID, e.Owner.IfName)
 }
 
@@ -27,23 +35,24 @@ func sameOwner(a, b owner.Owner) bool {
 	return a.ContainerID == b.ContainerID && a.IfName == b.IfName
 }
 
-// change is what one Ensure or Delete does to a network's entries.
-type change struct {
-	Add   []entry // entries to write
-	Del   []entry // entries to remove (as found in the kernel)
-	Final []entry // the network's entries afterwards, sorted
+// Change is what one Ensure or Delete does to a network's entries, as
+// PlanEnsure and PlanDelete compute it.
+type Change struct {
+	Add   []Entry // entries to write
+	Del   []Entry // entries to remove (as found in the kernel)
+	Final []Entry // the network's entries afterwards, sorted
 }
 
 // empty reports whether the change writes nothing.
-func (c change) empty() bool { return len(c.Add) == 0 && len(c.Del) == 0 }
+func (c Change) empty() bool { return len(c.Add) == 0 && len(c.Del) == 0 }
 
-// planEnsure makes the owner of want hold exactly want's addresses in cur, a
+// PlanEnsure makes the owner of want hold exactly want's addresses in cur, a
 // network's entries. An address held by another owner moves to want's owner
 // (IPAM gave it out again, so the old holder is gone); an entry of the same
 // owner with another subnet length is rewritten; a duplicate is removed.
-func planEnsure(cur, want []entry, own owner.Owner) change {
+func PlanEnsure(cur, want []Entry, own owner.Owner) Change {
 	del := make([]bool, len(cur))
-	var add []entry
+	var add []Entry
 	for _, w := range want {
 		found := false
 		for i, e := range cur {
@@ -61,15 +70,15 @@ func planEnsure(cur, want []entry, own owner.Owner) change {
 		}
 	}
 	for i, e := range cur {
-		if sameOwner(e.Owner, own) && !slices.ContainsFunc(want, func(w entry) bool { return w.Addr.Addr() == e.Addr.Addr() }) {
+		if sameOwner(e.Owner, own) && !slices.ContainsFunc(want, func(w Entry) bool { return w.Addr.Addr() == e.Addr.Addr() }) {
 			del[i] = true
 		}
 	}
 	return makeChange(cur, del, add)
 }
 
-// planDelete removes every entry of owner from cur.
-func planDelete(cur []entry, own owner.Owner) change {
+// PlanDelete removes every entry of owner from cur.
+func PlanDelete(cur []Entry, own owner.Owner) Change {
 	del := make([]bool, len(cur))
 	for i, e := range cur {
 		del[i] = sameOwner(e.Owner, own)
@@ -77,8 +86,8 @@ func planDelete(cur []entry, own owner.Owner) change {
 	return makeChange(cur, del, nil)
 }
 
-func makeChange(cur []entry, del []bool, add []entry) change {
-	c := change{Add: add}
+func makeChange(cur []Entry, del []bool, add []Entry) Change {
+	c := Change{Add: add}
 	for i, e := range cur {
 		if del[i] {
 			c.Del = append(c.Del, e)
@@ -87,12 +96,13 @@ func makeChange(cur []entry, del []bool, add []entry) change {
 		}
 	}
 	c.Final = append(c.Final, add...)
-	sortEntries(c.Final)
+	SortEntries(c.Final)
 	return c
 }
 
-func sortEntries(es []entry) {
-	slices.SortFunc(es, func(a, b entry) int {
+// SortEntries sorts es by container ID, interface name and address.
+func SortEntries(es []Entry) {
+	slices.SortFunc(es, func(a, b Entry) int {
 		return cmp.Or(
 			cmp.Compare(a.Owner.ContainerID, b.Owner.ContainerID),
 			cmp.Compare(a.Owner.IfName, b.Owner.IfName),
@@ -102,9 +112,9 @@ func sortEntries(es []entry) {
 }
 
 // missing names the first entry of want absent from cur, or "".
-func missing(cur, want []entry) string {
+func missing(cur, want []Entry) string {
 	for _, w := range want {
-		if !slices.ContainsFunc(cur, func(e entry) bool {
+		if !slices.ContainsFunc(cur, func(e Entry) bool {
 			return e.Addr == w.Addr && sameOwner(e.Owner, w.Owner)
 		}) {
 			return w.String()
@@ -113,65 +123,52 @@ func missing(cur, want []entry) string {
 	return ""
 }
 
-// group turns a network's entries into one Masq per owner, sorted.
-func group(network string, es []entry) []Masq {
-	es = slices.Clone(es)
-	sortEntries(es)
-	var out []Masq
-	for _, e := range es {
-		o := owner.Owner{Network: network, ContainerID: e.Owner.ContainerID, IfName: e.Owner.IfName}
-		if n := len(out); n > 0 && out[n-1].Owner == o {
-			out[n-1].Addrs = append(out[n-1].Addrs, e.Addr)
-			continue
-		}
-		out = append(out, Masq{Owner: o, Addrs: []netip.Prefix{e.Addr}})
-	}
-	return out
-}
-
-// family selects the IPv4 or the IPv6 half of a network's state.
-type family int
+// Family selects the IPv4 or the IPv6 half of a network's state.
+type Family int
 
 const (
-	v4 family = iota
-	v6
+	V4 Family = iota
+	V6
 )
 
-var families = [...]family{v4, v6}
+// Families are both families, in the order every backend handles them.
+var Families = [...]Family{V4, V6}
 
-func (f family) String() string {
-	if f == v6 {
+// String is the family as nft names it, and as a tag's fam= stores it.
+func (f Family) String() string {
+	if f == V6 {
 		return "ip6"
 	}
 	return "ip"
 }
 
-func (f family) has(p netip.Prefix) bool { return p.Addr().Is6() == (f == v6) }
+// Has reports whether p is in family f.
+func (f Family) Has(p netip.Prefix) bool { return p.Addr().Is6() == (f == V6) }
 
 // multicast is the destination range never masqueraded.
-func (f family) multicast() netip.Prefix {
-	if f == v6 {
+func (f Family) multicast() netip.Prefix {
+	if f == V6 {
 		return netip.MustParsePrefix("ff00::/8")
 	}
 	return netip.MustParsePrefix("224.0.0.0/4")
 }
 
-// ofFamily returns the entries of es in family f.
-func ofFamily(es []entry, f family) []entry {
-	var out []entry
+// OfFamily returns the entries of es in family f.
+func OfFamily(es []Entry, f Family) []Entry {
+	var out []Entry
 	for _, e := range es {
-		if f.has(e.Addr) {
+		if f.Has(e.Addr) {
 			out = append(out, e)
 		}
 	}
 	return out
 }
 
-// subnets returns the container subnets of es in family f: masked, sorted,
+// Subnets returns the container subnets of es in family f: masked, sorted,
 // and without those inside another (their traffic is excluded already).
-func subnets(es []entry, f family) []netip.Prefix {
+func Subnets(es []Entry, f Family) []netip.Prefix {
 	var ps []netip.Prefix
-	for _, e := range ofFamily(es, f) {
+	for _, e := range OfFamily(es, f) {
 		ps = append(ps, e.Addr.Masked())
 	}
 	slices.SortFunc(ps, func(a, b netip.Prefix) int {
@@ -189,17 +186,17 @@ func subnets(es []entry, f family) []netip.Prefix {
 	return out
 }
 
-// addrRange is an inclusive range of addresses, as an nftables interval set
+// AddrRange is an inclusive range of addresses, as an nftables interval set
 // holds it.
-type addrRange struct{ From, To netip.Addr }
+type AddrRange struct{ From, To netip.Addr }
 
-// ranges merges prefixes (sorted, as subnets returns them) into disjoint,
+// ranges merges prefixes (sorted, as Subnets returns them) into disjoint,
 // non-adjacent ranges: an nftables interval set rejects overlaps, and two
 // adjacent ranges would need one key as both an end and a start.
-func ranges(ps []netip.Prefix) []addrRange {
-	var out []addrRange
+func ranges(ps []netip.Prefix) []AddrRange {
+	var out []AddrRange
 	for _, p := range ps {
-		r := addrRange{From: p.Masked().Addr(), To: cidr.Last(p)}
+		r := AddrRange{From: p.Masked().Addr(), To: cidr.Last(p)}
 		if n := len(out); n > 0 {
 			last := &out[n-1]
 			if next := last.To.Next(); !next.IsValid() || r.From.Compare(next) <= 0 {

@@ -1,4 +1,4 @@
-package nat
+package natplan
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 )
 
 // opsText renders nftOps as the nft commands they stand for, one a line.
-func opsText(network string, o nftOps) string {
+func opsText(network string, o NFTOps) string {
 	if o.DropTable {
 		return "delete table inet berth-nat"
 	}
@@ -18,8 +18,8 @@ func opsText(network string, o nftOps) string {
 	if o.AddBase {
 		b.WriteString("add table; add chain\n")
 	}
-	names := namesFor(network)
-	for _, f := range families {
+	names := NFTNamesFor(network)
+	for _, f := range Families {
 		fo := o.Fam[f]
 		src, dst := names.Src[f][:4], names.Dst[f][:4]
 		line := func(cond bool, format string, args ...any) {
@@ -43,124 +43,124 @@ func opsText(network string, o nftOps) string {
 func TestPlanNFT(t *testing.T) {
 	t.Parallel()
 	const nw = "n"
-	names := namesFor(nw)
+	names := NFTNamesFor(nw)
 	a5, b6 := ent("a/eth0", "10.22.0.5/16"), ent("b/eth0", "10.22.0.6/16")
 	a6 := ent("a/eth0", "fd22::5/64")
-	r4 := nftRule{Handle: 4, Tag: networkTag(nw, "ip")}
-	r6 := nftRule{Handle: 6, Tag: networkTag(nw, "ip6")}
-	other := nftRule{Handle: 9, Tag: networkTag("other", "ip")}
-	v4State := func(es ...entry) nftState {
-		return nftState{Table: true, Chain: true, Sets: []string{names.Src[v4], names.Dst[v4]},
-			Src: es, Dst: [2][]addrRange{ranges(subnets(es, v4))}, Rules: []nftRule{r4}}
+	r4 := NFTRule{Handle: 4, Tag: NetworkTag(nw, "ip")}
+	r6 := NFTRule{Handle: 6, Tag: NetworkTag(nw, "ip6")}
+	other := NFTRule{Handle: 9, Tag: NetworkTag("other", "ip")}
+	v4State := func(es ...Entry) NFTState {
+		return NFTState{Table: true, Chain: true, Sets: []string{names.Src[V4], names.Dst[V4]},
+			Src: es, Dst: [2][]AddrRange{ranges(Subnets(es, V4))}, Rules: []NFTRule{r4}}
 	}
 	ao := owner.Owner{Network: nw, ContainerID: "a", IfName: "eth0"}
 	for _, tc := range []struct {
 		name string
-		st   nftState
-		c    func(cur []entry) change
+		st   NFTState
+		c    func(cur []Entry) Change
 		want string
 	}{
 		{
 			name: "first container",
-			c:    func(cur []entry) change { return planEnsure(cur, ents(a5), ao) },
+			c:    func(cur []Entry) Change { return PlanEnsure(cur, ents(a5), ao) },
 			want: "add table; add chain\nadd set src4\nadd set dst4\nadd element src4 [10.22.0.5/16 (a/eth0)]\n" +
 				"flush set dst4; add element dst4 [{10.22.0.0 10.22.255.255}]\nadd rule ip",
 		},
 		{
 			name: "again",
 			st:   v4State(a5),
-			c:    func(cur []entry) change { return planEnsure(cur, ents(a5), ao) },
+			c:    func(cur []Entry) Change { return PlanEnsure(cur, ents(a5), ao) },
 			want: "",
 		},
 		{
 			name: "second container in the same subnet",
 			st:   v4State(a5),
-			c:    func(cur []entry) change { return planEnsure(cur, ents(b6), b6.Owner) },
+			c:    func(cur []Entry) Change { return PlanEnsure(cur, ents(b6), b6.Owner) },
 			want: "add element src4 [10.22.0.6/16 (b/eth0)]",
 		},
 		{
 			name: "repair a lost subnet",
-			st:   func() nftState { s := v4State(a5); s.Dst[v4] = nil; return s }(),
-			c:    func(cur []entry) change { return planEnsure(cur, ents(a5), ao) },
+			st:   func() NFTState { s := v4State(a5); s.Dst[V4] = nil; return s }(),
+			c:    func(cur []Entry) Change { return PlanEnsure(cur, ents(a5), ao) },
 			want: "flush set dst4; add element dst4 [{10.22.0.0 10.22.255.255}]",
 		},
 		{
 			name: "add ipv6",
 			st:   v4State(a5),
-			c:    func(cur []entry) change { return planEnsure(cur, ents(a5, a6), ao) },
+			c:    func(cur []Entry) Change { return PlanEnsure(cur, ents(a5, a6), ao) },
 			want: "add set src6\nadd set dst6\nadd element src6 [fd22::5/64 (a/eth0)]\n" +
 				"flush set dst6; add element dst6 [{fd22:: fd22::ffff:ffff:ffff:ffff}]\nadd rule ip6",
 		},
 		{
 			name: "delete one of two",
 			st:   v4State(a5, b6),
-			c:    func(cur []entry) change { return planDelete(cur, ao) },
+			c:    func(cur []Entry) Change { return PlanDelete(cur, ao) },
 			want: "delete element src4 [10.22.0.5/16 (a/eth0)]",
 		},
 		{
 			name: "delete the last of a subnet",
 			st:   v4State(a5, ent("c/eth0", "10.30.0.2/16")),
-			c:    func(cur []entry) change { return planDelete(cur, ao) },
+			c:    func(cur []Entry) Change { return PlanDelete(cur, ao) },
 			want: "delete element src4 [10.22.0.5/16 (a/eth0)]\nflush set dst4; add element dst4 [{10.30.0.0 10.30.255.255}]",
 		},
 		{
 			name: "delete the last of the table",
 			st:   v4State(a5),
-			c:    func(cur []entry) change { return planDelete(cur, ao) },
+			c:    func(cur []Entry) Change { return PlanDelete(cur, ao) },
 			want: "delete table inet berth-nat",
 		},
 		{
 			name: "delete the last of a network, another is left",
-			st: func() nftState {
+			st: func() NFTState {
 				s := v4State(a5)
 				s.Sets = append(s.Sets, "src4-other", "dst4-other")
 				s.Rules = append(s.Rules, other)
 				return s
 			}(),
-			c:    func(cur []entry) change { return planDelete(cur, ao) },
+			c:    func(cur []Entry) Change { return PlanDelete(cur, ao) },
 			want: "delete rule handle 4\ndelete set src4\ndelete set dst4",
 		},
 		{
 			name: "a foreign rule keeps the table",
-			st: func() nftState {
+			st: func() NFTState {
 				s := v4State(a5)
-				s.Rules = append(s.Rules, nftRule{Handle: 12, Tag: tag{Bits: -1}})
+				s.Rules = append(s.Rules, NFTRule{Handle: 12, Tag: Tag{Bits: -1}})
 				return s
 			}(),
-			c:    func(cur []entry) change { return planDelete(cur, ao) },
+			c:    func(cur []Entry) Change { return PlanDelete(cur, ao) },
 			want: "delete rule handle 4\ndelete set src4\ndelete set dst4",
 		},
 		{
 			name: "ipv6 only after dual stack",
-			st: nftState{Table: true, Chain: true, Sets: []string{names.Src[v4], names.Dst[v4], names.Src[v6], names.Dst[v6]},
-				Src: ents(a5, a6), Dst: [2][]addrRange{ranges(subnets(ents(a5), v4)), ranges(subnets(ents(a6), v6))},
-				Rules: []nftRule{r4, r6}},
-			c:    func(cur []entry) change { return planEnsure(cur, ents(a6), ao) },
+			st: NFTState{Table: true, Chain: true, Sets: []string{names.Src[V4], names.Dst[V4], names.Src[V6], names.Dst[V6]},
+				Src: ents(a5, a6), Dst: [2][]AddrRange{ranges(Subnets(ents(a5), V4)), ranges(Subnets(ents(a6), V6))},
+				Rules: []NFTRule{r4, r6}},
+			c:    func(cur []Entry) Change { return PlanEnsure(cur, ents(a6), ao) },
 			want: "delete rule handle 4\ndelete set src4\ndelete set dst4",
 		},
 		{
 			name: "replace an element without a berth comment",
-			st:   func() nftState { s := v4State(); s.Foreign = []netip.Addr{a5.Addr.Addr()}; return s }(),
-			c:    func(cur []entry) change { return planEnsure(cur, ents(a5), ao) },
+			st:   func() NFTState { s := v4State(); s.Foreign = []netip.Addr{a5.Addr.Addr()}; return s }(),
+			c:    func(cur []Entry) Change { return PlanEnsure(cur, ents(a5), ao) },
 			want: "delete element src4 [10.22.0.5/32 (/)]\nadd element src4 [10.22.0.5/16 (a/eth0)]\n" +
 				"flush set dst4; add element dst4 [{10.22.0.0 10.22.255.255}]",
 		},
 		{
 			name: "delete with nothing there",
-			c:    func(cur []entry) change { return planDelete(cur, ao) },
+			c:    func(cur []Entry) Change { return PlanDelete(cur, ao) },
 			want: "",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ops, err := planNFT(nw, tc.st, tc.c(tc.st.Src))
+			ops, err := PlanNFT(nw, tc.st, tc.c(tc.st.Src))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got := opsText(nw, ops); got != tc.want {
 				t.Errorf("got:\n%s\nwant:\n%s", got, tc.want)
 			}
-			if ops.empty() != (tc.want == "") {
-				t.Errorf("empty() = %v", ops.empty())
+			if ops.Empty() != (tc.want == "") {
+				t.Errorf("Empty() = %v", ops.Empty())
 			}
 		})
 	}
@@ -170,8 +170,8 @@ func TestPlanNFTOwnRuleIsNoCollision(t *testing.T) {
 	t.Parallel()
 	// A real collision needs two names with equal SHA-256 prefixes; check that
 	// the guard does not fire on the network itself.
-	st := nftState{Table: true, Chain: true, Rules: []nftRule{{Handle: 1, Tag: networkTag("n", "ip")}}}
-	if _, err := planNFT("n", st, change{}); err != nil {
+	st := NFTState{Table: true, Chain: true, Rules: []NFTRule{{Handle: 1, Tag: NetworkTag("n", "ip")}}}
+	if _, err := PlanNFT("n", st, Change{}); err != nil {
 		t.Errorf("own rule reported as a collision: %v", err)
 	}
 }
@@ -179,33 +179,33 @@ func TestPlanNFTOwnRuleIsNoCollision(t *testing.T) {
 func TestCheckNFT(t *testing.T) {
 	t.Parallel()
 	const nw = "n"
-	names := namesFor(nw)
+	names := NFTNamesFor(nw)
 	a5 := ent("a/eth0", "10.22.0.5/16")
-	good := nftState{Table: true, Chain: true, Sets: []string{names.Src[v4], names.Dst[v4]},
-		Src: ents(a5), Dst: [2][]addrRange{ranges(subnets(ents(a5), v4))},
-		Rules: []nftRule{{Handle: 3, Tag: networkTag(nw, "ip")}}}
-	if err := checkNFT(nw, good, ents(a5)); err != nil {
+	good := NFTState{Table: true, Chain: true, Sets: []string{names.Src[V4], names.Dst[V4]},
+		Src: ents(a5), Dst: [2][]AddrRange{ranges(Subnets(ents(a5), V4))},
+		Rules: []NFTRule{{Handle: 3, Tag: NetworkTag(nw, "ip")}}}
+	if err := CheckNFT(nw, good, ents(a5)); err != nil {
 		t.Errorf("check of a good state: %v", err)
 	}
-	if err := checkNFT(nw, nftState{}, nil); err != nil {
+	if err := CheckNFT(nw, NFTState{}, nil); err != nil {
 		t.Errorf("check of nothing: %v", err)
 	}
 	for name, tc := range map[string]struct {
-		mutate func(*nftState)
+		mutate func(*NFTState)
 		want   string
 	}{
-		"no table":   {func(s *nftState) { s.Table = false }, "chain inet berth-nat postrouting is missing"},
-		"no set":     {func(s *nftState) { s.Sets = s.Sets[:1] }, "set " + names.Dst[v4]},
-		"no element": {func(s *nftState) { s.Src = nil }, "element 10.22.0.5/16 (a/eth0) of set " + names.Src[v4] + " is missing"},
-		"other owner": {func(s *nftState) { s.Src = ents(ent("z/eth0", "10.22.0.5/16")) },
+		"no table":   {func(s *NFTState) { s.Table = false }, "chain inet berth-nat postrouting is missing"},
+		"no set":     {func(s *NFTState) { s.Sets = s.Sets[:1] }, "set " + names.Dst[V4]},
+		"no element": {func(s *NFTState) { s.Src = nil }, "element 10.22.0.5/16 (a/eth0) of set " + names.Src[V4] + " is missing"},
+		"other owner": {func(s *NFTState) { s.Src = ents(ent("z/eth0", "10.22.0.5/16")) },
 			"element 10.22.0.5/16 (a/eth0)"},
-		"no subnet": {func(s *nftState) { s.Dst[v4] = nil }, "subnet 10.22.0.0/16 is missing"},
-		"no rule":   {func(s *nftState) { s.Rules = nil }, "ip masquerade rule of network \"n\" is missing"},
+		"no subnet": {func(s *NFTState) { s.Dst[V4] = nil }, "subnet 10.22.0.0/16 is missing"},
+		"no rule":   {func(s *NFTState) { s.Rules = nil }, "ip masquerade rule of network \"n\" is missing"},
 	} {
 		st := good
 		st.Sets = append([]string(nil), good.Sets...)
 		tc.mutate(&st)
-		err := checkNFT(nw, st, ents(a5))
+		err := CheckNFT(nw, st, ents(a5))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: check = %v, want an error containing %q", name, err, tc.want)
 		}
@@ -225,8 +225,8 @@ func TestCovered(t *testing.T) {
 		{"10.21.0.0/16", false},
 		{"10.20.0.0/14", false}, // holds the range, is not held by it
 	} {
-		if got := covered(rs, netip.MustParsePrefix(tc.p)); got != tc.want {
-			t.Errorf("covered(%v, %s) = %v, want %v", rs, tc.p, got, tc.want)
+		if got := Covered(rs, netip.MustParsePrefix(tc.p)); got != tc.want {
+			t.Errorf("Covered(%v, %s) = %v, want %v", rs, tc.p, got, tc.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package nat
+package natplan
 
 import (
 	"strings"
@@ -39,17 +39,14 @@ func TestParseSave(t *testing.T) {
 	if r.Dst != mustPrefix("224.0.0.0/4") || !r.DstNot || r.Jump != "MASQUERADE" || r.Comment != "berth net=n" {
 		t.Errorf("rule 5 = %+v", r)
 	}
-	st := iptNetwork("n", v4, nt)
+	st := IPTNetwork("n", V4, nt)
 	if got := fmtEntries(st.Entries); got != "[10.22.0.5/16 (a/eth0) 10.22.0.6/16 (b/eth0)]" {
 		t.Errorf("entries of n = %s", got)
 	}
 	if !st.Chain || len(st.Body) != 2 || len(st.Jumps) != 2 {
 		t.Errorf("state of n = %+v", st)
 	}
-	if got := group("n", st.Entries); len(got) != 2 || got[0].Owner.ContainerID != "a" {
-		t.Errorf("group = %v", got)
-	}
-	if st := iptNetwork("n", v6, nt); len(st.Entries) != 0 {
+	if st := IPTNetwork("n", V6, nt); len(st.Entries) != 0 {
 		t.Errorf("v6 entries from a v4 table: %v", st.Entries)
 	}
 }
@@ -61,24 +58,24 @@ func TestPlanIPT(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := netHash("n")
-	st := iptNetwork("n", v4, nt)
+	st := IPTNetwork("n", V4, nt)
 	ao := owner.Owner{Network: "n", ContainerID: "a", IfName: "eth0"}
 	for _, tc := range []struct {
 		name string
-		st   iptState
-		c    change
+		st   IPTState
+		c    Change
 		want string
 	}{
 		{
 			name: "ensure again",
 			st:   st,
-			c:    planEnsure(st.Entries, ents(ent("a/eth0", "10.22.0.5/16")), ao),
+			c:    PlanEnsure(st.Entries, ents(ent("a/eth0", "10.22.0.5/16")), ao),
 			want: "",
 		},
 		{
 			name: "new container in a new subnet",
 			st:   st,
-			c:    planEnsure(st.Entries, ents(ent("d/eth0", "10.30.0.2/24")), owner.Owner{Network: "n", ContainerID: "d", IfName: "eth0"}),
+			c:    PlanEnsure(st.Entries, ents(ent("d/eth0", "10.30.0.2/24")), owner.Owner{Network: "n", ContainerID: "d", IfName: "eth0"}),
 			want: "*nat\n:BERTH-MASQ-" + h + " - [0:0]\n" +
 				"-A BERTH-MASQ-" + h + ` -d 10.22.0.0/16 -m comment --comment "berth net=n" -j RETURN` + "\n" +
 				"-A BERTH-MASQ-" + h + ` -d 10.30.0.0/24 -m comment --comment "berth net=n" -j RETURN` + "\n" +
@@ -89,7 +86,7 @@ func TestPlanIPT(t *testing.T) {
 		{
 			name: "delete one of two",
 			st:   st,
-			c:    planDelete(st.Entries, ao),
+			c:    PlanDelete(st.Entries, ao),
 			want: "*nat\n" +
 				`-D POSTROUTING -s 10.22.0.5/32 -m comment --comment "berth net=n p=16 if=eth0 id=a" -j BERTH-MASQ-` + h + "\n" +
 				"COMMIT\n",
@@ -97,7 +94,7 @@ func TestPlanIPT(t *testing.T) {
 		{
 			name: "delete the last",
 			st:   st,
-			c:    planDelete(planDelete(st.Entries, ao).Final, owner.Owner{ContainerID: "b", IfName: "eth0"}),
+			c:    PlanDelete(PlanDelete(st.Entries, ao).Final, owner.Owner{ContainerID: "b", IfName: "eth0"}),
 			want: "*nat\n" +
 				`-D POSTROUTING -s 10.22.0.5/32 -m comment --comment "berth net=n p=16 if=eth0 id=a" -j BERTH-MASQ-` + h + "\n" +
 				`-D POSTROUTING -s 10.22.0.6/32 -m comment --comment "berth net=n p=16 if=eth0 id=b" -j BERTH-MASQ-` + h + "\n" +
@@ -105,17 +102,17 @@ func TestPlanIPT(t *testing.T) {
 		},
 		{
 			name: "delete with nothing there",
-			c:    planDelete(nil, ao),
+			c:    PlanDelete(nil, ao),
 			want: "",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := planIPT("n", v4, tc.st, tc.c).payload(); got != tc.want {
+			if got := PlanIPT("n", V4, tc.st, tc.c).Payload(); got != tc.want {
 				t.Errorf("payload:\n%s\nwant:\n%s", got, tc.want)
 			}
 		})
 	}
-	six := planIPT("n", v6, iptState{}, planEnsure(nil, ents(ent("a/eth0", "fd22::5/64")), ao)).payload()
+	six := PlanIPT("n", V6, IPTState{}, PlanEnsure(nil, ents(ent("a/eth0", "fd22::5/64")), ao)).Payload()
 	if !strings.Contains(six, `! -d ff00::/8 -m comment`) || !strings.Contains(six, "-A POSTROUTING -s fd22::5/128 ") {
 		t.Errorf("v6 payload:\n%s", six)
 	}
@@ -127,25 +124,25 @@ func TestCheckIPT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := iptNetwork("n", v4, nt)
-	if err := checkIPT("n", v4, st, ents(ent("a/eth0", "10.22.0.5/16"))); err != nil {
+	st := IPTNetwork("n", V4, nt)
+	if err := CheckIPT("n", V4, st, ents(ent("a/eth0", "10.22.0.5/16"))); err != nil {
 		t.Errorf("check a: %v", err)
 	}
 	// A /24 inside the chain's /16 is covered.
-	if err := checkIPT("n", v4, st, ents(ent("b/eth0", "10.22.0.6/16"))); err != nil {
+	if err := CheckIPT("n", V4, st, ents(ent("b/eth0", "10.22.0.6/16"))); err != nil {
 		t.Errorf("check b: %v", err)
 	}
 	for _, tc := range []struct {
-		st   iptState
-		want []entry
+		st   IPTState
+		want []Entry
 		msg  string
 	}{
 		{st, ents(ent("z/eth0", "10.22.0.9/16")), "POSTROUTING rule for 10.22.0.9/16 (z/eth0) is missing"},
-		{iptState{}, ents(ent("a/eth0", "10.22.0.5/16")), "chain BERTH-MASQ-"},
-		{iptState{Chain: true, Entries: st.Entries, Body: st.Body[1:]}, ents(ent("a/eth0", "10.22.0.5/16")), "-j RETURN\" of chain"},
-		{iptState{Chain: true, Entries: st.Entries, Body: st.Body[:1]}, ents(ent("a/eth0", "10.22.0.5/16")), "-j MASQUERADE\" of chain"},
+		{IPTState{}, ents(ent("a/eth0", "10.22.0.5/16")), "chain BERTH-MASQ-"},
+		{IPTState{Chain: true, Entries: st.Entries, Body: st.Body[1:]}, ents(ent("a/eth0", "10.22.0.5/16")), "-j RETURN\" of chain"},
+		{IPTState{Chain: true, Entries: st.Entries, Body: st.Body[:1]}, ents(ent("a/eth0", "10.22.0.5/16")), "-j MASQUERADE\" of chain"},
 	} {
-		err := checkIPT("n", v4, tc.st, tc.want)
+		err := CheckIPT("n", V4, tc.st, tc.want)
 		if err == nil || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("check = %v, want an error containing %q", err, tc.msg)
 		}
@@ -161,13 +158,13 @@ func FuzzParseSave(f *testing.F) {
 			return
 		}
 		for _, nw := range []string{"n", "o"} {
-			for _, fam := range families {
-				st := iptNetwork(nw, fam, nt)
+			for _, fam := range Families {
+				st := IPTNetwork(nw, fam, nt)
 				if len(st.Entries) != len(st.Specs) {
 					t.Fatalf("%d entries, %d specs", len(st.Entries), len(st.Specs))
 				}
 				for _, e := range st.Entries {
-					if !e.Addr.IsValid() || !fam.has(e.Addr) {
+					if !e.Addr.IsValid() || !fam.Has(e.Addr) {
 						t.Fatalf("bad entry %v", e)
 					}
 				}

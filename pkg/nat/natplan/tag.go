@@ -1,4 +1,4 @@
-package nat
+package natplan
 
 import (
 	"crypto/sha256"
@@ -17,7 +17,7 @@ import (
 // ruleset > f; nft -f f" keeps working: every nftables comment berth writes
 // fits in 128 bytes, every iptables comment in 255.
 const (
-	maxIfName = 15 // IFNAMSIZ-1
+	MaxIfName = 15 // IFNAMSIZ-1
 
 	// maxStoredID is the longest container ID stored as is (escaped
 	// length). Runtimes use 64 hex digits; longer IDs (CNI allows any
@@ -73,7 +73,7 @@ func shorten(s string, max int) string {
 	return s[:keep] + "~" + hex.EncodeToString(sum[:])[:hashLen]
 }
 
-// tag is what berth writes into a kernel comment: a set element, an
+// Tag is what berth writes into a kernel comment: a set element, an
 // iptables rule or an nftables rule. Its text form is "berth" followed by
 // space-separated key=value fields, values escaped (see escape):
 //
@@ -81,7 +81,7 @@ func shorten(s string, max int) string {
 //	berth net=mynet p=16 if=eth0 id=0123abcd… iptables POSTROUTING rule
 //	berth net=mynet fam=ip                     nftables rule
 //	berth net=mynet                            iptables network chain rule
-type tag struct {
+type Tag struct {
 	Network     string // net=: stored network name; "" when the object implies it
 	Family      string // fam=: "ip" or "ip6" (nftables rules)
 	Bits        int    // p=: the container's subnet length; -1 when absent
@@ -91,22 +91,22 @@ type tag struct {
 
 const tagWord = "berth"
 
-// ownerTag is the tag of one masqueraded address; network is "" where the
+// OwnerTag is the tag of one masqueraded address; network is "" where the
 // object implies it (an nftables set element of the network's set).
-func ownerTag(network string, e entry) tag {
+func OwnerTag(network string, e Entry) Tag {
 	if network != "" {
 		network = storedNetwork(network)
 	}
-	return tag{Network: network, Bits: e.Addr.Bits(), IfName: e.Owner.IfName, ContainerID: e.Owner.ContainerID}
+	return Tag{Network: network, Bits: e.Addr.Bits(), IfName: e.Owner.IfName, ContainerID: e.Owner.ContainerID}
 }
 
-// networkTag is the tag of a network's rules and chains.
-func networkTag(network, family string) tag {
-	return tag{Network: storedNetwork(network), Family: family, Bits: -1}
+// NetworkTag is the tag of a network's rules and chains.
+func NetworkTag(network, family string) Tag {
+	return Tag{Network: storedNetwork(network), Family: family, Bits: -1}
 }
 
-// String renders t; parseTag(t.String()) == t for every t parseTag returns.
-func (t tag) String() string {
+// String renders t; ParseTag(t.String()) == t for every t ParseTag returns.
+func (t Tag) String() string {
 	var b strings.Builder
 	b.WriteString(tagWord)
 	field := func(k, v string) {
@@ -124,16 +124,16 @@ func (t tag) String() string {
 	return b.String()
 }
 
-// hasOwner reports whether t names an attachment (an address tag).
-func (t tag) hasOwner() bool {
+// HasOwner reports whether t names an attachment (an address tag).
+func (t Tag) HasOwner() bool {
 	return t.Bits >= 0 && t.IfName != "" && t.ContainerID != ""
 }
 
-// parseTag reads a comment found in the kernel. It is outside input (anyone
+// ParseTag reads a comment found in the kernel. It is outside input (anyone
 // with CAP_NET_ADMIN can write comments): it rejects anything malformed and
 // ignores unknown keys so that a newer berth may add some.
-func parseTag(s string) (tag, error) {
-	t := tag{Bits: -1}
+func ParseTag(s string) (Tag, error) {
+	t := Tag{Bits: -1}
 	rest, ok := strings.CutPrefix(s, tagWord)
 	if !ok || (rest != "" && rest[0] != ' ') {
 		return t, errors.New("not a berth tag")
@@ -172,8 +172,8 @@ func parseTag(s string) (tag, error) {
 			}
 			t.Bits = n
 		case "if":
-			if len(v) > maxIfName {
-				return t, fmt.Errorf("berth tag interface %q is longer than %d bytes", v, maxIfName)
+			if len(v) > MaxIfName {
+				return t, fmt.Errorf("berth tag interface %q is longer than %d bytes", v, MaxIfName)
 			}
 			t.IfName = v
 		case "id":

@@ -1,4 +1,4 @@
-package nat
+package natplan
 
 import (
 	"fmt"
@@ -13,14 +13,14 @@ import (
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 // ent builds an entry: ent("c1/eth0", "10.22.0.5/16").
-func ent(who, addr string) entry {
+func ent(who, addr string) Entry {
 	id, ifn, _ := strings.Cut(who, "/")
-	return entry{Owner: owner.Owner{Network: "n", ContainerID: id, IfName: ifn}, Addr: mustPrefix(addr)}
+	return Entry{Owner: owner.Owner{Network: "n", ContainerID: id, IfName: ifn}, Addr: mustPrefix(addr)}
 }
 
-func ents(es ...entry) []entry { return es }
+func ents(es ...Entry) []Entry { return es }
 
-func fmtEntries(es []entry) string {
+func fmtEntries(es []Entry) string {
 	var s []string
 	for _, e := range es {
 		s = append(s, e.String())
@@ -35,8 +35,8 @@ func TestPlanEnsure(t *testing.T) {
 	b6 := ent("b/eth0", "10.22.0.6/16")
 	for _, tc := range []struct {
 		name          string
-		cur, want     []entry
-		add, del, fin []entry
+		cur, want     []Entry
+		add, del, fin []Entry
 	}{
 		{name: "fresh", want: ents(a5), add: ents(a5), fin: ents(a5)},
 		{name: "again", cur: ents(a5), want: ents(a5), fin: ents(a5)},
@@ -57,7 +57,7 @@ func TestPlanEnsure(t *testing.T) {
 			if len(tc.want) > 0 {
 				owner = tc.want[0].Owner
 			}
-			c := planEnsure(tc.cur, tc.want, owner)
+			c := PlanEnsure(tc.cur, tc.want, owner)
 			if !slices.Equal(c.Add, tc.add) || !slices.Equal(c.Del, tc.del) || !slices.Equal(c.Final, tc.fin) {
 				t.Errorf("add %s del %s final %s\nwant add %s del %s final %s",
 					fmtEntries(c.Add), fmtEntries(c.Del), fmtEntries(c.Final),
@@ -70,34 +70,12 @@ func TestPlanEnsure(t *testing.T) {
 func TestPlanDelete(t *testing.T) {
 	t.Parallel()
 	a5, a6, b6 := ent("a/eth0", "10.22.0.5/16"), ent("a/eth0", "fd22::5/64"), ent("b/eth0", "10.22.0.6/16")
-	c := planDelete(ents(a5, b6, a6), owner.Owner{ContainerID: "a", IfName: "eth0"})
+	c := PlanDelete(ents(a5, b6, a6), owner.Owner{ContainerID: "a", IfName: "eth0"})
 	if !slices.Equal(c.Del, ents(a5, a6)) || !slices.Equal(c.Final, ents(b6)) || len(c.Add) != 0 {
 		t.Errorf("delete a: del %s final %s", fmtEntries(c.Del), fmtEntries(c.Final))
 	}
-	if c := planDelete(ents(a5), owner.Owner{ContainerID: "zz", IfName: "eth0"}); !c.empty() {
+	if c := PlanDelete(ents(a5), owner.Owner{ContainerID: "zz", IfName: "eth0"}); !c.empty() {
 		t.Errorf("delete of unknown owner changes %s", fmtEntries(c.Del))
-	}
-}
-
-func TestValidateMasq(t *testing.T) {
-	t.Parallel()
-	o := owner.Owner{Network: "n", ContainerID: "c", IfName: "eth0"}
-	es, err := validateMasq(Masq{Owner: o, Addrs: []netip.Prefix{mustPrefix("::ffff:10.1.2.3/112")}})
-	if err != nil || len(es) != 1 || es[0].Addr != mustPrefix("10.1.2.3/16") {
-		t.Errorf("4in6 address: %v, %v", es, err)
-	}
-	for _, m := range []Masq{
-		{Owner: owner.Owner{ContainerID: "c", IfName: "eth0"}},
-		{Owner: owner.Owner{Network: "n", IfName: "eth0"}},
-		{Owner: owner.Owner{Network: "n", ContainerID: "c"}},
-		{Owner: owner.Owner{Network: "n", ContainerID: "c", IfName: "0123456789abcdef"}},
-		{Owner: o, Addrs: []netip.Prefix{{}}},
-		{Owner: o, Addrs: []netip.Prefix{mustPrefix("10.0.0.1/8"), mustPrefix("10.0.0.1/16")}},
-		{Owner: o, Addrs: []netip.Prefix{mustPrefix("::ffff:10.1.2.3/64")}},
-	} {
-		if _, err := validateMasq(m); err == nil {
-			t.Errorf("validateMasq(%+v) = nil, want an error", m)
-		}
 	}
 }
 
@@ -111,50 +89,38 @@ func TestSubnetsAndRanges(t *testing.T) {
 		ent("f/e", "255.255.255.1/24"), // top of the space
 		ent("g/e", "fd00::1/64"),
 	)
-	subs := fmt.Sprint(subnets(es, v4))
+	subs := fmt.Sprint(Subnets(es, V4))
 	if want := "[10.22.0.0/16 10.23.0.0/16 192.168.1.0/24 255.255.255.0/24]"; subs != want {
 		t.Errorf("subnets v4 = %s, want %s", subs, want)
 	}
-	rs := ranges(subnets(es, v4))
+	rs := ranges(Subnets(es, V4))
 	if got, want := fmt.Sprint(rs), "[{10.22.0.0 10.23.255.255} {192.168.1.0 192.168.1.255} {255.255.255.0 255.255.255.255}]"; got != want {
 		t.Errorf("ranges v4 = %s, want %s", got, want)
 	}
-	elems := rangeElems(rs)
+	elems := RangeElems(rs)
 	if len(elems) != 5 { // the top range has no end element
 		t.Errorf("rangeElems = %v", elems)
 	}
 	slices.Reverse(elems) // a dump returns them highest first
-	back, err := elemRanges(elems, 4)
+	back, err := ElemRanges(elems, 4)
 	if err != nil || !slices.Equal(back, rs) {
 		t.Errorf("elemRanges(rangeElems(rs)) = %v, %v; want %v", back, err, rs)
 	}
-	if got := fmt.Sprint(ranges(subnets(es, v6))); got != "[{fd00:: fd00::ffff:ffff:ffff:ffff}]" {
+	if got := fmt.Sprint(ranges(Subnets(es, V6))); got != "[{fd00:: fd00::ffff:ffff:ffff:ffff}]" {
 		t.Errorf("ranges v6 = %s", got)
 	}
 	// Old nft writes an end element at zero; it matches nothing.
-	zero := append([]intervalElem{{Key: []byte{0, 0, 0, 0}, End: true}}, rangeElems(rs[:1])...)
-	if back, err := elemRanges(zero, 4); err != nil || !slices.Equal(back, rs[:1]) {
+	zero := append([]IntervalElem{{Key: []byte{0, 0, 0, 0}, End: true}}, RangeElems(rs[:1])...)
+	if back, err := ElemRanges(zero, 4); err != nil || !slices.Equal(back, rs[:1]) {
 		t.Errorf("elemRanges with zero end = %v, %v", back, err)
 	}
-	for _, bad := range [][]intervalElem{
+	for _, bad := range [][]IntervalElem{
 		{{Key: []byte{1, 0, 0, 0}}, {Key: []byte{2, 0, 0, 0}}},            // two starts
 		{{Key: []byte{1, 0, 0, 0}}, {Key: []byte{1, 0, 0, 0}, End: true}}, // empty range
 		{{Key: []byte{1, 0, 0}}},                                          // short key
 	} {
-		if got, err := elemRanges(bad, 4); err == nil {
+		if got, err := ElemRanges(bad, 4); err == nil {
 			t.Errorf("elemRanges(%v) = %v, want an error", bad, got)
 		}
-	}
-}
-
-func TestGroup(t *testing.T) {
-	t.Parallel()
-	got := group("n", ents(ent("b/eth0", "10.0.0.2/8"), ent("a/eth0", "fd00::1/64"), ent("a/eth0", "10.0.0.1/8")))
-	want := []Masq{
-		{Owner: owner.Owner{Network: "n", ContainerID: "a", IfName: "eth0"}, Addrs: []netip.Prefix{mustPrefix("10.0.0.1/8"), mustPrefix("fd00::1/64")}},
-		{Owner: owner.Owner{Network: "n", ContainerID: "b", IfName: "eth0"}, Addrs: []netip.Prefix{mustPrefix("10.0.0.2/8")}},
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("group = %v, want %v", got, want)
 	}
 }

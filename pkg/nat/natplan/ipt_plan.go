@@ -1,4 +1,4 @@
-package nat
+package natplan
 
 import (
 	"fmt"
@@ -18,31 +18,31 @@ const (
 
 func iptChain(network string) string { return iptChainPrefix + netHash(network) }
 
-// iptState is network's part of one family's nat table.
-type iptState struct {
-	Entries []entry         // the network's POSTROUTING rules, decoded
+// IPTState is network's part of one family's nat table.
+type IPTState struct {
+	Entries []Entry         // the network's POSTROUTING rules, decoded
 	Specs   []string        // Specs[i] is the saved text of Entries[i]
 	Jumps   []string        // every POSTROUTING rule into the network chain
 	Chain   bool            // the network chain exists
 	Body    []iptables.Rule // its rules
 }
 
-// iptNetwork selects network's rules of family f from a saved table.
-func iptNetwork(network string, f family, nt iptables.Table) iptState {
+// IPTNetwork selects network's rules of family f from a saved table.
+func IPTNetwork(network string, f Family, nt iptables.Table) IPTState {
 	chain := iptChain(network)
-	st := iptState{Chain: slices.Contains(nt.Chains, chain)}
+	st := IPTState{Chain: slices.Contains(nt.Chains, chain)}
 	for _, r := range nt.Rules {
 		switch {
 		case r.Chain == chain:
 			st.Body = append(st.Body, r)
 		case r.Chain == iptPost && r.Jump == chain:
 			st.Jumps = append(st.Jumps, r.Spec)
-			t, err := parseTag(r.Comment)
-			if err != nil || !t.hasOwner() || t.Network != storedNetwork(network) ||
-				!r.Src.IsValid() || !r.Src.IsSingleIP() || !f.has(r.Src) || t.Bits > r.Src.Bits() {
+			t, err := ParseTag(r.Comment)
+			if err != nil || !t.HasOwner() || t.Network != storedNetwork(network) ||
+				!r.Src.IsValid() || !r.Src.IsSingleIP() || !f.Has(r.Src) || t.Bits > r.Src.Bits() {
 				continue
 			}
-			st.Entries = append(st.Entries, entry{
+			st.Entries = append(st.Entries, Entry{
 				Owner: owner.Owner{Network: network, ContainerID: t.ContainerID, IfName: t.IfName},
 				Addr:  netip.PrefixFrom(r.Src.Addr(), t.Bits),
 			})
@@ -54,8 +54,8 @@ func iptNetwork(network string, f family, nt iptables.Table) iptState {
 
 // iptBody is the network chain berth wants for subnets: RETURN for traffic
 // to a container subnet, then MASQUERADE for all but multicast.
-func iptBody(network string, f family, subs []netip.Prefix) []iptables.Rule {
-	chain, c := iptChain(network), networkTag(network, "").String()
+func iptBody(network string, f Family, subs []netip.Prefix) []iptables.Rule {
+	chain, c := iptChain(network), NetworkTag(network, "").String()
 	var out []iptables.Rule
 	for _, p := range subs {
 		out = append(out, iptables.Rule{Chain: chain, Dst: p, Comment: c, Jump: "RETURN"})
@@ -86,8 +86,8 @@ func ruleSpec(r iptables.Rule) string {
 	return b.String()
 }
 
-// iptOps is one family's iptables-restore payload for one network.
-type iptOps struct {
+// IPTOps is one family's iptables-restore payload for one network.
+type IPTOps struct {
 	Chain     string
 	Write     bool     // declare (create or flush) the chain and fill it with Body
 	Body      []string // specs of the chain's rules
@@ -96,17 +96,17 @@ type iptOps struct {
 	DropChain bool     // flush and delete the chain, after DelPost
 }
 
-// planIPT turns a change of network's entries of family f into one payload.
-func planIPT(network string, f family, st iptState, c change) iptOps {
-	ops := iptOps{Chain: iptChain(network)}
-	final := ofFamily(c.Final, f)
+// PlanIPT turns a change of network's entries of family f into one payload.
+func PlanIPT(network string, f Family, st IPTState, c Change) IPTOps {
+	ops := IPTOps{Chain: iptChain(network)}
+	final := OfFamily(c.Final, f)
 	if len(final) == 0 {
 		if st.Chain {
 			ops.DelPost, ops.DropChain = slices.Clone(st.Jumps), true
 		}
 		return ops
 	}
-	want := iptBody(network, f, subnets(final, f))
+	want := iptBody(network, f, Subnets(final, f))
 	if !st.Chain || !slices.EqualFunc(want, st.Body, sameRule) {
 		ops.Write = true
 		for _, r := range want {
@@ -114,7 +114,7 @@ func planIPT(network string, f family, st iptState, c change) iptOps {
 		}
 	}
 	used := make([]bool, len(st.Entries))
-	for _, d := range ofFamily(c.Del, f) {
+	for _, d := range OfFamily(c.Del, f) {
 		for i, e := range st.Entries {
 			if !used[i] && e == d {
 				used[i] = true
@@ -123,18 +123,18 @@ func planIPT(network string, f family, st iptState, c change) iptOps {
 			}
 		}
 	}
-	for _, a := range ofFamily(c.Add, f) {
+	for _, a := range OfFamily(c.Add, f) {
 		r := iptables.Rule{Src: netip.PrefixFrom(a.Addr.Addr(), a.Addr.Addr().BitLen()),
-			Comment: ownerTag(network, a).String(), Jump: ops.Chain}
+			Comment: OwnerTag(network, a).String(), Jump: ops.Chain}
 		ops.AddPost = append(ops.AddPost, ruleSpec(r))
 	}
 	return ops
 }
 
-// payload renders ops for iptables-restore --noflush, or "" when there is
+// Payload renders ops for iptables-restore --noflush, or "" when there is
 // nothing to do. Within one payload the chain is filled before rules jump
 // to it and emptied of jumps before it is deleted.
-func (o iptOps) payload() string {
+func (o IPTOps) Payload() string {
 	if !o.Write && len(o.DelPost) == 0 && len(o.AddPost) == 0 && !o.DropChain {
 		return ""
 	}
@@ -160,10 +160,10 @@ func (o iptOps) payload() string {
 	return b.String()
 }
 
-// checkIPT names the first part of want (one owner's entries of family f)
+// CheckIPT names the first part of want (one owner's entries of family f)
 // missing from st.
-func checkIPT(network string, f family, st iptState, want []entry) error {
-	want = ofFamily(want, f)
+func CheckIPT(network string, f Family, st IPTState, want []Entry) error {
+	want = OfFamily(want, f)
 	if len(want) == 0 {
 		return nil
 	}
@@ -174,7 +174,7 @@ func checkIPT(network string, f family, st iptState, want []entry) error {
 	if m := missing(st.Entries, want); m != "" {
 		return fmt.Errorf("%s: %s rule for %s is missing", f.tool(), iptPost, m)
 	}
-	body := iptBody(network, f, subnets(want, f))
+	body := iptBody(network, f, Subnets(want, f))
 	for _, r := range body {
 		if !slices.ContainsFunc(st.Body, func(h iptables.Rule) bool { return sameRule(h, r) || coversReturn(h, r) }) {
 			return fmt.Errorf("%s: rule %q of chain %s is missing", f.tool(), ruleSpec(r), chain)
@@ -189,8 +189,8 @@ func coversReturn(have, want iptables.Rule) bool {
 		have.Dst.Bits() <= want.Dst.Bits() && have.Dst.Contains(want.Dst.Addr())
 }
 
-func (f family) tool() string {
-	if f == v6 {
+func (f Family) tool() string {
+	if f == V6 {
 		return "ip6tables"
 	}
 	return "iptables"

@@ -1,10 +1,8 @@
-package nat
+package natplan
 
 import (
 	"strings"
 	"testing"
-
-	"github.com/google/nftables/userdata"
 
 	"github.com/berth-cni/berth/pkg/owner"
 )
@@ -14,19 +12,19 @@ const id64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 func TestTagString(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		tag  tag
+		tag  Tag
 		want string
 	}{
-		{tag{Bits: 16, IfName: "eth0", ContainerID: id64}, "berth p=16 if=eth0 id=" + id64},
-		{tag{Network: "mynet", Bits: 24, IfName: "net1", ContainerID: "c1"}, "berth net=mynet p=24 if=net1 id=c1"},
-		{tag{Network: "mynet", Family: "ip6", Bits: -1}, "berth net=mynet fam=ip6"},
-		{tag{Network: "mynet", Bits: -1}, "berth net=mynet"},
-		{tag{Bits: 0, IfName: "a b", ContainerID: `x"\%`}, "berth p=0 if=a%20b id=x%22%5C%25"},
+		{Tag{Bits: 16, IfName: "eth0", ContainerID: id64}, "berth p=16 if=eth0 id=" + id64},
+		{Tag{Network: "mynet", Bits: 24, IfName: "net1", ContainerID: "c1"}, "berth net=mynet p=24 if=net1 id=c1"},
+		{Tag{Network: "mynet", Family: "ip6", Bits: -1}, "berth net=mynet fam=ip6"},
+		{Tag{Network: "mynet", Bits: -1}, "berth net=mynet"},
+		{Tag{Bits: 0, IfName: "a b", ContainerID: `x"\%`}, "berth p=0 if=a%20b id=x%22%5C%25"},
 	} {
 		if got := tc.tag.String(); got != tc.want {
 			t.Errorf("%+v.String() = %q, want %q", tc.tag, got, tc.want)
 		}
-		back, err := parseTag(tc.want)
+		back, err := ParseTag(tc.want)
 		if err != nil || back != tc.tag {
 			t.Errorf("parseTag(%q) = %+v, %v; want %+v", tc.want, back, err, tc.tag)
 		}
@@ -58,13 +56,13 @@ func TestParseTagRejects(t *testing.T) {
 		"berth id=a/b",              // raw byte escape would have escaped
 		"berth id=a\x00",            // NUL
 	} {
-		if tg, err := parseTag(s); err == nil {
+		if tg, err := ParseTag(s); err == nil {
 			t.Errorf("parseTag(%q) = %+v, want an error", s, tg)
 		}
 	}
 	// Unknown keys are skipped: a newer berth may add some.
-	tg, err := parseTag("berth p=8 new=x if=e id=c")
-	if err != nil || !tg.hasOwner() || tg.Bits != 8 {
+	tg, err := ParseTag("berth p=8 new=x if=e id=c")
+	if err != nil || !tg.HasOwner() || tg.Bits != 8 {
 		t.Errorf("parseTag with an unknown key = %+v, %v", tg, err)
 	}
 }
@@ -104,15 +102,15 @@ func TestShorten(t *testing.T) {
 func TestCommentLimits(t *testing.T) {
 	t.Parallel()
 	net := strings.Repeat("n", 128)
-	e := entry{Owner: StoredOwner(owner.Owner{ContainerID: strings.Repeat("c", 256), IfName: strings.Repeat("%", 15)}),
+	e := Entry{Owner: StoredOwner(owner.Owner{ContainerID: strings.Repeat("c", 256), IfName: strings.Repeat("%", 15)}),
 		Addr: mustPrefix("fd00::1/128")}
-	if s := ownerTag("", e).String(); len(s) > 128 {
+	if s := OwnerTag("", e).String(); len(s) > 128 {
 		t.Errorf("element comment is %d bytes: %q", len(s), s)
 	}
-	if s := networkTag(net, "ip6").String(); len(s) > 128 {
+	if s := NetworkTag(net, "ip6").String(); len(s) > 128 {
 		t.Errorf("rule comment is %d bytes: %q", len(s), s)
 	}
-	if s := ownerTag(net, e).String(); len(s) > 255 {
+	if s := OwnerTag(net, e).String(); len(s) > 255 {
 		t.Errorf("iptables comment is %d bytes: %q", len(s), s)
 	}
 }
@@ -123,26 +121,12 @@ func TestNames(t *testing.T) {
 	if got := netHash("mynet"); got != "11c844f95e286212" {
 		t.Errorf("netHash(mynet) = %s", got)
 	}
-	n := namesFor("mynet")
-	if n.Src[v4] != "src4-11c844f95e286212" || n.Dst[v6] != "dst6-11c844f95e286212" {
+	n := NFTNamesFor("mynet")
+	if n.Src[V4] != "src4-11c844f95e286212" || n.Dst[V6] != "dst6-11c844f95e286212" {
 		t.Errorf("namesFor(mynet) = %+v", n)
 	}
 	if got := iptChain("mynet"); got != "BERTH-MASQ-11c844f95e286212" || len(got) > 28 {
 		t.Errorf("iptChain(mynet) = %s", got)
-	}
-}
-
-func TestRuleComment(t *testing.T) {
-	t.Parallel()
-	ud := userdata.AppendUint32(nil, 1, 7)
-	ud = userdata.AppendString(ud, userdata.TypeComment, "berth net=x")
-	if s, ok := ruleComment(ud); !ok || s != "berth net=x" {
-		t.Errorf("ruleComment = %q, %v", s, ok)
-	}
-	for _, bad := range [][]byte{nil, {0}, {0, 5, 'a'}, {0, 1, 'a'}, {1, 9}} {
-		if s, ok := ruleComment(bad); ok {
-			t.Errorf("ruleComment(%v) = %q", bad, s)
-		}
 	}
 }
 
@@ -151,26 +135,16 @@ func FuzzParseTag(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		tg, err := parseTag(s)
+		tg, err := ParseTag(s)
 		if err != nil {
 			return
 		}
-		again, err := parseTag(tg.String())
+		again, err := ParseTag(tg.String())
 		if err != nil || again != tg {
 			t.Fatalf("parseTag(%q) = %+v, but its String %q parses to %+v, %v", s, tg, tg.String(), again, err)
 		}
 		if u, err := unescape(escape(s)); err != nil || u != s {
 			t.Fatalf("unescape(escape(%q)) = %q, %v", s, u, err)
-		}
-	})
-}
-
-func FuzzRuleComment(f *testing.F) {
-	f.Add(userdata.AppendString(nil, userdata.TypeComment, "berth net=x"))
-	f.Add([]byte{0, 200, 1})
-	f.Fuzz(func(t *testing.T, ud []byte) {
-		if s, ok := ruleComment(ud); ok && len(s) > len(ud) {
-			t.Fatalf("comment %q longer than its userdata", s)
 		}
 	})
 }
