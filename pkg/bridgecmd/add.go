@@ -195,7 +195,7 @@ func (a *addition) attach(_ context.Context, u *undo.Undo) error {
 		if err := a.k.EnsureSpoof(g); err != nil {
 			return err
 		}
-		u.Push("macspoofchk", func() error { return a.k.DeleteSpoof(a.owner) })
+		u.Push("macspoofchk", func() error { return a.k.DeleteSpoof(a.owner, nil) })
 	}
 	a.br = br
 	a.res = &current.Result{

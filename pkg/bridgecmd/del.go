@@ -21,7 +21,9 @@ import (
 // before the veth goes; other IPAM plugins release in their own files.
 // Every step runs even if another fails, a missing object is success, and
 // none needs the container's namespace (the host veth name derives from
-// the owner; nft state is tagged). The record goes last.
+// the owner; nft state is tagged). The netfilter steps close their sockets
+// only once the veth is gone (vethGone: nat.Backend.DeleteAfter says
+// why). The record goes last.
 func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	c, err := p.begin(args)
 	if err != nil {
@@ -32,7 +34,7 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	d := deletion{cmd: c, rec: rec, found: found}
+	d := deletion{cmd: c, rec: rec, found: found, vethGone: make(chan struct{})}
 	steps := []undo.NamedStep{{Name: "veth", Fn: d.unplug}, {Name: "masquerade", Fn: d.unmasq}}
 	switch t := c.conf.IPAMConf.Type; {
 	case t == "":
@@ -55,48 +57,54 @@ func (p Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 // deletion is one DEL's state.
 type deletion struct {
 	*cmd
-	rec   state.Record
-	found bool // a record of the attachment was there
+	rec      state.Record
+	found    bool          // a record of the attachment was there
+	vethGone chan struct{} // closed when unplug returned
 }
 
-func (d deletion) unplug(context.Context) error { return d.k.DeleteHostVeth(d.owner.HostVeth()) }
+// unplug deletes the host veth (and so the container's end), whatever
+// else fails.
+func (d deletion) unplug(context.Context) error {
+	defer close(d.vethGone)
+	return d.k.DeleteHostVeth(d.owner.HostVeth())
+}
 
 func (d deletion) release(ctx context.Context) error {
 	return d.ipam.DelKnown(ctx, d.conf.IPAMConf.Type, d.net.IPAMConf, d.at, recordedAddrs(d.rec))
 }
 
-func (d deletion) unspoof(context.Context) error { return d.k.DeleteSpoof(d.owner) }
+func (d deletion) unspoof(context.Context) error { return d.k.DeleteSpoof(d.owner, d.vethGone) }
 
 // unmasq removes the masquerade: in the backend the record names (no need
 // to sweep, and fork iptables-save for, the others), or with no record in
 // every backend it may be in.
 func (d deletion) unmasq(context.Context) error {
 	if !d.found {
-		return d.deleteMasq(d.owner)
+		return d.deleteMasq(d.owner, d.vethGone)
 	}
 	if d.rec.MasqBackend == "" {
 		return nil
 	}
-	return d.deleteMasqIn(d.rec.MasqBackend, d.owner)
+	return d.deleteMasqIn(d.rec.MasqBackend, d.owner, d.vethGone)
 }
 
 // deleteMasq removes o's masquerade state from every backend it may be in,
 // for when no record says which: the config's backend may have changed
-// since the ADD.
-func (c *cmd) deleteMasq(o owner.Owner) error {
+// since the ADD. linkGone is nat.Backend.DeleteAfter's.
+func (c *cmd) deleteMasq(o owner.Owner, linkGone <-chan struct{}) error {
 	var errs []error
 	for _, name := range nat.Backends {
 		if nat.Available(name) {
-			errs = append(errs, c.deleteMasqIn(name, o))
+			errs = append(errs, c.deleteMasqIn(name, o, linkGone))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (c *cmd) deleteMasqIn(backend string, o owner.Owner) error {
+func (c *cmd) deleteMasqIn(backend string, o owner.Owner, linkGone <-chan struct{}) error {
 	b, err := c.k.Masq(backend)
 	if err != nil {
 		return err
 	}
-	return b.Delete(o)
+	return b.DeleteAfter(o, linkGone)
 }

@@ -286,14 +286,16 @@ func (k fakeKernel) EnsureSpoof(g spoof.Guard) error {
 	return nil
 }
 
-func (k fakeKernel) DeleteSpoof(o owner.Owner) error {
+func (k fakeKernel) DeleteSpoof(o owner.Owner, linkGone <-chan struct{}) error {
 	k.h.mu.Lock()
-	defer k.h.mu.Unlock()
-	if _, ok := k.h.spoofs[o]; !ok {
-		return nil
+	if _, ok := k.h.spoofs[o]; ok {
+		delete(k.h.spoofs, o)
+		k.h.kernel.log("nft delete rule bridge berth-spoof prerouting # %s", spoof.Tag(o))
 	}
-	delete(k.h.spoofs, o)
-	k.h.kernel.log("nft delete rule bridge berth-spoof prerouting # %s", spoof.Tag(o))
+	k.h.mu.Unlock()
+	if linkGone != nil {
+		<-linkGone // as the real one: the socket stays open until the veth is gone
+	}
 	return nil
 }
 
@@ -409,6 +411,14 @@ func (m fakeMasq) Add(q nat.Masq) error {
 		m.h.masq.log("%s: add element src %s comment \"berth p=%d if=%s id=%s\"", m.backend, a.Addr(), a.Bits(), q.Owner.IfName, q.Owner.ContainerID)
 	}
 	return nil
+}
+
+func (m fakeMasq) DeleteAfter(o owner.Owner, linkGone <-chan struct{}) error {
+	err := m.Delete(o)
+	if linkGone != nil {
+		<-linkGone
+	}
+	return err
 }
 
 func (m fakeMasq) Delete(o owner.Owner) error {

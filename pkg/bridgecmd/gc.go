@@ -86,9 +86,9 @@ func (c *cmd) releaseStale(ctx context.Context, o owner.Owner) error {
 		errs = append(errs, c.ipam.ReleaseFor(ctx, t, c.net.IPAMConf, c.args.Path, o.ContainerID, o.IfName))
 	}
 	if c.conf.MacSpoofChk {
-		errs = append(errs, c.k.DeleteSpoof(o))
+		errs = append(errs, c.k.DeleteSpoof(o, nil))
 	}
-	errs = append(errs, c.deleteMasq(o))
+	errs = append(errs, c.deleteMasq(o, nil))
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}

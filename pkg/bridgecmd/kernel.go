@@ -33,7 +33,9 @@ type Kernel interface {
 	EnableForwarding(a netip.Addr) error
 
 	EnsureSpoof(g spoof.Guard) error
-	DeleteSpoof(o owner.Owner) error
+	// DeleteSpoof removes o's rule; with linkGone (non-nil) it keeps its
+	// socket open until linkGone is closed (spoof.DeleteAfter).
+	DeleteSpoof(o owner.Owner, linkGone <-chan struct{}) error
 	HasSpoof(o owner.Owner) (bool, error)
 
 	// Masq is the masquerade backend called name; DetectMasq picks one
@@ -96,7 +98,9 @@ func (k hostKernel) EnsureGatewayAddr(l netlink.Link, gw netip.Prefix, force boo
 }
 func (k hostKernel) EnableForwarding(a netip.Addr) error { return link.EnableForwarding(k.host, a) }
 func (k hostKernel) EnsureSpoof(g spoof.Guard) error     { return spoof.Ensure(k.host, g) }
-func (k hostKernel) DeleteSpoof(o owner.Owner) error     { return spoof.Delete(k.host, o) }
+func (k hostKernel) DeleteSpoof(o owner.Owner, linkGone <-chan struct{}) error {
+	return spoof.DeleteAfter(k.host, o, linkGone)
+}
 func (k hostKernel) HasSpoof(o owner.Owner) (bool, error) {
 	return spoof.Has(k.host, o)
 }

@@ -60,6 +60,9 @@ func (b iptBackend) Delete(o owner.Owner) error {
 	})
 }
 
+// DeleteAfter is Delete: the iptables programs hold no socket open.
+func (b iptBackend) DeleteAfter(o owner.Owner, _ <-chan struct{}) error { return b.Delete(o) }
+
 // List reads the network's POSTROUTING rules of both families, under the
 // lock so that the two families are one snapshot.
 //

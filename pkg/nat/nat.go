@@ -63,6 +63,11 @@ type Backend interface {
 	Add(m Masq) error
 	// Delete removes exactly o's state; when there is none it returns nil.
 	Delete(o owner.Owner) error
+	// DeleteAfter is Delete for a caller that deletes a link of the same
+	// namespace meanwhile and closes linkGone once that is done: the
+	// nftables backend commits at once but keeps its netlink socket open
+	// until then (see nftBackend.DeleteAfter). nil is Delete.
+	DeleteAfter(o owner.Owner, linkGone <-chan struct{}) error
 	// List reports what exists for network, one Masq per owner, sorted.
 	// Owners are in stored form (see StoredOwner).
 	List(network string) ([]Masq, error)

@@ -127,14 +127,38 @@ func (b nftBackend) addFast(c *nftables.Conn, network string, want []natplan.Ent
 // whole table when nothing else is left, in one transaction.
 //
 // Equivalent: nft delete element inet berth-nat src4-$h { 10.22.0.5 }; …
-func (b nftBackend) Delete(o owner.Owner) error {
+func (b nftBackend) Delete(o owner.Owner) error { return b.DeleteAfter(o, nil) }
+
+// DeleteAfter is Delete with the netlink socket's close put off until
+// linkGone is closed (nil: at once). Closing a NETLINK_NETFILTER socket
+// makes the kernel flush the namespace's pending nf_tables destroy work,
+// and after a commit that deleted an element that work is waiting out an
+// RCU grace period; the close waits for it holding the namespace's
+// nf_tables commit mutex, which the unregistration of a link in the same
+// namespace takes too (its netdev event). So closed while the caller's
+// RTM_DELLINK of the host veth runs, the socket stalls that deletion by up
+// to a grace period; closed after it, the destroy work is long done and
+// the close returns at once (bench/README.md has the figures). The
+// commit, and the NAT lock, are not held back.
+func (b nftBackend) DeleteAfter(o owner.Owner, linkGone <-chan struct{}) error {
 	if err := validateOwner(o); err != nil {
 		return err
 	}
 	own := StoredOwner(o)
-	return withLock(func() error {
-		return b.change(o.Network, func(cur []natplan.Entry) natplan.Change { return natplan.PlanDelete(cur, own) })
+	c, err := b.ns.NFT()
+	if err != nil {
+		return err
+	}
+	err = withLock(func() error {
+		return changeNFT(c, o.Network, func(cur []natplan.Entry) natplan.Change { return natplan.PlanDelete(cur, own) })
 	})
+	if linkGone != nil {
+		<-linkGone
+	}
+	if cerr := c.CloseLasting(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("nftables: close netlink: %w", cerr))
+	}
+	return err
 }
 
 // List reads network's address sets. Reads take the lock too: a netlink
@@ -179,20 +203,23 @@ func (b nftBackend) Check(m Masq) error {
 // change reads network's state, plans, and applies the plan as one
 // transaction; the caller holds the lock.
 func (b nftBackend) change(network string, plan func(cur []natplan.Entry) natplan.Change) error {
-	return b.ns.WithNFT(func(c *nftables.Conn) error {
-		st, err := readNFT(c, network)
-		if err != nil {
-			return err
-		}
-		ops, err := natplan.PlanNFT(network, st, plan(st.Src))
-		if err != nil || ops.Empty() {
-			return err
-		}
-		if err := applyNFT(c, network, ops); err != nil {
-			return fmt.Errorf("nftables: update network %q in table inet %s: %w", network, natplan.NFTTable, err)
-		}
-		return nil
-	})
+	return b.ns.WithNFT(func(c *nftables.Conn) error { return changeNFT(c, network, plan) })
+}
+
+// changeNFT is change over an open connection.
+func changeNFT(c *nftables.Conn, network string, plan func(cur []natplan.Entry) natplan.Change) error {
+	st, err := readNFT(c, network)
+	if err != nil {
+		return err
+	}
+	ops, err := natplan.PlanNFT(network, st, plan(st.Src))
+	if err != nil || ops.Empty() {
+		return err
+	}
+	if err := applyNFT(c, network, ops); err != nil {
+		return fmt.Errorf("nftables: update network %q in table inet %s: %w", network, natplan.NFTTable, err)
+	}
+	return nil
 }
 
 var natTable = &nftables.Table{Name: natplan.NFTTable, Family: nftables.TableFamilyINet}

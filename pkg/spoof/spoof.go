@@ -76,14 +76,34 @@ func Ensure(host *netns.NS, g Guard) error {
 // Delete removes o's rule; none is not an error.
 //
 // Equivalent: nft delete rule bridge berth-spoof prerouting handle $h
-func Delete(host *netns.NS, o owner.Owner) error {
-	return locked(host, func(c *nftables.Conn) error {
+func Delete(host *netns.NS, o owner.Owner) error { return DeleteAfter(host, o, nil) }
+
+// DeleteAfter is Delete for a caller that deletes a link of host
+// meanwhile and closes linkGone once that is done: the netlink socket is
+// closed only then (nil: at once), as nat's DeleteAfter does and for the
+// same reason: its close after a commit that deleted a rule waits out a
+// grace period holding the namespace's nf_tables commit mutex, which the
+// link's unregistration takes too.
+func DeleteAfter(host *netns.NS, o owner.Owner, linkGone <-chan struct{}) error {
+	c, err := host.NFT()
+	if err != nil {
+		return err
+	}
+	l, err := lock.Acquire("spoof", 10*time.Second)
+	if err == nil {
 		t := &nftables.Table{Family: nftables.TableFamilyBridge, Name: tableName}
-		if err := deleteOwned(c, t, &nftables.Chain{Name: chainName, Table: t}, Tag(o)); err != nil {
-			return err
+		err = deleteOwned(c, t, &nftables.Chain{Name: chainName, Table: t}, Tag(o))
+		if err == nil {
+			err = c.Flush()
 		}
-		return c.Flush()
-	})
+		err = errors.Join(err, l.Unlock())
+	} else {
+		err = fmt.Errorf("macspoofchk: %w", err)
+	}
+	if linkGone != nil {
+		<-linkGone
+	}
+	return errors.Join(err, c.CloseLasting())
 }
 
 // Has reports whether o's rule is in place.
