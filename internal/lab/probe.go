@@ -38,7 +38,16 @@ type PingOptions struct {
 	// here fails to send with EMSGSIZE, one bigger than a later link's is
 	// dropped there.
 	DF bool
+	// Once sends exactly one request, as a user's `ping -c1` does: no
+	// retry hides a lost first packet. An ICMP error that comes back for
+	// it (destination unreachable: no route yet) fails at once, naming it;
+	// no answer fails when ctx ends.
+	Once bool
 }
+
+// ErrUnreachable is returned (wrapped) by a Once ping answered with an
+// ICMP destination unreachable.
+var ErrUnreachable = errors.New("destination unreachable")
 
 // ErrMsgSize is returned (wrapped) by PingWith when the kernel refuses to
 // send a DF request bigger than the route's MTU.
@@ -97,7 +106,14 @@ func (n *NS) PingWith(ctx context.Context, dst netip.Addr, o PingOptions) error 
 				return
 			}
 			m, err := icmp.ParseMessage(proto, buf[:nr])
-			if err != nil || m.Type != replyType {
+			if err != nil {
+				continue
+			}
+			if o.Once && (m.Type == ipv4.ICMPTypeDestinationUnreachable || m.Type == ipv6.ICMPTypeDestinationUnreachable) && quotesEcho(m, id) {
+				readErr <- fmt.Errorf("%w (ICMP type %v code %d from %v)", ErrUnreachable, m.Type, m.Code, peer)
+				return
+			}
+			if m.Type != replyType {
 				continue
 			}
 			e, ok := m.Body.(*icmp.Echo)
@@ -140,8 +156,50 @@ func (n *NS) PingWith(ctx context.Context, dst netip.Addr, o PingOptions) error 
 			}
 			return fmt.Errorf("ping %s from %s: no reply to %d echo requests", dst, n.Name, sent)
 		case <-tick.C:
+			if o.Once {
+				if lastSendErr != nil {
+					return fmt.Errorf("ping %s from %s: the one echo request was not sent: %w", dst, n.Name, lastSendErr)
+				}
+				// Wait for the reply until ctx ends; send nothing more.
+				select {
+				case <-got:
+					return nil
+				case err := <-readErr:
+					return fmt.Errorf("ping %s from %s: %w", dst, n.Name, err)
+				case <-ctx.Done():
+					return fmt.Errorf("ping %s from %s: no reply to the one echo request", dst, n.Name)
+				}
+			}
 		}
 	}
+}
+
+// quotesEcho reports whether the ICMP error m quotes an echo request with
+// id (the original datagram's first bytes: its IP header, then ICMP type,
+// code, checksum, id).
+func quotesEcho(m *icmp.Message, id int) bool {
+	du, ok := m.Body.(*icmp.DstUnreach)
+	if !ok || len(du.Data) < 1 {
+		return false
+	}
+	d := du.Data
+	off := 40 // IPv6 header
+	if d[0]>>4 == 4 {
+		off = int(d[0]&0x0f) * 4
+	}
+	if len(d) < off+6 {
+		return false
+	}
+	return int(d[off+4])<<8|int(d[off+5]) == id
+}
+
+// PingOnce sends one echo request from n to dst and waits up to timeout
+// for its reply, as `ping -c1 -W` does: the reachability check of a user,
+// with no retry.
+func (n *NS) PingOnce(ctx context.Context, dst netip.Addr, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return n.PingWith(ctx, dst, PingOptions{Once: true})
 }
 
 // PingWithin is Ping with a timeout.
