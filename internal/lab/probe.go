@@ -209,6 +209,83 @@ func (n *NS) PingWithin(ctx context.Context, dst netip.Addr, timeout time.Durati
 	return n.Ping(ctx, dst)
 }
 
+// PingStream sends an echo request from n to dst every interval until ctx
+// ends, as `ping -i` does, and counts the requests sent and those
+// answered; a reply that comes after the last request was sent, within
+// one second, still counts. It is the check that traffic keeps flowing
+// across a change (an agent's restart, say): lost = sent - answered.
+//
+// Equivalent: ip netns exec $ns ping -i $interval -w $duration $dst
+func (n *NS) PingStream(ctx context.Context, dst netip.Addr, interval time.Duration) (sent, answered int, err error) {
+	dst = dst.Unmap()
+	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
+	var reqType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	if dst.Is6() {
+		network, listen, proto = "ip6:ipv6-icmp", "::", 58
+		reqType, replyType = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	}
+	var conn net.PacketConn
+	if err := n.Do(func() error {
+		var err error
+		conn, err = net.ListenPacket(network, listen)
+		return err
+	}); err != nil {
+		return 0, 0, fmt.Errorf("ping %s from %s: open raw socket: %w", dst, n.Name, err)
+	}
+	id := int(randUint16())
+	target := &net.IPAddr{IP: dst.AsSlice()}
+	var mu sync.Mutex
+	seen := map[int]bool{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			nr, peer, err := conn.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			m, err := icmp.ParseMessage(proto, buf[:nr])
+			if err != nil || m.Type != replyType {
+				continue
+			}
+			e, ok := m.Body.(*icmp.Echo)
+			if !ok || e.ID != id {
+				continue
+			}
+			if pa, ok := peer.(*net.IPAddr); !ok || !pa.IP.Equal(target.IP) {
+				continue
+			}
+			mu.Lock()
+			seen[e.Seq] = true
+			mu.Unlock()
+		}
+	}()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for seq := 1; ctx.Err() == nil; seq++ {
+		msg := icmp.Message{Type: reqType, Body: &icmp.Echo{ID: id, Seq: seq & 0xffff, Data: []byte("berth-lab")}}
+		b, merr := msg.Marshal(nil)
+		if merr != nil {
+			conn.Close()
+			return sent, 0, merr
+		}
+		if _, werr := conn.WriteTo(b, target); werr == nil {
+			sent++
+		}
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
+	time.Sleep(time.Second) // the last replies
+	conn.Close()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	return sent, len(seen), nil
+}
+
 // randUint16 returns a random 16-bit number (an ICMP echo id).
 func randUint16() uint16 {
 	var b [2]byte
