@@ -59,21 +59,6 @@ func NewIPTables(n *netns.NS, conf *config.Portmap, cmds iptables.Commands) *IPT
 	return &IPTables{ns: n, cmds: cmds, opts: o, err: err}
 }
 
-// families are the address families a has a container address in, where
-// its rules can be; both when it has none (a minimal record).
-func families(a Attachment) []bool {
-	var out []bool
-	for _, v6 := range []bool{false, true} {
-		if _, ok := a.Target(v6); ok {
-			out = append(out, v6)
-		}
-	}
-	if len(out) == 0 {
-		return []bool{false, true}
-	}
-	return out
-}
-
 // Add writes a's rules, one restore per family it has an address in; a
 // family with no mapping of a is cleared of a's rules (a retry that
 // dropped it).

@@ -230,6 +230,21 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// families are the address families a has a container address in, where
+// its rules can be; both when it has none (a minimal record).
+func families(a Attachment) []bool {
+	var out []bool
+	for _, v6 := range []bool{false, true} {
+		if _, ok := a.Target(v6); ok {
+			out = append(out, v6)
+		}
+	}
+	if len(out) == 0 {
+		return []bool{false, true}
+	}
+	return out
+}
+
 // iptSaved is one family's nat table as iptables-save printed it.
 type iptSaved struct {
 	chains map[string]bool
