@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/lock"
 	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/state"
@@ -100,7 +101,7 @@ func (s Store) ownerPath(o owner.Owner) string {
 	return filepath.Join(s.dir, "owners", o.Hash(24)+".json")
 }
 
-func (s Store) keyDir(k Key) string { return filepath.Join(s.dir, "ports", k.dirName()) }
+func (s Store) keyDir(k Key) string { return filepath.Join(s.dir, "ports", k.DirName()) }
 
 // Conflict returns a *HeldError for the first key of a that another
 // attachment holds, or nil. The caller holds the lock. It reads only the
@@ -116,7 +117,7 @@ func (s Store) Conflict(a Attachment) error {
 			return fmt.Errorf("portmap: read reservations: %w", err)
 		}
 		for _, e := range entries {
-			addr, ok := parseFileName(e.Name())
+			addr, ok := portplan.ParseFileName(e.Name())
 			if !ok {
 				continue
 			}
@@ -169,7 +170,7 @@ func (s Store) Claim(a Attachment) error {
 		if err := os.MkdirAll(s.keyDir(m.Key), 0o700); err != nil {
 			return fmt.Errorf("portmap: create reservation dir: %w", err)
 		}
-		if err := state.WriteAtomic(filepath.Join(s.keyDir(m.Key), m.fileName()), b); err != nil {
+		if err := state.WriteAtomic(filepath.Join(s.keyDir(m.Key), m.FileName()), b); err != nil {
 			return fmt.Errorf("portmap: reserve %s: %w", m.Key, err)
 		}
 	}
@@ -211,7 +212,7 @@ func (s Store) Held(o owner.Owner) (a Attachment, found bool, err error) {
 func (s Store) Release(a Attachment) error {
 	var errs []error
 	for _, m := range a.Mappings {
-		p := filepath.Join(s.keyDir(m.Key), m.fileName())
+		p := filepath.Join(s.keyDir(m.Key), m.FileName())
 		c, err := readClaim(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -251,7 +252,7 @@ func (s Store) Revert(before, a Attachment) error {
 		if slices.ContainsFunc(before.Mappings, func(b Mapping) bool { return b.Key == m.Key }) {
 			continue
 		}
-		p := filepath.Join(s.keyDir(m.Key), m.fileName())
+		p := filepath.Join(s.keyDir(m.Key), m.FileName())
 		if c, err := readClaim(p); err == nil && c.Owner() == a.Owner {
 			errs = append(errs, os.Remove(p))
 			os.Remove(s.keyDir(m.Key))
@@ -277,7 +278,7 @@ func (s Store) Claims() ([]Claim, error) {
 	var out []Claim
 	var errs []error
 	for _, d := range dirs {
-		if _, _, ok := parseDirName(d.Name()); !ok || !d.IsDir() {
+		if _, _, ok := portplan.ParseDirName(d.Name()); !ok || !d.IsDir() {
 			continue
 		}
 		files, err := os.ReadDir(filepath.Join(root, d.Name()))
@@ -286,7 +287,7 @@ func (s Store) Claims() ([]Claim, error) {
 			continue
 		}
 		for _, f := range files {
-			if _, ok := parseFileName(f.Name()); !ok {
+			if _, ok := portplan.ParseFileName(f.Name()); !ok {
 				continue
 			}
 			c, err := readClaim(filepath.Join(root, d.Name(), f.Name()))

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
@@ -122,7 +123,7 @@ func TestOwnerNames(t *testing.T) {
 	t.Parallel()
 	o := owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"}
 	sum := sha256.Sum256([]byte("n1\x00c1\x00eth0"))
-	if got, want := IPTChain(o), "BERTH-DN-836d7657cb16"; got != want || want != "BERTH-DN-"+hex.EncodeToString(sum[:6]) {
+	if got, want := portplan.IPTChain(o), "BERTH-DN-836d7657cb16"; got != want || want != "BERTH-DN-"+hex.EncodeToString(sum[:6]) {
 		t.Errorf("IPTChain = %q, want %q", got, want)
 	}
 	if got, want := filepath.Base(Open("/x").ownerPath(o)), "836d7657cb16b8dc504ee410.json"; got != want || want != hex.EncodeToString(sum[:12])+".json" {

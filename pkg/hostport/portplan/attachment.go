@@ -1,4 +1,4 @@
-package hostport
+package portplan
 
 import (
 	"net/netip"
