@@ -13,6 +13,7 @@ import (
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/config"
 	"github.com/berth-cni/berth/pkg/hostport"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
@@ -102,7 +103,7 @@ func (e *env) iptRelease(ctx context.Context, conf *lab.Conflist, c, n *containe
 		e.wantGone(ctx, fmt.Sprintf("after DEL %s (#%d)", x, i+1), x.att.ContainerID)
 	}
 	o := owner.Owner{Network: e.network, ContainerID: c.att.ContainerID, IfName: c.att.IfName}
-	if dump := e.iptDump(ctx); strings.Contains(dump, hostport.IPTChain(o)) {
+	if dump := e.iptDump(ctx); strings.Contains(dump, portplan.IPTChain(o)) {
 		e.t.Errorf("after DEL, the chain of %s is left:\n%s", c, dump)
 	}
 }

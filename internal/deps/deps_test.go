@@ -16,6 +16,7 @@ var pure = []string{
 	"github.com/berth-cni/berth/pkg/cidr",
 	"github.com/berth-cni/berth/pkg/cnierr",
 	"github.com/berth-cni/berth/pkg/config",
+	"github.com/berth-cni/berth/pkg/hostport/portplan",
 	"github.com/berth-cni/berth/pkg/iptables",
 	"github.com/berth-cni/berth/pkg/nat/natplan",
 	"github.com/berth-cni/berth/pkg/overlay/ack",

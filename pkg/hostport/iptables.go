@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/iptables"
 	"github.com/berth-cni/berth/pkg/netns"
 )
@@ -27,11 +28,13 @@ import (
 //	-A BERTH-DN-<h> -d 10.0.0.1/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.88.0.5:5353   # hostIP
 //
 // <h> is 12 hex digits of SHA-256(network NUL containerID NUL ifName)
-// (IPTChain). With masqAll one unconditional mark per mapping replaces the
-// hairpin and localhost ones. markMasqBit picks the mark (13 by default, as
-// upstream); with externalSetMarkChain the marks jump to that chain (e.g.
-// KUBE-MARK-MASQ) and berth writes no BERTH-HP-MASQ rule, as that chain's
-// owner masquerades what it marks.
+// (portplan.IPTChain). With masqAll one unconditional mark per mapping
+// replaces the hairpin and localhost ones. markMasqBit picks the mark (13
+// by default, as upstream); with externalSetMarkChain the marks jump to
+// that chain (e.g. KUBE-MARK-MASQ) and berth writes no BERTH-HP-MASQ rule,
+// as that chain's owner masquerades what it marks. The rules are
+// portplan's plans (IPTOpts.Plan, PlanIPTAdd, PlanIPTRemove); this type
+// reads the tables and runs the payloads.
 //
 // The shared chains and their jumps are made by the first Add that needs
 // them and never removed, as upstream's. Add and Remove read the family's
@@ -46,7 +49,7 @@ import (
 type IPTables struct {
 	ns   *netns.NS
 	cmds iptables.Commands
-	opts iptOpts
+	opts portplan.IPTOpts
 	err  error // a bad iptables option in the config: Add and Check report it
 }
 
@@ -55,23 +58,8 @@ type IPTables struct {
 // nil. A bad option is reported by Add and Check, not by Remove, so that
 // DEL works whatever the config says.
 func NewIPTables(n *netns.NS, conf *config.Portmap, cmds iptables.Commands) *IPTables {
-	o, err := optsOf(conf)
+	o, err := portplan.IPTOptsOf(conf)
 	return &IPTables{ns: n, cmds: cmds, opts: o, err: err}
-}
-
-// families are the address families a has a container address in, where
-// its rules can be; both when it has none (a minimal record).
-func families(a Attachment) []bool {
-	var out []bool
-	for _, v6 := range []bool{false, true} {
-		if _, ok := a.Target(v6); ok {
-			out = append(out, v6)
-		}
-	}
-	if len(out) == 0 {
-		return []bool{false, true}
-	}
-	return out
 }
 
 // Add writes a's rules, one restore per family it has an address in; a
@@ -84,7 +72,9 @@ func families(a Attachment) []bool {
 // -A BERTH-HOSTPORTS … -j BERTH-DN-<h>
 // COMMIT'
 func (d *IPTables) Add(a Attachment) error {
-	return d.eachFamily(a, true, func(w iptWant, s iptSaved) error { return d.restore(w.v6, planAdd(w, s)) })
+	return d.eachFamily(a, true, func(w portplan.IPTWant, s portplan.IPTSaved) error {
+		return d.restore(w.V6(), portplan.PlanIPTAdd(w, s))
+	})
 }
 
 // Remove deletes a's jumps and chain in each family it has an address in.
@@ -96,12 +86,12 @@ func (d *IPTables) Add(a Attachment) error {
 // -X BERTH-DN-<h>
 // COMMIT'
 func (d *IPTables) Remove(a Attachment) error {
-	chain := IPTChain(a.Owner)
+	chain := portplan.IPTChain(a.Owner)
 	var errs []error
-	for _, v6 := range families(a) {
+	for _, v6 := range portplan.IPTFamilies(a) {
 		s, err := d.save(v6)
 		if err == nil {
-			err = d.restore(v6, planRemove(chain, s))
+			err = d.restore(v6, portplan.PlanIPTRemove(chain, s))
 		}
 		errs = append(errs, err)
 	}
@@ -114,22 +104,22 @@ func (d *IPTables) Remove(a Attachment) error {
 //
 // Equivalent: iptables-save -t nat; ip6tables-save -t nat
 func (d *IPTables) Check(a Attachment) error {
-	return d.eachFamily(a, false, func(w iptWant, s iptSaved) error { return w.check(s, a.Owner) })
+	return d.eachFamily(a, false, func(w portplan.IPTWant, s portplan.IPTSaved) error { return w.Check(s, a.Owner) })
 }
 
 // eachFamily plans a in each family it has an address in, reads that
 // family's nat table and calls fn; without all, only for the families
 // where a has rules.
-func (d *IPTables) eachFamily(a Attachment, all bool, fn func(w iptWant, s iptSaved) error) error {
+func (d *IPTables) eachFamily(a Attachment, all bool, fn func(w portplan.IPTWant, s portplan.IPTSaved) error) error {
 	if d.err != nil {
 		return d.err
 	}
-	for _, v6 := range families(a) {
-		w, err := d.opts.plan(a, v6)
+	for _, v6 := range portplan.IPTFamilies(a) {
+		w, err := d.opts.Plan(a, v6)
 		if err != nil {
 			return err
 		}
-		if len(w.body) == 0 && !all {
+		if w.Empty() && !all {
 			continue
 		}
 		s, err := d.save(v6)
@@ -146,15 +136,15 @@ func (d *IPTables) eachFamily(a Attachment, all bool, fn func(w iptWant, s iptSa
 // save reads the family's nat table.
 //
 // Equivalent: ip netns exec $n iptables-save -t nat
-func (d *IPTables) save(v6 bool) (iptSaved, error) {
+func (d *IPTables) save(v6 bool) (portplan.IPTSaved, error) {
 	name := d.cmds.Save(v6)
 	out, err := d.ns.Run("", name, "-t", "nat")
 	if err != nil {
-		return iptSaved{}, fmt.Errorf("portmap: %w", err)
+		return portplan.IPTSaved{}, fmt.Errorf("portmap: %w", err)
 	}
-	s, err := parseIPTSaved(out)
+	s, err := portplan.ParseIPTSaved(out)
 	if err != nil {
-		return iptSaved{}, fmt.Errorf("portmap: %s: %w", name, err)
+		return portplan.IPTSaved{}, fmt.Errorf("portmap: %s: %w", name, err)
 	}
 	return s, nil
 }
@@ -163,7 +153,7 @@ func (d *IPTables) save(v6 bool) (iptSaved, error) {
 // xtables lock other iptables users hold.
 //
 // Equivalent: ip netns exec $n iptables-restore --noflush -w < p
-func (d *IPTables) restore(v6 bool, p iptPayload) error {
+func (d *IPTables) restore(v6 bool, p portplan.IPTPayload) error {
 	if len(p) == 0 {
 		return nil
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/config"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/iptables"
 )
 
@@ -75,7 +76,7 @@ func TestIPTAddCheckRemove(t *testing.T) {
 			}
 			dump := iptSave(t, l, cmds)
 			t.Log(dump)
-			ch := IPTChain(a.Owner)
+			ch := portplan.IPTChain(a.Owner)
 			for _, want := range []string{
 				"-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment \"berth portmap\" -j BERTH-HOSTPORTS",
 				"-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment \"berth portmap\" -j BERTH-HOSTPORTS",
@@ -84,7 +85,7 @@ func TestIPTAddCheckRemove(t *testing.T) {
 				"-A " + ch + " -p tcp -m tcp --dport 8443 -j DNAT --to-destination [fd00:88::5]:443",
 				"-A " + ch + " -s 127.0.0.0/8 -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x2000/0x2000",
 				`--comment "berth id=c1 if=e\"t\\h\'0 net=n1" -j ` + ch,
-				"-A " + IPTChain(b.Owner) + " -p sctp -m sctp --dport 9090 -j MARK --set-xmark 0x2000/0x2000",
+				"-A " + portplan.IPTChain(b.Owner) + " -p sctp -m sctp --dport 9090 -j MARK --set-xmark 0x2000/0x2000",
 			} {
 				if !strings.Contains(dump, want) {
 					t.Errorf("iptables-save lacks %q", want)
@@ -171,13 +172,13 @@ func TestIPTOptions(t *testing.T) {
 				t.Errorf("%s: iptables-save lacks %q:\n%s", tc.name, w, dump)
 			}
 		}
-		if c := strings.Count(dump, "-j "+IPTChain(a.Owner)); c != 2 {
+		if c := strings.Count(dump, "-j "+portplan.IPTChain(a.Owner)); c != 2 {
 			t.Errorf("%s: %d jumps to the chain after two Adds, want one per family", tc.name, c)
 		}
 		if err := NewIPTables(n, nil, cmds).Remove(a); err != nil {
 			t.Fatalf("%s: Remove: %v", tc.name, err)
 		}
-		if dump := iptSave(t, l, cmds); strings.Contains(dump, a.Owner.ContainerID) || strings.Contains(dump, IPTChain(a.Owner)) {
+		if dump := iptSave(t, l, cmds); strings.Contains(dump, a.Owner.ContainerID) || strings.Contains(dump, portplan.IPTChain(a.Owner)) {
 			t.Errorf("%s: left after Remove:\n%s", tc.name, dump)
 		}
 	}

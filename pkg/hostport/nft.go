@@ -8,38 +8,9 @@ import (
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/netns"
 )
-
-// NFTTable is the table berth's portmap owns, in family inet:
-//
-//	table inet berth-portmap {
-//	  map any4  { type inet_proto . inet_service : ipv4_addr . inet_service }            # no hostIP, 0.0.0.0
-//	  map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service } # one hostIP
-//	  set hairpin4 { type ipv4_addr . ipv4_addr; flags interval }   # source range . container
-//	  set masqall4 { type ipv4_addr . inet_proto . inet_service }   # container . proto . port
-//	  (the same four for IPv6)
-//	  chain prerouting  { type nat hook prerouting priority dstnat; fib daddr type local jump hostports }
-//	  chain output      { type nat hook output priority dstnat; fib daddr type local jump hostports }
-//	  chain hostports {
-//	    meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @addr4
-//	    meta nfproto ipv4 dnat ip to meta l4proto . th dport map @any4
-//	    (the same for ip6)
-//	  }
-//	  chain postrouting { type nat hook postrouting priority srcnat
-//	    ct status dnat ip saddr . ip daddr @hairpin4 masquerade
-//	    ct status dnat ip daddr . meta l4proto . th dport @masqall4 masquerade
-//	    (the same for ip6)
-//	  }
-//	}
-//
-// The chains and rules are fixed and created in one transaction with the
-// table; an ADD or DEL changes only map and set elements, so its cost does
-// not grow with the mappings already on the host, and a packet finds its
-// mapping with one map lookup. Specific-address mappings come first: they
-// win over a wildcard of another protocol-port... of the same container
-// (another container cannot hold an overlapping wildcard).
-const NFTTable = "berth-portmap"
 
 // nftConn is what the nftables datapath needs of the kernel, in typed
 // elements: kernelNFT speaks netlink in one namespace; the tests' fake
@@ -50,7 +21,7 @@ type nftConn interface {
 	// Elements lists the elements of the set named set.
 	//
 	// Equivalent: nft list set inet berth-portmap $set
-	Elements(set string) ([]Elem, error)
+	Elements(set string) ([]portplan.Elem, error)
 	// Apply runs tx as one transaction: all of it, or none.
 	//
 	// Equivalent: nft -f - (one batch)
@@ -62,13 +33,15 @@ type nftConn interface {
 // then the keys of Del are deleted and the elements of Add added.
 type nftTx struct {
 	Create   bool
-	Del, Add []Elem
+	Del, Add []portplan.Elem
 }
 
 // NFT is the nftables datapath of one namespace, programmed over netlink
-// in-process. Add and Remove are one transaction each in the common case
-// (the "fast path": no read of the table), and a second one only when the
-// first finds the table or an element otherwise than expected.
+// in-process: table inet berth-portmap (portplan.NFTTable has its
+// picture), whose elements portplan.PlanNFT computes. Add and Remove are
+// one transaction each in the common case (the "fast path": no read of
+// the table), and a second one only when the first finds the table or an
+// element otherwise than expected.
 type NFT struct {
 	// with runs fn over one connection to the table.
 	with func(fn func(c nftConn) error) error
@@ -87,7 +60,7 @@ func NewNFT(n *netns.NS) *NFT {
 //
 // Equivalent: nft add element inet berth-portmap any4 { tcp . 8080 : 10.88.0.5 . 80 }; …
 func (d *NFT) Add(a Attachment) error {
-	want := PlanNFT(a)
+	want := portplan.PlanNFT(a)
 	if len(want) == 0 {
 		return nil
 	}
@@ -124,7 +97,7 @@ func (d *NFT) Add(a Attachment) error {
 //
 // Equivalent: nft delete element inet berth-portmap any4 { tcp . 8080 }; …
 func (d *NFT) Remove(a Attachment) error {
-	have := PlanNFT(a)
+	have := portplan.PlanNFT(a)
 	if len(have) == 0 {
 		return nil
 	}
@@ -147,7 +120,7 @@ func (d *NFT) Remove(a Attachment) error {
 //
 // Equivalent: nft list set inet berth-portmap any4; …
 func (d *NFT) Check(a Attachment) error {
-	want := PlanNFT(a)
+	want := portplan.PlanNFT(a)
 	if len(want) == 0 {
 		return nil
 	}
@@ -156,15 +129,15 @@ func (d *NFT) Check(a Attachment) error {
 			set := ws[0].Set()
 			have, err := c.Elements(set)
 			if err != nil {
-				return fmt.Errorf("portmap: table inet %s, set %s: %w", NFTTable, set, err)
+				return fmt.Errorf("portmap: table inet %s, set %s: %w", portplan.NFTTable, set, err)
 			}
 			for _, w := range ws {
-				i := slices.IndexFunc(have, func(h Elem) bool { return h.key() == w.key() })
+				i := slices.IndexFunc(have, func(h portplan.Elem) bool { return h.Key() == w.Key() })
 				if i < 0 {
-					return fmt.Errorf("portmap: table inet %s, set %s has no element %s for container %s", NFTTable, set, w.describe(), a.Owner.ContainerID)
+					return fmt.Errorf("portmap: table inet %s, set %s has no element %s for container %s", portplan.NFTTable, set, w.Describe(), a.Owner.ContainerID)
 				}
 				if w.IsMap() && have[i].Target != w.Target {
-					return fmt.Errorf("portmap: table inet %s, map %s sends %s to %s, want %s", NFTTable, set, w.describe(), targetText(have[i].Target), targetText(w.Target))
+					return fmt.Errorf("portmap: table inet %s, map %s sends %s to %s, want %s", portplan.NFTTable, set, w.Describe(), portplan.TargetText(have[i].Target), portplan.TargetText(w.Target))
 				}
 			}
 		}
@@ -172,10 +145,10 @@ func (d *NFT) Check(a Attachment) error {
 	})
 }
 
-// bySet splits es, in set order (as PlanNFT returns them), into one run
-// per set.
-func bySet(es []Elem) [][]Elem {
-	var out [][]Elem
+// bySet splits es, in set order (as portplan.PlanNFT returns them), into
+// one run per set.
+func bySet(es []portplan.Elem) [][]portplan.Elem {
+	var out [][]portplan.Elem
 	for i := 0; i < len(es); {
 		j := i + 1
 		for j < len(es) && es[j].Set() == es[i].Set() {
@@ -190,8 +163,8 @@ func bySet(es []Elem) [][]Elem {
 // presentKeys returns those of es whose keys are in the table now
 // (whatever their value). It reads the sets: the slow path, for state a
 // crash or a retry left.
-func presentKeys(c nftConn, es []Elem) ([]Elem, error) {
-	var present []Elem
+func presentKeys(c nftConn, es []portplan.Elem) ([]portplan.Elem, error) {
+	var present []portplan.Elem
 	for _, ws := range bySet(es) {
 		set := ws[0].Set()
 		have, err := c.Elements(set)
@@ -202,7 +175,7 @@ func presentKeys(c nftConn, es []Elem) ([]Elem, error) {
 			return nil, nftErr("read set "+set, err)
 		}
 		for _, w := range ws {
-			if slices.ContainsFunc(have, func(h Elem) bool { return h.key() == w.key() }) {
+			if slices.ContainsFunc(have, func(h portplan.Elem) bool { return h.Key() == w.Key() }) {
 				present = append(present, w)
 			}
 		}
@@ -214,5 +187,5 @@ func nftErr(what string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("portmap: nftables: %s in table inet %s: %w", what, NFTTable, err)
+	return fmt.Errorf("portmap: nftables: %s in table inet %s: %w", what, portplan.NFTTable, err)
 }

@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 )
 
 // fakeNFT is table inet berth-portmap in memory, behaving as the kernel
@@ -18,10 +20,10 @@ import (
 // stays), with another value, or an interval overlapping another of the
 // same container, is EEXIST; creating a table that exists is EEXIST.
 type fakeNFT struct {
-	sets map[string][]Elem // by set name; nil: no table
+	sets map[string][]portplan.Elem // by set name; nil: no table
 }
 
-func (f *fakeNFT) Elements(set string) ([]Elem, error) {
+func (f *fakeNFT) Elements(set string) ([]portplan.Elem, error) {
 	es, ok := f.sets[set]
 	if !ok {
 		return nil, fmt.Errorf("fake: list set %s: %w", set, unix.ENOENT)
@@ -30,7 +32,7 @@ func (f *fakeNFT) Elements(set string) ([]Elem, error) {
 }
 
 func (f *fakeNFT) Apply(tx nftTx) error {
-	next := map[string][]Elem{}
+	next := map[string][]portplan.Elem{}
 	for s, es := range f.sets {
 		next[s] = slices.Clone(es)
 	}
@@ -41,32 +43,32 @@ func (f *fakeNFT) Apply(tx nftTx) error {
 		if next != nil {
 			return fmt.Errorf("fake: create table: %w", unix.EEXIST)
 		}
-		next = map[string][]Elem{}
-		for _, s := range setNames {
+		next = map[string][]portplan.Elem{}
+		for _, s := range portplan.SetNames {
 			next[s] = nil
 		}
 	}
 	for _, d := range tx.Del {
 		es, ok := next[d.Set()]
-		i := slices.IndexFunc(es, func(e Elem) bool { return e.key() == d.key() })
+		i := slices.IndexFunc(es, func(e portplan.Elem) bool { return e.Key() == d.Key() })
 		if !ok || i < 0 {
-			return fmt.Errorf("fake: delete %s: %w", d.keyText(), unix.ENOENT)
+			return fmt.Errorf("fake: delete %s: %w", d.KeyText(), unix.ENOENT)
 		}
 		next[d.Set()] = slices.Delete(es, i, i+1)
 	}
 	for _, a := range tx.Add {
 		es, ok := next[a.Set()]
 		if !ok {
-			return fmt.Errorf("fake: add %s: %w", a.keyText(), unix.ENOENT)
+			return fmt.Errorf("fake: add %s: %w", a.KeyText(), unix.ENOENT)
 		}
-		if i := slices.IndexFunc(es, func(e Elem) bool { return e.key() == a.key() }); i >= 0 {
+		if i := slices.IndexFunc(es, func(e portplan.Elem) bool { return e.Key() == a.Key() }); i >= 0 {
 			if es[i].Target != a.Target {
-				return fmt.Errorf("fake: add %s: %w", a.keyText(), unix.EEXIST)
+				return fmt.Errorf("fake: add %s: %w", a.KeyText(), unix.EEXIST)
 			}
 			continue
 		}
-		if slices.ContainsFunc(es, func(e Elem) bool { return overlaps(e, a) }) {
-			return fmt.Errorf("fake: add %s: %w", a.keyText(), unix.EEXIST)
+		if slices.ContainsFunc(es, func(e portplan.Elem) bool { return overlaps(e, a) }) {
+			return fmt.Errorf("fake: add %s: %w", a.KeyText(), unix.EEXIST)
 		}
 		next[a.Set()] = append(es, a)
 	}
@@ -76,8 +78,8 @@ func (f *fakeNFT) Apply(tx nftTx) error {
 
 // overlaps reports two interval elements whose ranges intersect in every
 // field (the container's address is a range of one).
-func overlaps(a, b Elem) bool {
-	return a.Kind == SetHairpin && b.Kind == SetHairpin && a.Target == b.Target && a.Src.Overlaps(b.Src)
+func overlaps(a, b portplan.Elem) bool {
+	return a.Kind == portplan.SetHairpin && b.Kind == portplan.SetHairpin && a.Target == b.Target && a.Src.Overlaps(b.Src)
 }
 
 // recorder is an nftConn that writes each request to another and its
@@ -99,17 +101,17 @@ type recorder struct {
 	beforeCreate func(c nftConn) error
 }
 
-func (r *recorder) Elements(set string) ([]Elem, error) {
+func (r *recorder) Elements(set string) ([]portplan.Elem, error) {
 	es, err := r.c.Elements(set)
 	if err != nil {
-		fmt.Fprintf(r.log, "list set inet %s %s: %s\n", NFTTable, set, errnoText(err))
+		fmt.Fprintf(r.log, "list set inet %s %s: %s\n", portplan.NFTTable, set, errnoText(err))
 		return es, connErr{err}
 	}
 	unit := "elements"
 	if len(es) == 1 {
 		unit = "element"
 	}
-	fmt.Fprintf(r.log, "list set inet %s %s: %d %s\n", NFTTable, set, len(es), unit)
+	fmt.Fprintf(r.log, "list set inet %s %s: %d %s\n", portplan.NFTTable, set, len(es), unit)
 	return es, nil
 }
 
@@ -123,10 +125,10 @@ func (r *recorder) Apply(tx nftTx) error {
 		fmt.Fprintf(r.log, "(another ADD creates the table)\n")
 	}
 	if tx.Create {
-		fmt.Fprintf(r.log, "create table inet %s (sets, chains, rules)\n", NFTTable)
+		fmt.Fprintf(r.log, "create table inet %s (sets, chains, rules)\n", portplan.NFTTable)
 	}
 	for _, e := range tx.Del {
-		fmt.Fprintf(r.log, "delete element inet %s %s { %s }\n", NFTTable, e.Set(), e.keyText())
+		fmt.Fprintf(r.log, "delete element inet %s %s { %s }\n", portplan.NFTTable, e.Set(), e.KeyText())
 	}
 	for _, e := range tx.Add {
 		fmt.Fprintln(r.log, e)
@@ -164,7 +166,7 @@ func errnoText(err error) string {
 func dumpTable(c nftConn) string {
 	var b strings.Builder
 	missing := 0
-	for _, s := range setNames {
+	for _, s := range portplan.SetNames {
 		es, err := c.Elements(s)
 		if errors.Is(err, unix.ENOENT) {
 			missing++
@@ -182,7 +184,7 @@ func dumpTable(c nftConn) string {
 			b.WriteString(l + "\n")
 		}
 	}
-	if missing == len(setNames) {
+	if missing == len(portplan.SetNames) {
 		return "(no table)\n"
 	}
 	return b.String()

@@ -13,13 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-cni/berth/pkg/cidr"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 )
 
 // The kernel edge of the nftables datapath: the table's netlink objects
-// (sets, chains, rules as expressions) and Elem in the bytes of
+// (sets, chains, rules as expressions) and portplan.Elem in the bytes of
 // nftables.SetElement, over one google/nftables connection.
 
-var pmTable = &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyINet}
+var pmTable = &nftables.Table{Name: portplan.NFTTable, Family: nftables.TableFamilyINet}
 
 // fam is one address family's sets.
 type fam struct {
@@ -60,22 +61,22 @@ func newFam(v6 bool) *fam {
 func (f *fam) sets() []*nftables.Set { return []*nftables.Set{f.any, f.addr, f.hairpin, f.masqall} }
 
 // set is the family's set of kind k.
-func (f *fam) set(k SetKind) *nftables.Set {
+func (f *fam) set(k portplan.SetKind) *nftables.Set {
 	switch k {
-	case SetAny:
+	case portplan.SetAny:
 		return f.any
-	case SetAddr:
+	case portplan.SetAddr:
 		return f.addr
-	case SetHairpin:
+	case portplan.SetHairpin:
 		return f.hairpin
 	}
 	return f.masqall
 }
 
 // setNamed finds one of the table's sets by name.
-func setNamed(name string) (*nftables.Set, *fam, SetKind, bool) {
+func setNamed(name string) (*nftables.Set, *fam, portplan.SetKind, bool) {
 	for _, f := range fams {
-		for _, k := range setKinds {
+		for _, k := range portplan.SetKinds {
 			if s := f.set(k); s.Name == name {
 				return s, f, k, true
 			}
@@ -90,7 +91,7 @@ type kernelNFT struct{ c *nftables.Conn }
 // Elements reads a set over netlink and decodes its elements; those that
 // are not in berth's form (written by another tool) are left out, as
 // they cannot have a key berth writes.
-func (k kernelNFT) Elements(set string) (es []Elem, err error) {
+func (k kernelNFT) Elements(set string) (es []portplan.Elem, err error) {
 	s, f, kind, ok := setNamed(set)
 	if !ok {
 		return nil, fmt.Errorf("no set %s in berth's table: %w", set, unix.ENOENT)
@@ -129,7 +130,7 @@ func (k kernelNFT) Apply(tx nftTx) error {
 		}
 	}
 	del := encodeBySet(tx.Del, true)
-	for _, name := range setNames {
+	for _, name := range portplan.SetNames {
 		if len(del[name]) == 0 {
 			continue
 		}
@@ -139,7 +140,7 @@ func (k kernelNFT) Apply(tx nftTx) error {
 		}
 	}
 	if !tx.Create { // the new sets hold add already
-		for _, name := range setNames {
+		for _, name := range portplan.SetNames {
 			if len(add[name]) == 0 {
 				continue
 			}
@@ -154,7 +155,7 @@ func (k kernelNFT) Apply(tx nftTx) error {
 
 // encodeBySet encodes es by set name; keysOnly leaves out what a deletion
 // does not send (the value, the comment).
-func encodeBySet(es []Elem, keysOnly bool) map[string][]nftables.SetElement {
+func encodeBySet(es []portplan.Elem, keysOnly bool) map[string][]nftables.SetElement {
 	out := map[string][]nftables.SetElement{}
 	for _, e := range es {
 		se := encodeElem(e)
@@ -168,18 +169,18 @@ func encodeBySet(es []Elem, keysOnly bool) map[string][]nftables.SetElement {
 
 // encodeElem is e in the bytes of its set's types: addresses in network
 // order, a protocol or a port in a 32-bit register of its own (padded).
-func encodeElem(e Elem) nftables.SetElement {
+func encodeElem(e portplan.Elem) nftables.SetElement {
 	t := e.Target.Addr().AsSlice()
 	var se nftables.SetElement
 	switch e.Kind {
-	case SetAny:
+	case portplan.SetAny:
 		se.Key = slices.Concat(protoBytes(e.Proto), portBytes(e.HostPort))
-	case SetAddr:
+	case portplan.SetAddr:
 		se.Key = slices.Concat(e.HostAddr.AsSlice(), protoBytes(e.Proto), portBytes(e.HostPort))
-	case SetHairpin:
+	case portplan.SetHairpin:
 		se.Key = slices.Concat(e.Src.Masked().Addr().AsSlice(), t)
 		se.KeyEnd = slices.Concat(cidr.Last(e.Src).AsSlice(), t)
-	case SetMasqAll:
+	case portplan.SetMasqAll:
 		se.Key = slices.Concat(t, protoBytes(e.Proto), portBytes(e.Target.Port()))
 	}
 	if e.IsMap() {
@@ -191,49 +192,49 @@ func encodeElem(e Elem) nftables.SetElement {
 
 // decodeElem reverses encodeElem for an element of f's set of kind k; ok
 // is false for one berth would not write.
-func decodeElem(f *fam, k SetKind, se nftables.SetElement) (Elem, bool) {
+func decodeElem(f *fam, k portplan.SetKind, se nftables.SetElement) (portplan.Elem, bool) {
 	n := int(f.addrLen)
-	e := Elem{Kind: k, Comment: se.Comment}
+	e := portplan.Elem{Kind: k, Comment: se.Comment}
 	key := se.Key
 	var ok bool
 	switch k {
-	case SetAny:
+	case portplan.SetAny:
 		if len(key) != 8 {
-			return Elem{}, false
+			return portplan.Elem{}, false
 		}
 		e.Proto, ok = protoName(key[0])
 		e.HostPort = port(key[4:])
-	case SetAddr:
+	case portplan.SetAddr:
 		if len(key) != n+8 {
-			return Elem{}, false
+			return portplan.Elem{}, false
 		}
 		e.HostAddr = addrAt(key, 0, n)
 		e.Proto, ok = protoName(key[n])
 		e.HostPort = port(key[n+4:])
-	case SetHairpin:
+	case portplan.SetHairpin:
 		end := se.KeyEnd
 		if len(key) != 2*n || len(end) != 2*n || !slices.Equal(key[n:], end[n:]) {
-			return Elem{}, false
+			return portplan.Elem{}, false
 		}
 		e.Src, ok = rangePrefix(addrAt(key, 0, n), addrAt(end, 0, n))
 		e.Target = netip.AddrPortFrom(addrAt(key, n, n), 0)
-	case SetMasqAll:
+	case portplan.SetMasqAll:
 		if len(key) != n+8 {
-			return Elem{}, false
+			return portplan.Elem{}, false
 		}
 		e.Proto, ok = protoName(key[n])
 		e.Target = netip.AddrPortFrom(addrAt(key, 0, n), port(key[n+4:]))
 	}
 	if e.IsMap() {
 		if len(se.Val) != n+4 {
-			return Elem{}, false
+			return portplan.Elem{}, false
 		}
 		e.Target = netip.AddrPortFrom(addrAt(se.Val, 0, n), port(se.Val[n:]))
 	}
 	return e, ok
 }
 
-func protoBytes(p string) []byte { return []byte{ProtoNumber(p), 0, 0, 0} }
+func protoBytes(p string) []byte { return []byte{portplan.ProtoNumber(p), 0, 0, 0} }
 func portBytes(p uint16) []byte  { return []byte{byte(p >> 8), byte(p), 0, 0} }
 
 func port(b []byte) uint16 { return uint16(b[0])<<8 | uint16(b[1]) }
@@ -245,7 +246,7 @@ func addrAt(b []byte, off, n int) netip.Addr {
 
 func protoName(p byte) (string, bool) {
 	for _, n := range []string{"tcp", "udp", "sctp"} {
-		if ProtoNumber(n) == p {
+		if portplan.ProtoNumber(n) == p {
 			return n, true
 		}
 	}

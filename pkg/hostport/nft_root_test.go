@@ -9,6 +9,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/netns"
 )
 
@@ -39,7 +40,8 @@ func TestNFTScenariosKernel(t *testing.T) {
 }
 
 // The table the first Add creates is what nft reads as the design says
-// (NFTTable's picture), and each element lists as its String says.
+// (portplan.NFTTable's picture), and each element lists as its String
+// says.
 func TestNFTTableAsNFTListsIt(t *testing.T) {
 	l, n := testNS(t)
 	_, err := exec.LookPath("nft")
@@ -50,14 +52,14 @@ func TestNFTTableAsNFTListsIt(t *testing.T) {
 	if err := NewNFT(n).Add(a); err != nil {
 		t.Fatal(err)
 	}
-	out, err := l.Output(context.Background(), "nft", "list", "table", "inet", NFTTable)
+	out, err := l.Output(context.Background(), "nft", "list", "table", "inet", portplan.NFTTable)
 	if err != nil {
 		t.Fatalf("nft list table: %v", err)
 	}
 	list := string(out)
 	t.Log(list)
 	var want []string
-	for _, e := range PlanNFT(a) {
+	for _, e := range portplan.PlanNFT(a) {
 		// "add element inet berth-portmap any4 { X }" lists as X.
 		s := e.String()
 		want = append(want, s[strings.Index(s, "{ ")+2:len(s)-2])
@@ -99,7 +101,7 @@ func TestNFTTableLayout(t *testing.T) {
 	}
 	var got []string
 	for _, ch := range chains {
-		if ch.Table.Name != NFTTable {
+		if ch.Table.Name != portplan.NFTTable {
 			continue
 		}
 		rules, err := c.GetRules(pmTable, ch)

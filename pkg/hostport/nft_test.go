@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/ from the fake")
@@ -38,16 +40,16 @@ func byHand(what string, fn func(c nftConn) error) nftStep {
 	return nftStep{what: "by hand: " + what, edit: fn}
 }
 
-// elemOf is a's element in set that has key (keyText), for edits by hand.
-func elemOf(t testing.TB, a Attachment, set, key string) Elem {
+// elemOf is a's element in set that has key (KeyText), for edits by hand.
+func elemOf(t testing.TB, a Attachment, set, key string) portplan.Elem {
 	t.Helper()
-	for _, e := range PlanNFT(a) {
-		if e.Set() == set && e.keyText() == key {
+	for _, e := range portplan.PlanNFT(a) {
+		if e.Set() == set && e.KeyText() == key {
 			return e
 		}
 	}
 	t.Fatalf("%s has no element %s in %s", a.Owner.ContainerID, key, set)
-	return Elem{}
+	return portplan.Elem{}
 }
 
 type nftScenario struct {
@@ -87,7 +89,7 @@ func nftScenarios(t testing.TB) []nftScenario {
 		{name: "retry-moved", about: "a retried ADD after the container's addresses changed finds its keys taken, reads the sets and replaces its elements in one transaction (the old address's hairpin elements, other keys, stay)",
 			steps: []nftStep{nftAdd(nftC1), nftAdd(nftC1Moved), nftCheck(nftC1Moved)}},
 		{name: "create-race", about: "two first ADDs race: the one whose creation fails (the table exists) adds its elements to the other's table",
-			race:  func(c nftConn) error { return c.Apply(nftTx{Create: true, Add: PlanNFT(nftC2)}) },
+			race:  func(c nftConn) error { return c.Apply(nftTx{Create: true, Add: portplan.PlanNFT(nftC2)}) },
 			steps: []nftStep{nftAdd(nftC1), nftCheck(nftC1), nftCheck(nftC2)}},
 		{name: "remove", about: "Remove deletes exactly one attachment's elements in one transaction; a second Remove finds them gone and sends nothing",
 			steps: []nftStep{nftAdd(nftC1), nftAdd(nftC2), nftRemove(nftC1), nftRemove(nftC1), nftCheck(nftC2), nftCheck(nftC1)}},
@@ -98,7 +100,7 @@ func nftScenarios(t testing.TB) []nftScenario {
 		{name: "check-missing", about: "Check names the first element missing, and a missing table",
 			steps: []nftStep{nftCheck(nftC1), nftAdd(nftC1),
 				byHand("nft delete element inet berth-portmap hairpin4 { 10.88.0.0/16 . 10.88.0.5 }", func(c nftConn) error {
-					return c.Apply(nftTx{Del: []Elem{elemOf(t, nftC1, "hairpin4", "10.88.0.0/16 . 10.88.0.5")}})
+					return c.Apply(nftTx{Del: []portplan.Elem{elemOf(t, nftC1, "hairpin4", "10.88.0.0/16 . 10.88.0.5")}})
 				}),
 				nftCheck(nftC1)}},
 		{name: "check-wrong-target", about: "Check names a map element that leads elsewhere",
@@ -107,7 +109,7 @@ func nftScenarios(t testing.TB) []nftScenario {
 					e := elemOf(t, nftC1, "any4", "tcp . 8080")
 					moved := e
 					moved.Target = netip.MustParseAddrPort("10.88.0.9:80")
-					return c.Apply(nftTx{Del: []Elem{e}, Add: []Elem{moved}})
+					return c.Apply(nftTx{Del: []portplan.Elem{e}, Add: []portplan.Elem{moved}})
 				}),
 				nftCheck(nftC1)}},
 	}
@@ -198,42 +200,6 @@ func TestNFTScenarios(t *testing.T) {
 	}
 }
 
-// Elements render as nft prints them and are planned once per key, in
-// the table's set order.
-func TestPlanNFT(t *testing.T) {
-	t.Parallel()
-	a := testAttachment("c1", "10.88.0.5/16", "fd00:88::5/64",
-		mapping("tcp", "", 8080, 80), mapping("tcp", "0.0.0.0", 8080, 80), mapping("udp", "10.0.0.1", 53, 5353), mapping("sctp", "::", 9, 9))
-	a.MasqAll = true
-	var got []string
-	for _, e := range PlanNFT(a) {
-		got = append(got, e.String())
-	}
-	c := ` comment "berth id=c1 if=eth0 net=n1"`
-	want := []string{
-		`add element inet berth-portmap any4 { tcp . 8080` + c + ` : 10.88.0.5 . 80 }`,
-		`add element inet berth-portmap addr4 { 10.0.0.1 . udp . 53` + c + ` : 10.88.0.5 . 5353 }`,
-		`add element inet berth-portmap hairpin4 { 10.88.0.0/16 . 10.88.0.5` + c + ` }`,
-		`add element inet berth-portmap hairpin4 { 127.0.0.0/8 . 10.88.0.5` + c + ` }`,
-		`add element inet berth-portmap masqall4 { 10.88.0.5 . tcp . 80` + c + ` }`,
-		`add element inet berth-portmap masqall4 { 10.88.0.5 . udp . 5353` + c + ` }`,
-		`add element inet berth-portmap any6 { tcp . 8080` + c + ` : fd00:88::5 . 80 }`,
-		`add element inet berth-portmap any6 { sctp . 9` + c + ` : fd00:88::5 . 9 }`,
-		`add element inet berth-portmap hairpin6 { fd00:88::/64 . fd00:88::5` + c + ` }`,
-		`add element inet berth-portmap masqall6 { fd00:88::5 . tcp . 80` + c + ` }`,
-		`add element inet berth-portmap masqall6 { fd00:88::5 . sctp . 9` + c + ` }`,
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("PlanNFT:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
-	// No snat: no hairpin; a family with no address: nothing of it.
-	a = testAttachment("c1", "10.88.0.5/16", "", mapping("tcp", "", 8080, 80), mapping("tcp", "fd00::1", 8443, 443))
-	a.SNAT = false
-	if es := PlanNFT(a); len(es) != 1 || es[0].Set() != "any4" {
-		t.Errorf("PlanNFT without snat or an IPv6 address = %v, want any4's one element", es)
-	}
-}
-
 // What the kernel edge writes reads back as the same element, and what
 // it reads (outside input: anyone may write into the table) never makes
 // it panic.
@@ -241,7 +207,7 @@ func TestNFTElemBytes(t *testing.T) {
 	t.Parallel()
 	a := nftC1Union
 	a.MasqAll = true
-	for _, e := range PlanNFT(a) {
+	for _, e := range portplan.PlanNFT(a) {
 		_, f, k, ok := setNamed(e.Set())
 		if !ok {
 			t.Fatalf("no set %s", e.Set())
@@ -254,22 +220,22 @@ func TestNFTElemBytes(t *testing.T) {
 	// A range that is no prefix, and a protocol berth does not map, are
 	// not berth's.
 	_, f, _, _ := setNamed("hairpin4")
-	if _, ok := decodeElem(f, SetHairpin, encodeElem(Elem{Kind: SetHairpin, Src: netip.MustParsePrefix("10.0.0.0/8"), Target: netip.MustParseAddrPort("10.0.0.1:0")})); !ok {
+	if _, ok := decodeElem(f, portplan.SetHairpin, encodeElem(portplan.Elem{Kind: portplan.SetHairpin, Src: netip.MustParsePrefix("10.0.0.0/8"), Target: netip.MustParseAddrPort("10.0.0.1:0")})); !ok {
 		t.Error("a hairpin element did not decode")
 	}
-	se := encodeElem(Elem{Kind: SetHairpin, Src: netip.MustParsePrefix("10.0.0.0/8"), Target: netip.MustParseAddrPort("10.0.0.1:0")})
+	se := encodeElem(portplan.Elem{Kind: portplan.SetHairpin, Src: netip.MustParsePrefix("10.0.0.0/8"), Target: netip.MustParseAddrPort("10.0.0.1:0")})
 	se.KeyEnd[3] = 0xfe
-	if e, ok := decodeElem(f, SetHairpin, se); ok {
+	if e, ok := decodeElem(f, portplan.SetHairpin, se); ok {
 		t.Errorf("the range 10.0.0.0-10.255.255.254 decoded as %v", e)
 	}
 	_, f, _, _ = setNamed("any4")
-	if e, ok := decodeElem(f, SetAny, encodeElem(Elem{Kind: SetAny, Proto: "icmp", HostPort: 1, Target: netip.MustParseAddrPort("10.0.0.1:1")})); ok {
+	if e, ok := decodeElem(f, portplan.SetAny, encodeElem(portplan.Elem{Kind: portplan.SetAny, Proto: "icmp", HostPort: 1, Target: netip.MustParseAddrPort("10.0.0.1:1")})); ok {
 		t.Errorf("protocol 0 decoded as %v", e)
 	}
 }
 
 func FuzzNFTDecodeElem(f *testing.F) {
-	for _, e := range PlanNFT(nftC1Union) {
+	for _, e := range portplan.PlanNFT(nftC1Union) {
 		se := encodeElem(e)
 		f.Add(e.Set(), se.Key, se.KeyEnd, se.Val)
 	}

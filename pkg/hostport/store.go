@@ -13,42 +13,11 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
 	"github.com/berth-cni/berth/pkg/lock"
 	"github.com/berth-cni/berth/pkg/owner"
 	"github.com/berth-cni/berth/pkg/state"
 )
-
-// Mapping is one published port: a key and the container port behind it.
-type Mapping struct {
-	Key
-	ContainerPort uint16
-}
-
-// Attachment is everything one container interface holds: its mappings,
-// where they lead, and how its traffic is masqueraded. It is also the
-// attachment's index file, so DEL can undo exactly this without the
-// prevResult a runtime may not send.
-type Attachment struct {
-	Owner    owner.Owner
-	Mappings []Mapping
-	// Targets are the container's addresses with their subnets (at most
-	// one per family): DNAT goes to the address, hairpin masquerade
-	// matches the subnet.
-	Targets []netip.Prefix
-	SNAT    bool // masquerade hairpin and localhost traffic (upstream's snat)
-	MasqAll bool // masquerade all traffic to the mapped ports
-	Backend string
-}
-
-// Target returns the container address of the family of a, if any.
-func (a Attachment) Target(v6 bool) (netip.Prefix, bool) {
-	for _, t := range a.Targets {
-		if t.Addr().Is6() == v6 {
-			return t, true
-		}
-	}
-	return netip.Prefix{}, false
-}
 
 // Claim is one reservation: a key, its holder and where it leads. It is the
 // content of the key's file, readable by `berth ports` without anything else.
@@ -132,7 +101,7 @@ func (s Store) ownerPath(o owner.Owner) string {
 	return filepath.Join(s.dir, "owners", o.Hash(24)+".json")
 }
 
-func (s Store) keyDir(k Key) string { return filepath.Join(s.dir, "ports", k.dirName()) }
+func (s Store) keyDir(k Key) string { return filepath.Join(s.dir, "ports", k.DirName()) }
 
 // Conflict returns a *HeldError for the first key of a that another
 // attachment holds, or nil. The caller holds the lock. It reads only the
@@ -148,7 +117,7 @@ func (s Store) Conflict(a Attachment) error {
 			return fmt.Errorf("portmap: read reservations: %w", err)
 		}
 		for _, e := range entries {
-			addr, ok := parseFileName(e.Name())
+			addr, ok := portplan.ParseFileName(e.Name())
 			if !ok {
 				continue
 			}
@@ -201,7 +170,7 @@ func (s Store) Claim(a Attachment) error {
 		if err := os.MkdirAll(s.keyDir(m.Key), 0o700); err != nil {
 			return fmt.Errorf("portmap: create reservation dir: %w", err)
 		}
-		if err := state.WriteAtomic(filepath.Join(s.keyDir(m.Key), m.fileName()), b); err != nil {
+		if err := state.WriteAtomic(filepath.Join(s.keyDir(m.Key), m.FileName()), b); err != nil {
 			return fmt.Errorf("portmap: reserve %s: %w", m.Key, err)
 		}
 	}
@@ -243,7 +212,7 @@ func (s Store) Held(o owner.Owner) (a Attachment, found bool, err error) {
 func (s Store) Release(a Attachment) error {
 	var errs []error
 	for _, m := range a.Mappings {
-		p := filepath.Join(s.keyDir(m.Key), m.fileName())
+		p := filepath.Join(s.keyDir(m.Key), m.FileName())
 		c, err := readClaim(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -283,7 +252,7 @@ func (s Store) Revert(before, a Attachment) error {
 		if slices.ContainsFunc(before.Mappings, func(b Mapping) bool { return b.Key == m.Key }) {
 			continue
 		}
-		p := filepath.Join(s.keyDir(m.Key), m.fileName())
+		p := filepath.Join(s.keyDir(m.Key), m.FileName())
 		if c, err := readClaim(p); err == nil && c.Owner() == a.Owner {
 			errs = append(errs, os.Remove(p))
 			os.Remove(s.keyDir(m.Key))
@@ -309,7 +278,7 @@ func (s Store) Claims() ([]Claim, error) {
 	var out []Claim
 	var errs []error
 	for _, d := range dirs {
-		if _, _, ok := parseDirName(d.Name()); !ok || !d.IsDir() {
+		if _, _, ok := portplan.ParseDirName(d.Name()); !ok || !d.IsDir() {
 			continue
 		}
 		files, err := os.ReadDir(filepath.Join(root, d.Name()))
@@ -318,7 +287,7 @@ func (s Store) Claims() ([]Claim, error) {
 			continue
 		}
 		for _, f := range files {
-			if _, ok := parseFileName(f.Name()); !ok {
+			if _, ok := portplan.ParseFileName(f.Name()); !ok {
 				continue
 			}
 			c, err := readClaim(filepath.Join(root, d.Name(), f.Name()))

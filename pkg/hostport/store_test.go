@@ -1,6 +1,8 @@
 package hostport
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/berth-cni/berth/pkg/cnierr"
+	"github.com/berth-cni/berth/pkg/hostport/portplan"
+	"github.com/berth-cni/berth/pkg/owner"
 )
 
 func claimOK(t *testing.T, s Store, a Attachment) {
@@ -108,5 +112,21 @@ func TestStoreFilesAreAnAPI(t *testing.T) {
 		if string(b) != want {
 			t.Errorf("%s:\n%s\nwant:\n%s", path, b, want)
 		}
+	}
+}
+
+// The two names hostport derives from an owner are an API: the iptables
+// chain and the index file under owners/. Both are the owner's hash, 12
+// and 24 hex digits of SHA-256(network NUL containerID NUL ifName), as
+// they were before pkg/owner.
+func TestOwnerNames(t *testing.T) {
+	t.Parallel()
+	o := owner.Owner{Network: "n1", ContainerID: "c1", IfName: "eth0"}
+	sum := sha256.Sum256([]byte("n1\x00c1\x00eth0"))
+	if got, want := portplan.IPTChain(o), "BERTH-DN-836d7657cb16"; got != want || want != "BERTH-DN-"+hex.EncodeToString(sum[:6]) {
+		t.Errorf("IPTChain = %q, want %q", got, want)
+	}
+	if got, want := filepath.Base(Open("/x").ownerPath(o)), "836d7657cb16b8dc504ee410.json"; got != want || want != hex.EncodeToString(sum[:12])+".json" {
+		t.Errorf("index file = %q, want %q", got, want)
 	}
 }

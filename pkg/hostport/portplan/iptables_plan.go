@@ -1,4 +1,4 @@
-package hostport
+package portplan
 
 import (
 	"fmt"
@@ -13,8 +13,8 @@ import (
 	"github.com/berth-cni/berth/pkg/owner"
 )
 
-// The iptables layout (iptables.go has the picture). Names are an API once
-// released: never rename them.
+// The iptables layout (hostport.IPTables has the picture). Names are an
+// API once released: never rename them.
 const (
 	IPTHostports = "BERTH-HOSTPORTS" // DNAT: one jump per attachment
 	IPTMasq      = "BERTH-HP-MASQ"   // masquerade of marked packets
@@ -34,19 +34,19 @@ const iptMaxPorts = 15
 // digits of the owner's hash, the same digits as its host veth's name.
 func IPTChain(o owner.Owner) string { return iptDNPrefix + o.Hash(12) }
 
-// iptOpts is what the config adds to an attachment's rules.
-type iptOpts struct {
+// IPTOpts is what the config adds to an attachment's rules.
+type IPTOpts struct {
 	cond      [2][]string // extra matches on the jump into its chain: IPv4, IPv6
 	markBit   int         // the bit marking packets to masquerade
 	markChain string      // externalSetMarkChain: jump there instead of marking
 }
 
-// optsOf reads and checks the config's iptables options. Every word goes
+// IPTOptsOf reads and checks the config's iptables options. Every word goes
 // into a restore payload: one condition is one argument, and none may be
 // empty (iptables-restore drops "") or hold a control character (a newline
 // would start a rule of its own).
-func optsOf(conf *config.Portmap) (iptOpts, error) {
-	o := iptOpts{markBit: config.DefaultMarkMasqBit}
+func IPTOptsOf(conf *config.Portmap) (IPTOpts, error) {
+	o := IPTOpts{markBit: config.DefaultMarkMasqBit}
 	if conf == nil {
 		return o, nil
 	}
@@ -98,9 +98,9 @@ func quoteWord(w string) string {
 }
 
 // markTarget is what a rule does to a packet to masquerade.
-func (o iptOpts) markTarget() string {
+func (o IPTOpts) markTarget() string {
 	if o.markChain != "" {
-		return "-j " + o.markChain // optsOf allows no blank, quote or backslash
+		return "-j " + o.markChain // IPTOptsOf allows no blank, quote or backslash
 	}
 	m := fmt.Sprintf("%#x", uint32(1)<<o.markBit)
 	return "-j MARK --set-xmark " + m + "/" + m
@@ -108,7 +108,7 @@ func (o iptOpts) markTarget() string {
 
 // masqRule is berth's BERTH-HP-MASQ rule for o, or "" when an external
 // chain marks and its owner masquerades.
-func (o iptOpts) masqRule() string {
+func (o IPTOpts) masqRule() string {
 	if o.markChain != "" {
 		return ""
 	}
@@ -116,9 +116,9 @@ func (o iptOpts) masqRule() string {
 	return "-m mark --mark " + m + "/" + m + ` -m comment --comment "berth portmap" -j MASQUERADE`
 }
 
-// iptWant is what one attachment wants in one family's nat table. Specs
+// IPTWant is what one attachment wants in one family's nat table. Specs
 // are written as iptables-save prints them, so that Check can compare text.
-type iptWant struct {
+type IPTWant struct {
 	v6      bool
 	chain   string
 	body    []string // the rules of chain, in order; none: nothing in this family
@@ -128,17 +128,24 @@ type iptWant struct {
 	masq    string   // the IPTMasq rule this needs, or ""
 }
 
-// plan computes a's rules in family v6. Per mapping, host-address ones
+// V6 reports whether w is of the IPv6 family (ip6tables).
+func (w IPTWant) V6() bool { return w.v6 }
+
+// Empty reports whether w has no rule: the attachment has no mapping in
+// w's family.
+func (w IPTWant) Empty() bool { return len(w.body) == 0 }
+
+// Plan computes a's rules in family v6. Per mapping, host-address ones
 // first (they win over a wildcard of the same port): the marks for
 // masquerade, then the DNAT.
 //
 //	-A BERTH-DN-h [-s <container subnet>|127.0.0.0/8] [-d <host address>] -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x2000/0x2000
 //	-A BERTH-DN-h [-d <host address>] -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80
-func (o iptOpts) plan(a Attachment, v6 bool) (iptWant, error) {
+func (o IPTOpts) Plan(a Attachment, v6 bool) (IPTWant, error) {
 	if err := validOwner(a.Owner); err != nil {
-		return iptWant{}, err
+		return IPTWant{}, err
 	}
-	w := iptWant{v6: v6, chain: IPTChain(a.Owner), comment: holderComment(a)}
+	w := IPTWant{v6: v6, chain: IPTChain(a.Owner), comment: holderComment(a)}
 	t, ok := a.Target(v6)
 	if !ok {
 		return w, nil
@@ -146,7 +153,7 @@ func (o iptOpts) plan(a Attachment, v6 bool) (iptWant, error) {
 	var ms []Mapping
 	for _, m := range a.Mappings {
 		if !validProto(m.Proto) || m.Port == 0 || m.ContainerPort == 0 {
-			return iptWant{}, fmt.Errorf("portmap: mapping %s -> %d of container %s is not valid", m.Key, m.ContainerPort, a.Owner.ContainerID)
+			return IPTWant{}, fmt.Errorf("portmap: mapping %s -> %d of container %s is not valid", m.Key, m.ContainerPort, a.Owner.ContainerID)
 		}
 		if v4ok, v6ok := m.Families(); (v6 && v6ok) || (!v6 && v4ok) {
 			ms = append(ms, m)
@@ -230,18 +237,35 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// iptSaved is one family's nat table as iptables-save printed it.
-type iptSaved struct {
+// IPTFamilies are the address families (false: IPv4, true: IPv6) a has a
+// container address in, where its rules can be; both when it has none (a
+// minimal record).
+func IPTFamilies(a Attachment) []bool {
+	var out []bool
+	for _, v6 := range []bool{false, true} {
+		if _, ok := a.Target(v6); ok {
+			out = append(out, v6)
+		}
+	}
+	if len(out) == 0 {
+		return []bool{false, true}
+	}
+	return out
+}
+
+// IPTSaved is one family's nat table as iptables-save printed it.
+type IPTSaved struct {
 	chains map[string]bool
 	rules  []iptables.Rule
 }
 
-func parseIPTSaved(out string) (iptSaved, error) {
+// ParseIPTSaved reads the output of iptables-save -t nat.
+func ParseIPTSaved(out string) (IPTSaved, error) {
 	t, err := iptables.ParseSave(out)
 	if err != nil {
-		return iptSaved{}, err
+		return IPTSaved{}, err
 	}
-	s := iptSaved{chains: map[string]bool{}, rules: t.Rules}
+	s := IPTSaved{chains: map[string]bool{}, rules: t.Rules}
 	for _, c := range t.Chains {
 		s.chains[c] = true
 	}
@@ -249,17 +273,17 @@ func parseIPTSaved(out string) (iptSaved, error) {
 }
 
 // has reports whether chain holds a rule saved as spec.
-func (s iptSaved) has(chain, spec string) bool {
+func (s IPTSaved) has(chain, spec string) bool {
 	return slices.ContainsFunc(s.rules, func(r iptables.Rule) bool { return r.Chain == chain && r.Spec == spec })
 }
 
 // jumps reports whether chain has a rule jumping to target.
-func (s iptSaved) jumps(chain, target string) bool {
+func (s IPTSaved) jumps(chain, target string) bool {
 	return slices.ContainsFunc(s.rules, func(r iptables.Rule) bool { return r.Chain == chain && r.Jump == target })
 }
 
 // jumpsTo returns the rules, in any chain, that jump to target.
-func (s iptSaved) jumpsTo(target string) []iptables.Rule {
+func (s IPTSaved) jumpsTo(target string) []iptables.Rule {
 	var out []iptables.Rule
 	for _, r := range s.rules {
 		if r.Jump == target {
@@ -272,33 +296,33 @@ func (s iptSaved) jumpsTo(target string) []iptables.Rule {
 // keeps reports whether the saved jumps into w's chain are just the one
 // w wants. With conditions, iptables-save may print them otherwise than
 // the config wrote them: the jump is then written afresh.
-func (w iptWant) keeps(s iptSaved) bool {
+func (w IPTWant) keeps(s IPTSaved) bool {
 	js := s.jumpsTo(w.chain)
 	return !w.cond && len(js) == 1 && js[0].Chain == IPTHostports && js[0].Spec == w.jump
 }
 
-// iptPayload is one iptables-restore --noflush input for the nat table.
-type iptPayload []string
+// IPTPayload is one iptables-restore --noflush input for the nat table.
+type IPTPayload []string
 
-func (p *iptPayload) add(format string, args ...any) { *p = append(*p, fmt.Sprintf(format, args...)) }
+func (p *IPTPayload) add(format string, args ...any) { *p = append(*p, fmt.Sprintf(format, args...)) }
 
 // String renders p, or "" when it changes nothing.
-func (p iptPayload) String() string {
+func (p IPTPayload) String() string {
 	if len(p) == 0 {
 		return ""
 	}
 	return "*nat\n" + strings.Join(p, "\n") + "\nCOMMIT\n"
 }
 
-// planAdd writes w over what s holds: the shared chains and their jumps
+// PlanIPTAdd writes w over what s holds: the shared chains and their jumps
 // when missing, w's chain declared (with --noflush that creates or flushes
 // it) and filled, and its one jump. Within the payload a chain is filled
 // before a rule jumps to it.
-func planAdd(w iptWant, s iptSaved) iptPayload {
+func PlanIPTAdd(w IPTWant, s IPTSaved) IPTPayload {
 	if len(w.body) == 0 {
-		return planRemove(w.chain, s)
+		return PlanIPTRemove(w.chain, s)
 	}
-	var p iptPayload
+	var p IPTPayload
 	if !s.chains[IPTHostports] {
 		p.add(":%s - [0:0]", IPTHostports)
 	}
@@ -331,10 +355,10 @@ func planAdd(w iptWant, s iptSaved) iptPayload {
 	return p
 }
 
-// planRemove deletes every jump to chain, then chain. The shared chains
+// PlanIPTRemove deletes every jump to chain, then chain. The shared chains
 // stay, as upstream's do: other attachments (or the next) use them.
-func planRemove(chain string, s iptSaved) iptPayload {
-	var p iptPayload
+func PlanIPTRemove(chain string, s IPTSaved) IPTPayload {
+	var p IPTPayload
 	for _, r := range s.jumpsTo(chain) {
 		p.add("-D %s %s", r.Chain, r.Spec)
 	}
@@ -345,8 +369,9 @@ func planRemove(chain string, s iptSaved) iptPayload {
 	return p
 }
 
-// check names the first piece of w missing from s.
-func (w iptWant) check(s iptSaved, o owner.Owner) error {
+// Check names the first piece of w missing from s, the nat table of w's
+// family; o is the attachment's owner, named in the message.
+func (w IPTWant) Check(s IPTSaved, o owner.Owner) error {
 	if len(w.body) == 0 {
 		return nil
 	}

@@ -1,23 +1,13 @@
-// Package hostport keeps the rule berth exists for: a host port is held by
-// one container at a time. It has three parts:
-//
-//   - the reservations (store.go): one file per claimed (protocol, host
-//     address, host port) under the portmap data directory, created under
-//     one flock, so that of N concurrent claims of a port exactly one wins,
-//     and an index per attachment so DEL frees exactly what that
-//     attachment holds;
-//   - the host check (listen.go): a claim overlapping a socket a host
-//     process has bound is refused too;
-//   - the datapath (nft.go, iptables.go): DNAT from the host port to the
-//     container, looked up in one map per family on nftables, so an ADD
-//     costs the same with 5 or 5,000 mappings on the host.
-//
-// Every kernel effect (the datapath, the probe sockets, route_localnet,
-// conntrack) acts in the network namespace it is given, a *netns.NS; files
-// are under the store's directory. The pure parts (keys, conflicts, the
-// nftables elements of PlanNFT, the iptables plans) need no root and are
-// tested as such, the nftables datapath over a recording fake.
-package hostport
+// Package portplan is the pure part of package hostport: the keys a
+// container may hold and when two of them overlap, the names of their
+// reservation files, the attachments that hold them, the elements the
+// nftables datapath puts in table inet berth-portmap (PlanNFT), and the
+// iptables-restore payloads of the iptables datapath and their check
+// (IPTOpts.Plan, PlanIPTAdd, PlanIPTRemove, IPTWant.Check). It is pure:
+// plain values in and out, no netlink, nftables, programs or files.
+// Package hostport reads the kernel (a set's elements, iptables-save
+// output) and its data directory into these values and applies the plans.
+package portplan
 
 import (
 	"fmt"
@@ -75,21 +65,22 @@ func (k Key) Families() (v4, v6 bool) {
 	return k.Addr.Is4(), k.Addr.Is6()
 }
 
-// fileName is the key's reservation file name inside its protocol-port
+// FileName is the key's reservation file name inside its protocol-port
 // directory: "any" for both families, else the address ("0.0.0.0", "::",
 // "10.0.0.1", "fd00::1"). Addresses never contain '/'.
-func (k Key) fileName() string {
+func (k Key) FileName() string {
 	if !k.Addr.IsValid() {
 		return "any"
 	}
 	return k.Addr.String()
 }
 
-// dirName is the key's protocol-port directory: "tcp-8080".
-func (k Key) dirName() string { return k.Proto + "-" + strconv.Itoa(int(k.Port)) }
+// DirName is the key's protocol-port directory: "tcp-8080".
+func (k Key) DirName() string { return k.Proto + "-" + strconv.Itoa(int(k.Port)) }
 
-// parseDirName reverses dirName.
-func parseDirName(s string) (proto string, port uint16, ok bool) {
+// ParseDirName reverses DirName; ok is false for a name DirName does not
+// make.
+func ParseDirName(s string) (proto string, port uint16, ok bool) {
 	proto, p, found := strings.Cut(s, "-")
 	if !found || !validProto(proto) {
 		return "", 0, false
@@ -101,8 +92,9 @@ func parseDirName(s string) (proto string, port uint16, ok bool) {
 	return proto, uint16(n), true
 }
 
-// parseFileName reverses fileName.
-func parseFileName(s string) (netip.Addr, bool) {
+// ParseFileName reverses FileName; ok is false for a name FileName does
+// not make.
+func ParseFileName(s string) (netip.Addr, bool) {
 	if s == "any" {
 		return netip.Addr{}, true
 	}

@@ -1,4 +1,4 @@
-package hostport
+package portplan
 
 import (
 	"net/netip"
@@ -47,23 +47,23 @@ func TestOverlaps(t *testing.T) {
 
 func TestNames(t *testing.T) {
 	for _, k := range []Key{key("tcp", "", 8080), key("udp", "0.0.0.0", 53), key("sctp", "fd00::1", 9), key("tcp", "::", 1)} {
-		proto, port, ok := parseDirName(k.dirName())
+		proto, port, ok := ParseDirName(k.DirName())
 		if !ok || proto != k.Proto || port != k.Port {
-			t.Errorf("parseDirName(%q) = %q %d %v", k.dirName(), proto, port, ok)
+			t.Errorf("ParseDirName(%q) = %q %d %v", k.DirName(), proto, port, ok)
 		}
-		a, ok := parseFileName(k.fileName())
+		a, ok := ParseFileName(k.FileName())
 		if !ok || a != k.Addr {
-			t.Errorf("parseFileName(%q) = %v %v, want %v", k.fileName(), a, ok, k.Addr)
+			t.Errorf("ParseFileName(%q) = %v %v, want %v", k.FileName(), a, ok, k.Addr)
 		}
 	}
 	for _, bad := range []string{"tcp-0", "tcp-65536", "tcp-080", "icmp-1", "tcp", "-1", ""} {
-		if _, _, ok := parseDirName(bad); ok {
-			t.Errorf("parseDirName(%q) accepted", bad)
+		if _, _, ok := ParseDirName(bad); ok {
+			t.Errorf("ParseDirName(%q) accepted", bad)
 		}
 	}
 	for _, bad := range []string{"lock", "::ffff:1.2.3.4", "fe80::1%eth0", "010.0.0.1", ".tmp-1"} {
-		if _, ok := parseFileName(bad); ok {
-			t.Errorf("parseFileName(%q) accepted", bad)
+		if _, ok := ParseFileName(bad); ok {
+			t.Errorf("ParseFileName(%q) accepted", bad)
 		}
 	}
 }

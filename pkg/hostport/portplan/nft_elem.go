@@ -1,4 +1,4 @@
-package hostport
+package portplan
 
 import (
 	"cmp"
@@ -9,6 +9,37 @@ import (
 
 	"github.com/berth-cni/berth/pkg/cidr"
 )
+
+// NFTTable is the table berth's portmap owns, in family inet:
+//
+//	table inet berth-portmap {
+//	  map any4  { type inet_proto . inet_service : ipv4_addr . inet_service }            # no hostIP, 0.0.0.0
+//	  map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service } # one hostIP
+//	  set hairpin4 { type ipv4_addr . ipv4_addr; flags interval }   # source range . container
+//	  set masqall4 { type ipv4_addr . inet_proto . inet_service }   # container . proto . port
+//	  (the same four for IPv6)
+//	  chain prerouting  { type nat hook prerouting priority dstnat; fib daddr type local jump hostports }
+//	  chain output      { type nat hook output priority dstnat; fib daddr type local jump hostports }
+//	  chain hostports {
+//	    meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @addr4
+//	    meta nfproto ipv4 dnat ip to meta l4proto . th dport map @any4
+//	    (the same for ip6)
+//	  }
+//	  chain postrouting { type nat hook postrouting priority srcnat
+//	    ct status dnat ip saddr . ip daddr @hairpin4 masquerade
+//	    ct status dnat ip daddr . meta l4proto . th dport @masqall4 masquerade
+//	    (the same for ip6)
+//	  }
+//	}
+//
+// The chains and rules are fixed and created in one transaction with the
+// table; an ADD or DEL changes only map and set elements, so its cost does
+// not grow with the mappings already on the host, and a packet finds its
+// mapping with one map lookup. Specific-address mappings come first: they
+// win over a wildcard of another protocol-port... of the same container
+// (another container cannot hold an overlapping wildcard). Package
+// hostport creates the table; PlanNFT computes the elements of its sets.
+const NFTTable = "berth-portmap"
 
 // SetKind is one of the four kinds of set in table inet berth-portmap;
 // with a family's suffix ("4", "6") it names a set: any4, hairpin6.
@@ -22,22 +53,22 @@ const (
 	SetMasqAll SetKind = "masqall" // set: container address . proto . container port
 )
 
-var setKinds = [...]SetKind{SetAny, SetAddr, SetHairpin, SetMasqAll}
+// SetKinds are the kinds in that order.
+var SetKinds = [...]SetKind{SetAny, SetAddr, SetHairpin, SetMasqAll}
 
-// setNames are the table's sets in the order it declares them: the IPv4
+// SetNames are the table's sets in the order it declares them: the IPv4
 // family's four, then the IPv6 family's.
-var setNames = func() []string {
-	var out []string
-	for _, sfx := range []string{"4", "6"} {
-		for _, k := range setKinds {
-			out = append(out, string(k)+sfx)
+var SetNames = func() (out [2 * len(SetKinds)]string) {
+	for i, sfx := range []string{"4", "6"} {
+		for j, k := range SetKinds {
+			out[i*len(SetKinds)+j] = string(k) + sfx
 		}
 	}
 	return out
 }()
 
-// setOrder is the position of a set in setNames.
-func setOrder(set string) int { return slices.Index(setNames, set) }
+// setOrder is the position of a set in SetNames.
+func setOrder(set string) int { return slices.Index(SetNames[:], set) }
 
 // Elem is one element of table inet berth-portmap: the set it is in, its
 // key and, in a map, the target the key leads to. Which fields make the
@@ -74,9 +105,9 @@ func (e Elem) Set() string {
 // IsMap reports whether e's set is a map, whose elements have a value.
 func (e Elem) IsMap() bool { return e.Kind == SetAny || e.Kind == SetAddr }
 
-// key is e reduced to what identifies it in its set: no comment, and in a
+// Key is e reduced to what identifies it in its set: no comment, and in a
 // map no target. Two elements with one key cannot both be in a set.
-func (e Elem) key() Elem {
+func (e Elem) Key() Elem {
 	e.Comment = ""
 	if e.IsMap() { // the value goes; the family stays
 		if e.Target.Addr().Is4() {
@@ -88,9 +119,9 @@ func (e Elem) key() Elem {
 	return e
 }
 
-// keyText renders e's key in nft's syntax: "tcp . 8080",
+// KeyText renders e's key in nft's syntax: "tcp . 8080",
 // "10.0.0.1 . udp . 53", "10.88.0.0/16 . 10.88.0.5", "10.88.0.5 . tcp . 80".
-func (e Elem) keyText() string {
+func (e Elem) KeyText() string {
 	switch e.Kind {
 	case SetAny:
 		return fmt.Sprintf("%s . %d", e.Proto, e.HostPort)
@@ -104,8 +135,8 @@ func (e Elem) keyText() string {
 	return fmt.Sprintf("(%s element)", e.Kind)
 }
 
-// targetText renders a map's value: "10.88.0.5 . 80".
-func targetText(t netip.AddrPort) string {
+// TargetText renders a map's value: "10.88.0.5 . 80".
+func TargetText(t netip.AddrPort) string {
 	return t.Addr().String() + " . " + strconv.Itoa(int(t.Port()))
 }
 
@@ -115,34 +146,34 @@ func targetText(t netip.AddrPort) string {
 //
 //	add element inet berth-portmap any4 { tcp . 8080 comment "berth id=c1 if=eth0 net=n1" : 10.88.0.5 . 80 }
 func (e Elem) String() string {
-	s := e.keyText()
+	s := e.KeyText()
 	if e.Comment != "" {
 		s += ` comment "` + e.Comment + `"`
 	}
 	if e.IsMap() {
-		s += " : " + targetText(e.Target)
+		s += " : " + TargetText(e.Target)
 	}
 	return fmt.Sprintf("add element inet %s %s { %s }", NFTTable, e.Set(), s)
 }
 
-// describe renders e's key for berth's messages, as they have always read:
-// keyText, but a hairpin source as the range it is,
+// Describe renders e's key for berth's messages, as they have always read:
+// KeyText, but a hairpin source as the range it is,
 // "10.88.0.0-10.88.255.255 . 10.88.0.5".
-func (e Elem) describe() string {
+func (e Elem) Describe() string {
 	if e.Kind == SetHairpin {
 		return fmt.Sprintf("%s-%s . %s", e.Src.Masked().Addr(), cidr.Last(e.Src), e.Target.Addr())
 	}
-	return e.keyText()
+	return e.KeyText()
 }
 
-// PlanNFT computes the elements Add puts in table inet berth-portmap for
-// a, in the table's set order (and, within a set, in a's mapping order),
-// each key once. Every element carries a comment naming its holder, for
-// people reading `nft list table inet berth-portmap`. It is pure.
+// PlanNFT computes the elements an ADD puts in table inet berth-portmap
+// for a, in the table's set order (and, within a set, in a's mapping
+// order), each key once. Every element carries a comment naming its
+// holder, for people reading `nft list table inet berth-portmap`.
 func PlanNFT(a Attachment) []Elem {
 	var out []Elem
 	add := func(e Elem) {
-		if !slices.ContainsFunc(out, func(o Elem) bool { return o.key() == e.key() }) {
+		if !slices.ContainsFunc(out, func(o Elem) bool { return o.Key() == e.Key() }) {
 			out = append(out, e)
 		}
 	}
