@@ -86,3 +86,25 @@ func mapping(proto, addr string, port, cport uint16) Mapping {
 	}
 	return Mapping{Key: k, ContainerPort: cport}
 }
+
+// FuzzParseNames: the reservation directory's names are outside input
+// (anyone with root can create files there); what parses must render back
+// to itself, so a key has one file.
+func FuzzParseNames(f *testing.F) {
+	f.Add("tcp-8080", "0.0.0.0")
+	f.Add("udp-53", "any")
+	f.Add("sctp-1", "fd00::1")
+	f.Add("tcp-08080", "::ffff:1.2.3.4")
+	f.Fuzz(func(t *testing.T, dir, file string) {
+		if proto, port, ok := ParseDirName(dir); ok {
+			if k := (Key{Proto: proto, Port: port}); k.DirName() != dir {
+				t.Fatalf("ParseDirName(%q) = %s %d, renders %q", dir, proto, port, k.DirName())
+			}
+		}
+		if a, ok := ParseFileName(file); ok {
+			if k := (Key{Addr: a}); k.FileName() != file {
+				t.Fatalf("ParseFileName(%q) = %v, renders %q", file, a, k.FileName())
+			}
+		}
+	})
+}
