@@ -10,11 +10,13 @@ import (
 	"time"
 )
 
-// pause is a random wait of up to 250 ms before each write of the join
-// mode, so that a store polled at a fixed period (the file store's 200
-// ms) is written at every phase of its poll, not always just after one.
+// pause is a random wait, uniform over one period of the file store's
+// poll (200 ms), before each write of the join mode: the write before
+// was seen at a poll, so without it every write would land just after
+// one, and with a wait over a span that is not a whole period some phases
+// would come up more often than others.
 func pause(ctx context.Context) {
-	t := time.NewTimer(rand.N(250 * time.Millisecond))
+	t := time.NewTimer(rand.N(200 * time.Millisecond))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
@@ -93,7 +95,7 @@ func (b *bench) joinMode(ctx context.Context) (err error) {
 		d.routes == d.live && d.neighs == d.live && d.fdb == d.live && d.peers == d.live)
 	r.add("agent memory at the end", end.mem())
 	r.add("agent CPU during the joins", fmt.Sprintf("%.2f s", (end.cpu-start.cpu).Seconds()))
-	r.note("each write follows a random pause of 0–250 ms (the file store's agent polls every 200 ms)")
+	r.note("each write follows a random pause, uniform over 0–200 ms: one period of the file store's poll")
 	r.note("simulated VTEPs in %s (behind the underlay's gateway), nobody answers them; the agent's lease TTL %v", simVTEPs, o.agentTTL)
 	return nil
 }
