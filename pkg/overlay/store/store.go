@@ -76,6 +76,13 @@ type Lease struct {
 	VTEP   netip.Addr   `json:"vtep"`   // the host's underlay address
 	MAC    string       `json:"mac"`    // the host's VXLAN device MAC, aa:bb:cc:dd:ee:ff
 	Attrs  Attrs        `json:"attrs,omitzero"`
+	// Rev is the store's revision of the lease's last write (its
+	// subnet, VTEP, MAC or attributes; a renewal of its TTL is not a
+	// write), set by the store on every lease it returns; a caller
+	// leaves it 0. A network's revisions grow with every write to its
+	// leases: a reader that has seen every change up to revision R knows
+	// each lease as it was at R.
+	Rev int64 `json:"-"`
 }
 
 // ErrConflict is returned (wrapped) by EnsureNetwork when the stored config
@@ -125,7 +132,7 @@ type Store interface {
 // Hold is a lease being kept alive. It is safe for concurrent use.
 type Hold interface {
 	// Lease is the lease as held: as Acquire stored it, with the
-	// attributes of the last Update.
+	// attributes of the last Update, and the revision of that write.
 	Lease() Lease
 	// Update changes the attributes of the lease in place: fn gets the
 	// attributes the lease holds and returns those it is to hold, and the

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -35,7 +36,8 @@ import (
 //	<prefix>/<network>/subnets/<a.b.c.d-len> a store.Lease, JSON, attached to an etcd lease with the TTL
 //
 // etcd deletes a subnet key when its lease expires, so Leases is a plain
-// prefix read and Changes a prefix watch.
+// prefix read and Changes a prefix watch. A lease's Rev is its key's
+// ModRevision.
 
 // DefaultPrefix is where the overlay's keys live when Config.Prefix
 // is empty.
@@ -196,11 +198,11 @@ func (s *etcdStore) EnsureNetwork(ctx context.Context, n store.Network) (store.N
 	return stored, store.CheckStoredNetwork(stored, n)
 }
 
-// storedLease is a subnet key as read: its lease and revisions.
+// storedLease is a subnet key as read: its lease (Rev, its ModRevision)
+// and the etcd lease it is attached to.
 type storedLease struct {
 	store.Lease
 	key     string
-	modRev  int64
 	leaseID clientv3.LeaseID
 }
 
@@ -208,18 +210,30 @@ type storedLease struct {
 func decodeLeases(subnets string, resp *clientv3.GetResponse) ([]storedLease, error) {
 	out := make([]storedLease, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		key := string(kv.Key)
-		subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, subnets), '-')
+		l, err := decodeKV(subnets, kv)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			return nil, err
 		}
-		l, err := store.DecodeLease(kv.Value, subnet)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-		out = append(out, storedLease{Lease: l, key: key, modRev: kv.ModRevision, leaseID: clientv3.LeaseID(kv.Lease)})
+		out = append(out, storedLease{Lease: l, key: string(kv.Key), leaseID: clientv3.LeaseID(kv.Lease)})
 	}
 	return out, nil
+}
+
+// decodeKV decodes one subnet key read under the prefix subnets, as a
+// read or a watch event returns it; the lease's Rev is the key's
+// ModRevision.
+func decodeKV(subnets string, kv *mvccpb.KeyValue) (store.Lease, error) {
+	key := string(kv.Key)
+	subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, subnets), '-')
+	if err != nil {
+		return store.Lease{}, fmt.Errorf("%s: %w", key, err)
+	}
+	l, err := store.DecodeLease(kv.Value, subnet)
+	if err != nil {
+		return store.Lease{}, fmt.Errorf("%s: %w", key, err)
+	}
+	l.Rev = kv.ModRevision
+	return l, nil
 }
 
 func plainLeases(sl []storedLease) []store.Lease {
@@ -349,7 +363,7 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want stor
 			}
 			// The host's own: taken over as it was read, keeping the
 			// attributes want does not know.
-			modRev = l.modRev
+			modRev = l.Rev
 			if got.Attrs, err = store.MergeAttrs(l.Attrs, want.Attrs); err != nil {
 				return store.Lease{}, "", err
 			}
@@ -369,6 +383,8 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want stor
 			return store.Lease{}, "", err
 		}
 		if tr.Succeeded {
+			// The put's ModRevision is the transaction's revision.
+			got.Rev = tr.Header.Revision
 			return got, key, nil
 		}
 	}

@@ -109,8 +109,11 @@ func TestEtcdLayout(t *testing.T) {
 		t.Fatalf("subnet value %s; want %s", got, want)
 	}
 	var l store.Lease
-	if err = json.Unmarshal(sub.Kvs[0].Value, &l); err != nil || l != h.Lease() {
+	if err = json.Unmarshal(sub.Kvs[0].Value, &l); err != nil || l != storetest.WithoutRev([]store.Lease{h.Lease()})[0] {
 		t.Fatalf("subnet value %s: %v", sub.Kvs[0].Value, err)
+	}
+	if h.Lease().Rev != sub.Kvs[0].ModRevision {
+		t.Fatalf("lease at revision %d; the key's ModRevision is %d", h.Lease().Rev, sub.Kvs[0].ModRevision)
 	}
 	ttl, err := c.TimeToLive(ctx, clientv3.LeaseID(sub.Kvs[0].Lease))
 	if err != nil || ttl.GrantedTTL != 5 {
@@ -273,7 +276,7 @@ func TestEtcdLostAfterLongOutage(t *testing.T) {
 	want := storetest.Host(1)
 	want.Subnet = h.Lease().Subnet
 	again := eventually(t, func() (store.Hold, error) { return s.Acquire(ctx, n.Name, want, 2*time.Second) })
-	if again.Lease() != h.Lease() {
+	if got := storetest.WithoutRev([]store.Lease{again.Lease(), h.Lease()}); got[0] != got[1] || again.Lease().Rev <= h.Lease().Rev {
 		t.Fatalf("re-acquired %+v; want %+v", again.Lease(), h.Lease())
 	}
 }

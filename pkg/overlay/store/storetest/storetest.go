@@ -69,11 +69,15 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 		a := Acquire(t, newStore(t), n.Name, Host(1), ttl)
 		b := Acquire(t, newStore(t), n.Name, Host(2), ttl)
 		want := []store.Lease{withSubnet(Host(1), "10.244.0.0/24"), withSubnet(Host(2), "10.244.1.0/24")}
-		if got := []store.Lease{a.Lease(), b.Lease()}; !slices.Equal(got, want) {
+		if got := []store.Lease{a.Lease(), b.Lease()}; !slices.Equal(WithoutRev(got), want) {
 			t.Fatalf("leases = %+v; want %+v", got, want)
 		}
-		if got := Leases(t, newStore(t), n.Name); !slices.Equal(got, want) {
-			t.Fatalf("Leases = %+v; want %+v", got, want)
+		// Each write has a revision of its own, later than the ones before.
+		if a.Lease().Rev <= 0 || b.Lease().Rev <= a.Lease().Rev {
+			t.Fatalf("revisions %d then %d; want positive and increasing", a.Lease().Rev, b.Lease().Rev)
+		}
+		if got := Leases(t, newStore(t), n.Name); !slices.Equal(got, []store.Lease{a.Lease(), b.Lease()}) {
+			t.Fatalf("Leases = %+v; want %+v, revisions included", got, want)
 		}
 		if err := errors.Join(a.Release(ctx), b.Release(ctx)); err != nil {
 			t.Fatal(err)
@@ -354,6 +358,16 @@ func WithAttr(t *testing.T, l store.Lease, name string, version int, data string
 		t.Fatal(err)
 	}
 	return l
+}
+
+// WithoutRev returns ls with every Rev 0, to compare with leases as a
+// caller asks for them.
+func WithoutRev(ls []store.Lease) []store.Lease {
+	out := slices.Clone(ls)
+	for i := range out {
+		out[i].Rev = 0
+	}
+	return out
 }
 
 func withSubnet(l store.Lease, subnet string) store.Lease {
