@@ -1,8 +1,8 @@
 // Package file is the store.Store backend on a directory shared by
 // several hosts on one machine (network namespaces, processes): a file per
 // network config and per subnet lease, changed under flock(2), expiry by
-// the wall clock, a revision counter per network. It touches only files
-// under the directory it is given.
+// the wall clock, a revision counter per network; watched by polling. It
+// touches only files under the directory it is given.
 package file
 
 import (
@@ -18,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/berth-cni/berth/pkg/config"
@@ -36,7 +35,7 @@ import (
 //	<network>/lock                      flock(2) held around every read-modify-write
 //
 // Every write is a temp file renamed over the old one, so readers that do
-// not lock (Changes) see whole files. Expiry times are wall-clock unix
+// not lock (Watch) see whole files. Expiry times are wall-clock unix
 // milliseconds: the hosts sharing the directory share the machine's clock.
 //
 // Every write of a lease (a claim, an attribute update, a release, the
@@ -45,12 +44,12 @@ import (
 // deleted lease leaves a tombstone, its last record marked with the
 // revision of its deletion, so that a watcher can place the deletion
 // among the other writes (a missing file says neither when nor what);
-// the next claim of the subnet overwrites it. Readers skip tombstones,
-// and to a berth that predates them a tombstone is a lease that has
-// expired.
+// the next claim of the subnet overwrites it. Readers other than Watch
+// skip tombstones, and to a berth that predates them a tombstone is a
+// lease that has expired.
 
 const (
-	// filePoll is how often Changes rereads the leases.
+	// filePoll is how often a polling Watch rereads the leases.
 	filePoll = 200 * time.Millisecond
 	// fileLockWait bounds the wait for the lock when ctx has no deadline.
 	fileLockWait = 10 * time.Second
@@ -86,10 +85,7 @@ func (f fileLease) rev() int64 { return max(f.Revision, f.DeletedRev) }
 
 type fileStore struct {
 	dir string
-	t   *tracker.Tracker // renewers and pollers
-
-	mu     sync.Mutex
-	listed map[string]string // network → fingerprint of what Leases last returned
+	t   *tracker.Tracker // renewers and watchers
 }
 
 // New returns a store.Store on the directory dir, for several hosts (network
@@ -101,7 +97,7 @@ func New(dir string) (store.Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("file store: %w", err)
 	}
-	return &fileStore{dir: dir, t: tracker.New(), listed: map[string]string{}}, nil
+	return &fileStore{dir: dir, t: tracker.New()}, nil
 }
 
 // netDir returns the directory of network, after checking that the name
@@ -344,11 +340,7 @@ func (s *fileStore) Leases(ctx context.Context, network string) ([]store.Lease, 
 	if err != nil {
 		return nil, fmt.Errorf("leases of overlay network %q: %w", network, err)
 	}
-	ls := leasesOf(liveOf(recs))
-	s.mu.Lock()
-	s.listed[network] = fingerprintOf(ls)
-	s.mu.Unlock()
-	return ls, nil
+	return leasesOf(liveOf(recs)), nil
 }
 
 func (s *fileStore) Acquire(ctx context.Context, network string, want store.Lease, ttl time.Duration) (store.Hold, error) {
@@ -423,72 +415,6 @@ func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (st
 	return got, writeLease(d, fileLease{Lease: got, Holder: holder, Expires: now.Add(ttl).UnixMilli()})
 }
 
-func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	d, err := s.netDir(network)
-	if err != nil || !s.t.Add() {
-		close(ch)
-		return ch
-	}
-	// Each poll signals when the leases differ from the last poll's or
-	// from what Leases last returned for the network: a change between
-	// the start and the caller's first list, or one undone before the
-	// next poll after the caller listed it, is still signalled.
-	last := fingerprint(d)
-	ch <- struct{}{}
-	go func() {
-		defer s.t.Done()
-		defer close(ch)
-		t := time.NewTicker(filePoll)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.t.Context().Done():
-				return
-			case <-t.C:
-			}
-			fp := fingerprint(d)
-			s.mu.Lock()
-			listed, ok := s.listed[network]
-			s.mu.Unlock()
-			if fp != last || ok && fp != listed {
-				last = fp
-				tracker.Signal(ch)
-			}
-		}
-	}()
-	return ch
-}
-
-// fingerprint is the content of the live leases under d, or a marker that
-// differs from every content when they cannot be read, so that the first
-// good read after a bad one signals.
-func fingerprint(d string) string {
-	recs, err := readLeases(d)
-	if err != nil {
-		return "\x00" + err.Error()
-	}
-	now := time.Now()
-	var live []fileLease
-	for _, f := range recs {
-		if !f.tombstone() && !f.expired(now) {
-			live = append(live, f)
-		}
-	}
-	return fingerprintOf(leasesOf(live))
-}
-
-// fingerprintOf is the content of leases (sorted, as leasesOf returns them).
-func fingerprintOf(leases []store.Lease) string {
-	b, err := json.Marshal(leases)
-	if err != nil {
-		return "\x00" + err.Error()
-	}
-	return string(b)
-}
-
 // newToken returns a random token naming one Hold.
 func newToken() string {
 	b := make([]byte, 8)
@@ -496,7 +422,7 @@ func newToken() string {
 	return hex.EncodeToString(b)
 }
 
-// Close stops renewals and Changes pollers; lease files stay until their
+// Close stops renewals and watchers; lease files stay until their
 // expiry.
 func (s *fileStore) Close() error {
 	s.t.Stop(nil)

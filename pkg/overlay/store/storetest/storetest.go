@@ -299,6 +299,7 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 	})
 
 	runAttrs(t, ttl, newStore)
+	runWatch(t, ttl, newStore)
 
 	t.Run("BadInput", func(t *testing.T) {
 		t.Parallel()
