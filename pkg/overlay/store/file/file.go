@@ -1,8 +1,9 @@
 // Package file is the store.Store backend on a directory shared by
 // several hosts on one machine (network namespaces, processes): a file per
 // network config and per subnet lease, changed under flock(2), expiry by
-// the wall clock, a revision counter per network; watched by polling. It
-// touches only files under the directory it is given.
+// the wall clock, a revision counter per network; watched by inotify(7)
+// where the directory is local, else polled. It touches only files under
+// the directory it is given.
 package file
 
 import (
@@ -84,20 +85,34 @@ func (f fileLease) tombstone() bool { return f.DeletedRev != 0 }
 func (f fileLease) rev() int64 { return max(f.Revision, f.DeletedRev) }
 
 type fileStore struct {
-	dir string
-	t   *tracker.Tracker // renewers and watchers
+	dir  string
+	opts Options
+	t    *tracker.Tracker // renewers and watchers
+}
+
+// Options are the choices of NewWithOptions; the zero Options are New's.
+type Options struct {
+	// Poll makes Watch (and Changes) poll the leases every 200 ms even
+	// where the directory is on a local file system and inotify would
+	// tell of every change; on a shared one (NFS, SMB, FUSE, 9P, …),
+	// where inotify does not see other machines' writes, they poll
+	// regardless.
+	Poll bool
 }
 
 // New returns a store.Store on the directory dir, for several hosts (network
 // namespaces, processes) on one machine. It creates dir if missing.
-func New(dir string) (store.Store, error) {
+func New(dir string) (store.Store, error) { return NewWithOptions(dir, Options{}) }
+
+// NewWithOptions is New with the choices of o.
+func NewWithOptions(dir string, o Options) (store.Store, error) {
 	if dir == "" {
 		return nil, errors.New("file store: a directory is required")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("file store: %w", err)
 	}
-	return &fileStore{dir: dir, t: tracker.New()}, nil
+	return &fileStore{dir: dir, opts: o, t: tracker.New()}, nil
 }
 
 // netDir returns the directory of network, after checking that the name

@@ -3,6 +3,7 @@ package file
 import (
 	"cmp"
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,18 +16,21 @@ import (
 
 // A Watch sends a snapshot read under the lock (the live leases and the
 // counter, after a sweep), then follows the changes of the leases
-// directory by rereading every lease file every 200 ms. It compares what
-// it reads with what it has sent, by revision: a file with a new revision
-// is a write (a lease) or a deletion (a tombstone), a file with the
-// revision already sent is at most a renewal (no event).
+// directory: by inotify where the directory is on a local file system,
+// reading only the files the events name; else by rereading every lease
+// file every 200 ms. Either way it compares what it reads with what it
+// has sent, by revision: a file with a new revision is a write (a lease)
+// or a deletion (a tombstone), a file with the revision already sent is
+// at most a renewal (no event).
 //
-// Order. A watcher reads the counter, R, before it lists the directory.
-// Writers take revisions under the lock, counter first, so every write up
-// to R-1 is in the files, and the write of R may still be on its way.
-// The watcher sends, sorted, the writes it read up to R; a file it read
-// that is already past R waits for the next round, which reads the
-// counter again. So what a later round sends comes after what this one
-// sent, and revisions increase.
+// Order. A watcher reads the counter, R, before it takes the events
+// queued by then (or lists the directory). Writers take revisions under
+// the lock, counter first, so every write up to R-1 is in the files and
+// has queued its event, and the write of R may still be on its way. The
+// watcher sends, sorted, the writes it read up to R; a file it read that
+// is already past R waits for the next round, which reads the counter
+// again. So what a later round sends comes after what this one sent, and
+// revisions increase.
 //
 // Expiry writes nothing and so has no file event: a watcher keeps the
 // time of the earliest expiry of the leases it has sent, and then sweeps
@@ -36,8 +40,8 @@ import (
 //
 // A change the watcher cannot place (a lease file gone without a
 // tombstone, removed by hand; one written without a revision, by an
-// older berth; a file that does not decode) is a gap: it sends a new
-// snapshot.
+// older berth; inotify events dropped; the directory's watch ended; a
+// file that does not decode) is a gap: it sends a new snapshot.
 
 const (
 	// watchRetryMin and watchRetryMax bound the backoff between attempts
@@ -142,18 +146,32 @@ func (w *watcher) run(ctx context.Context) {
 	}
 }
 
-// once sends a snapshot and follows the changes until a gap; true when
-// it sent a change after the snapshot.
+// once opens the event source, sends a snapshot and follows the changes
+// until a gap; true when it sent a change after the snapshot.
 func (w *watcher) once(ctx context.Context) bool {
 	leases := filepath.Join(w.d, "leases")
 	if err := os.MkdirAll(leases, 0o755); err != nil {
 		return false
 	}
+	var in *inotify
+	if _, shared := sharedFS(leases); !w.s.opts.Poll && !shared {
+		in, _ = openInotify(leases) // nil (and a poll) where inotify fails, e.g. out of instances
+	}
+	if in != nil {
+		defer in.close()
+		defer context.AfterFunc(ctx, in.close)()
+	}
+	// The events queued from here on include every write after the
+	// snapshot.
 	if !w.snapshot(ctx) {
 		return false
 	}
 	before := w.changes
-	w.followPoll(ctx)
+	if in != nil {
+		w.followInotify(ctx, in)
+	} else {
+		w.followPoll(ctx)
+	}
 	return w.changes > before
 }
 
@@ -198,6 +216,50 @@ func (w *watcher) snapshot(ctx context.Context) bool {
 	store.SortLeases(live)
 	w.counter = sn.rev
 	return w.send(ctx, store.Event{Reset: true, Leases: live, Rev: sn.rev})
+}
+
+// followInotify reads the files that inotify events name until a gap or
+// ctx's end.
+func (w *watcher) followInotify(ctx context.Context, in *inotify) {
+	again := false // read the pending files once more without waiting
+	for ctx.Err() == nil {
+		var counter int64
+		var cerr error
+		names, lost, err := in.read(w.deadline(), !again, func() { counter, cerr = w.readCounter() })
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			w.sweep(ctx)
+			again = false
+			continue
+		case err != nil, lost, cerr != nil:
+			return
+		}
+		todo := map[netip.Prefix]bool{}
+		for s := range w.pending {
+			todo[s] = true
+		}
+		for _, name := range names {
+			s, ok, err := leaseFileName(w.d, name)
+			if err != nil {
+				return
+			}
+			if ok {
+				todo[s] = true
+			}
+		}
+		reads := make([]fileRead, 0, len(todo))
+		for s := range todo {
+			f, found, err := readLeaseFile(leasePath(w.d, s), s)
+			if err != nil {
+				return
+			}
+			reads = append(reads, fileRead{subnet: s, f: f, found: found})
+		}
+		if !w.apply(ctx, counter, reads) {
+			return
+		}
+		again = len(w.pending) > 0 && !again
+	}
 }
 
 // followPoll rereads every lease file every filePoll until a gap or ctx's
