@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-cni/berth/pkg/config"
@@ -88,6 +89,17 @@ type fileStore struct {
 	dir  string
 	opts Options
 	t    *tracker.Tracker // renewers and watchers
+
+	stats stats
+}
+
+// stats count what this store's watchers read, for the tests: that a
+// watcher reads the directory once per snapshot, not per event.
+type stats struct {
+	scans     atomic.Int64 // listings of a leases directory by a watcher
+	reads     atomic.Int64 // lease files a watcher read one by one
+	inotifies atomic.Int64 // watches that followed inotify events
+	polls     atomic.Int64 // watches that polled
 }
 
 // Options are the choices of NewWithOptions; the zero Options are New's.

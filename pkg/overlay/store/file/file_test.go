@@ -15,7 +15,7 @@ import (
 	"github.com/berth-cni/berth/pkg/overlay/store/storetest"
 )
 
-func newFileStore(t *testing.T, dir string) store.Store {
+func newFileStore(t testing.TB, dir string) store.Store {
 	t.Helper()
 	s, err := New(dir)
 	if err != nil {

@@ -168,8 +168,10 @@ func (w *watcher) once(ctx context.Context) bool {
 	}
 	before := w.changes
 	if in != nil {
+		w.s.stats.inotifies.Add(1)
 		w.followInotify(ctx, in)
 	} else {
+		w.s.stats.polls.Add(1)
 		w.followPoll(ctx)
 	}
 	return w.changes > before
@@ -195,6 +197,7 @@ func (w *watcher) snapshot(ctx context.Context) bool {
 		return snap{recs: recs, rev: rev, hasRev: ok}, err
 	})
 	cancel()
+	w.s.stats.scans.Add(1)
 	if err != nil {
 		return false
 	}
@@ -250,6 +253,7 @@ func (w *watcher) followInotify(ctx context.Context, in *inotify) {
 		reads := make([]fileRead, 0, len(todo))
 		for s := range todo {
 			f, found, err := readLeaseFile(leasePath(w.d, s), s)
+			w.s.stats.reads.Add(1)
 			if err != nil {
 				return
 			}
@@ -308,6 +312,7 @@ func (w *watcher) waitPoll(ctx context.Context, tick <-chan time.Time) bool {
 //
 // Equivalent: cat $dir/$network/leases/*.json
 func (w *watcher) readAll() ([]fileRead, error) {
+	w.s.stats.scans.Add(1)
 	recs, err := readLeases(w.d)
 	if err != nil {
 		return nil, err
@@ -414,6 +419,7 @@ func (w *watcher) deadline() time.Time {
 func (w *watcher) sweep(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, sweepWait)
 	defer cancel()
+	w.s.stats.scans.Add(1)
 	_, err := locked(sctx, w.d, func() ([]fileLease, error) { return sweep(w.d, time.Now()) })
 	if err != nil {
 		w.sweepGap = min(max(2*w.sweepGap, sweepGap), watchRetryMax)
