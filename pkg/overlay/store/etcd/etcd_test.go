@@ -23,7 +23,7 @@ const testPrefix = "/berth-test"
 
 // startEtcd runs a one-member etcd on 127.0.0.1 for t (lab.StartTestEtcd),
 // waiting at most storetest.Timeout for it to answer.
-func startEtcd(t *testing.T) *lab.Etcd {
+func startEtcd(t testing.TB) *lab.Etcd {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), storetest.Timeout)
 	defer cancel()
@@ -32,7 +32,7 @@ func startEtcd(t *testing.T) *lab.Etcd {
 
 // newEtcdStore connects to endpoint under testPrefix; a zero timeout is
 // the default request timeout.
-func newEtcdStore(t *testing.T, endpoint string, timeout time.Duration) store.Store {
+func newEtcdStore(t testing.TB, endpoint string, timeout time.Duration) store.Store {
 	t.Helper()
 	s, err := New(Config{Endpoints: []string{endpoint}, Prefix: testPrefix + "/", DialTimeout: 2 * time.Second, RequestTimeout: timeout})
 	if err != nil {
@@ -46,7 +46,7 @@ func newEtcdStore(t *testing.T, endpoint string, timeout time.Duration) store.St
 	return s
 }
 
-func rawClient(t *testing.T, endpoint string) *clientv3.Client {
+func rawClient(t testing.TB, endpoint string) *clientv3.Client {
 	t.Helper()
 	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {

@@ -199,6 +199,13 @@ func TestEtcdWatchCorruptValue(t *testing.T) {
 	}
 }
 
+// BenchmarkWatchLatency spreads the writes as the file store's benchmark
+// does (over its 200 ms poll), so that the figures compare.
+func BenchmarkWatchLatency(b *testing.B) {
+	e := startEtcd(b)
+	storetest.BenchWatchLatency(b, newEtcdStore(b, e.Endpoint(), 0), newEtcdStore(b, e.Endpoint(), 0), 200*time.Millisecond)
+}
+
 // proxy forwards TCP connections to etcd until cut, which closes them
 // and refuses new ones until mend: a network partition between one
 // client and etcd, in the test's own namespace.

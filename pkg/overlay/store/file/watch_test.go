@@ -264,3 +264,12 @@ func TestSharedFSType(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkWatchLatency(b *testing.B) {
+	for _, m := range modes {
+		b.Run(m.name, func(b *testing.B) {
+			dir := b.TempDir()
+			storetest.BenchWatchLatency(b, m.newStore(b, dir), m.newStore(b, dir), filePoll)
+		})
+	}
+}

@@ -330,14 +330,14 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 }
 
 // Ctx is a context for one test's store calls, ended with t.
-func Ctx(t *testing.T) context.Context {
+func Ctx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*Timeout)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // Network is a /16 split into /24s, named after the (sub)test.
-func Network(t *testing.T) store.Network {
+func Network(t testing.TB) store.Network {
 	name := strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())
 	return store.Network{Name: name, CIDR: netip.MustParsePrefix("10.244.0.0/16"), SubnetLen: 24, VNI: 42, Port: 4789}
 }
@@ -377,7 +377,7 @@ func withSubnet(l store.Lease, subnet string) store.Lease {
 }
 
 // Ensure stores n (or checks it) and fails t on an error.
-func Ensure(t *testing.T, s store.Store, n store.Network) store.Network {
+func Ensure(t testing.TB, s store.Store, n store.Network) store.Network {
 	t.Helper()
 	got, err := s.EnsureNetwork(Ctx(t), n)
 	if err != nil {
@@ -387,7 +387,7 @@ func Ensure(t *testing.T, s store.Store, n store.Network) store.Network {
 }
 
 // Acquire acquires a lease and fails t on an error.
-func Acquire(t *testing.T, s store.Store, network string, want store.Lease, ttl time.Duration) store.Hold {
+func Acquire(t testing.TB, s store.Store, network string, want store.Lease, ttl time.Duration) store.Hold {
 	t.Helper()
 	h, err := s.Acquire(Ctx(t), network, want, ttl)
 	if err != nil {
