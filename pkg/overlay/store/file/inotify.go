@@ -63,7 +63,7 @@ func (in *inotify) read(deadline time.Time, wait bool, mark func()) (names []str
 		names, lost, rerr = append(names, ns...), lost || l, errors.Join(rerr, perr)
 	}
 	if wait {
-		if err := in.f.SetReadDeadline(deadline); err != nil {
+		if err = in.f.SetReadDeadline(deadline); err != nil {
 			return nil, false, err
 		}
 		err = rc.Read(func(fd uintptr) bool {
@@ -86,7 +86,7 @@ func (in *inotify) read(deadline time.Time, wait bool, mark func()) (names []str
 			return nil, false, err
 		}
 	}
-	if err := in.f.SetReadDeadline(time.Time{}); err != nil {
+	if err = in.f.SetReadDeadline(time.Time{}); err != nil {
 		return nil, false, err
 	}
 	mark()
