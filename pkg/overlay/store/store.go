@@ -76,6 +76,13 @@ type Lease struct {
 	VTEP   netip.Addr   `json:"vtep"`   // the host's underlay address
 	MAC    string       `json:"mac"`    // the host's VXLAN device MAC, aa:bb:cc:dd:ee:ff
 	Attrs  Attrs        `json:"attrs,omitzero"`
+	// Rev is the store's revision of the lease's last write (its
+	// subnet, VTEP, MAC or attributes; a renewal of its TTL is not a
+	// write), set by the store on every lease it returns; a caller
+	// leaves it 0. A network's revisions grow with every write to its
+	// leases: a reader that has seen every change up to revision R knows
+	// each lease as it was at R.
+	Rev int64 `json:"-"`
 }
 
 // ErrConflict is returned (wrapped) by EnsureNetwork when the stored config
@@ -117,15 +124,44 @@ type Store interface {
 	// change. The channel is closed when ctx ends.
 	Changes(ctx context.Context, network string) <-chan struct{}
 
+	// Watch streams the changes of network's leases as they happen: first
+	// a snapshot (Event.Reset, every live lease), then one event per
+	// change (a lease written, deleted or expired) in revision order,
+	// each carrying the lease, so the reader never lists the store again.
+	// After a gap it cannot fill (a reconnection after a compaction, a
+	// broken watch, a file event the kernel dropped) it sends a new
+	// snapshot. Revisions never go back within one watch: each change's
+	// Rev is above the one before it, a snapshot's is not below it. A
+	// renewal of a lease's TTL is no event. A reader that is slow delays
+	// the watch but loses nothing (a backend may fold a backlog into one
+	// snapshot). The channel is closed when ctx ends or the store is
+	// closed.
+	Watch(ctx context.Context, network string) <-chan Event
+
 	// Close releases the connection; Holds stop being renewed (their
 	// leases then expire after their TTL).
 	Close() error
 }
 
+// Event is one step of a Watch.
+type Event struct {
+	// Reset: Leases is every live lease of the network, as of Rev; the
+	// reader replaces what it knows with them.
+	Reset  bool
+	Leases []Lease
+	// Otherwise one change: Lease as written, or (Deleted) as it was
+	// before it was deleted or expired.
+	Lease   Lease
+	Deleted bool
+	// Rev is the revision the event brings the reader to: after it the
+	// reader knows every lease of the network as of Rev.
+	Rev int64
+}
+
 // Hold is a lease being kept alive. It is safe for concurrent use.
 type Hold interface {
 	// Lease is the lease as held: as Acquire stored it, with the
-	// attributes of the last Update.
+	// attributes of the last Update, and the revision of that write.
 	Lease() Lease
 	// Update changes the attributes of the lease in place: fn gets the
 	// attributes the lease holds and returns those it is to hold, and the

@@ -15,13 +15,13 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/berth-cni/berth/pkg/config"
@@ -35,7 +35,9 @@ import (
 //	<prefix>/<network>/subnets/<a.b.c.d-len> a store.Lease, JSON, attached to an etcd lease with the TTL
 //
 // etcd deletes a subnet key when its lease expires, so Leases is a plain
-// prefix read and Changes a prefix watch.
+// prefix read, Watch a prefix read then a prefix watch from the revision
+// after it (watch.go), and Changes signals Watch's events. A lease's Rev
+// is its key's ModRevision.
 
 // DefaultPrefix is where the overlay's keys live when Config.Prefix
 // is empty.
@@ -47,9 +49,6 @@ const (
 	// acquireAttempts bounds Acquire's read-then-transaction loop when
 	// other hosts keep winning the race for the subnet it picked.
 	acquireAttempts = 10
-	// watchRetryMax caps the backoff between attempts to re-establish a
-	// broken Changes watch.
-	watchRetryMax = 5 * time.Second
 )
 
 // Config is how to reach the etcd cluster.
@@ -196,11 +195,11 @@ func (s *etcdStore) EnsureNetwork(ctx context.Context, n store.Network) (store.N
 	return stored, store.CheckStoredNetwork(stored, n)
 }
 
-// storedLease is a subnet key as read: its lease and revisions.
+// storedLease is a subnet key as read: its lease (Rev, its ModRevision)
+// and the etcd lease it is attached to.
 type storedLease struct {
 	store.Lease
 	key     string
-	modRev  int64
 	leaseID clientv3.LeaseID
 }
 
@@ -208,18 +207,30 @@ type storedLease struct {
 func decodeLeases(subnets string, resp *clientv3.GetResponse) ([]storedLease, error) {
 	out := make([]storedLease, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		key := string(kv.Key)
-		subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, subnets), '-')
+		l, err := decodeKV(subnets, kv)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			return nil, err
 		}
-		l, err := store.DecodeLease(kv.Value, subnet)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-		out = append(out, storedLease{Lease: l, key: key, modRev: kv.ModRevision, leaseID: clientv3.LeaseID(kv.Lease)})
+		out = append(out, storedLease{Lease: l, key: string(kv.Key), leaseID: clientv3.LeaseID(kv.Lease)})
 	}
 	return out, nil
+}
+
+// decodeKV decodes one subnet key read under the prefix subnets, as a
+// read or a watch event returns it; the lease's Rev is the key's
+// ModRevision.
+func decodeKV(subnets string, kv *mvccpb.KeyValue) (store.Lease, error) {
+	key := string(kv.Key)
+	subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, subnets), '-')
+	if err != nil {
+		return store.Lease{}, fmt.Errorf("%s: %w", key, err)
+	}
+	l, err := store.DecodeLease(kv.Value, subnet)
+	if err != nil {
+		return store.Lease{}, fmt.Errorf("%s: %w", key, err)
+	}
+	l.Rev = kv.ModRevision
+	return l, nil
 }
 
 func plainLeases(sl []storedLease) []store.Lease {
@@ -349,7 +360,7 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want stor
 			}
 			// The host's own: taken over as it was read, keeping the
 			// attributes want does not know.
-			modRev = l.modRev
+			modRev = l.Rev
 			if got.Attrs, err = store.MergeAttrs(l.Attrs, want.Attrs); err != nil {
 				return store.Lease{}, "", err
 			}
@@ -369,6 +380,8 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want stor
 			return store.Lease{}, "", err
 		}
 		if tr.Succeeded {
+			// The put's ModRevision is the transaction's revision.
+			got.Rev = tr.Header.Revision
 			return got, key, nil
 		}
 	}
@@ -387,108 +400,6 @@ func (s *etcdStore) revoke(id clientv3.LeaseID) error {
 		return nil
 	}
 	return fail(context.Background(), fmt.Sprintf("revoke etcd lease %x", int64(id)), err)
-}
-
-// Changes signals at the start, on every event under the network's subnet
-// prefix, after every re-established watch and whenever the connection
-// becomes ready again.
-func (s *etcdStore) Changes(ctx context.Context, network string) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	_, subnets, err := s.keys(network)
-	if err != nil || !s.t.Add() {
-		close(ch)
-		return ch
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	stopOnClose := context.AfterFunc(s.t.Context(), cancel)
-	go func() {
-		defer s.t.Done()
-		defer close(ch)
-		defer stopOnClose()
-		defer cancel()
-		var conn sync.WaitGroup
-		conn.Go(func() { s.signalReconnects(cctx, ch) })
-		defer conn.Wait()
-		s.watchLoop(cctx, subnets, ch)
-	}()
-	return ch
-}
-
-// revision returns the store's revision as seen by a count-only read of
-// prefix.
-func (s *etcdStore) revision(ctx context.Context, prefix string) (int64, error) {
-	rctx, cancel := s.request(ctx)
-	defer cancel()
-	resp, err := s.cli.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		return 0, err
-	}
-	return resp.Header.Revision, nil
-}
-
-// watchLoop reads the revision, signals, and watches prefix from the
-// next revision on, signalling on events: a caller that lists after a
-// signal misses nothing. When the watch breaks (compaction, no leader,
-// cancellation) it starts over, backing off while etcd is away. The first
-// signal is sent even if the first read fails: the caller's list then
-// fails too, and the next signal comes once etcd answers.
-//
-// Equivalent: etcdctl watch --prefix --rev=$rev $prefix
-func (s *etcdStore) watchLoop(ctx context.Context, prefix string, ch chan<- struct{}) {
-	const minDelay = 100 * time.Millisecond
-	delay := minDelay
-	rev, err := s.revision(ctx, prefix)
-	tracker.Signal(ch)
-	for ctx.Err() == nil {
-		if err != nil {
-			sleepCtx(ctx, delay)
-			delay = min(2*delay, watchRetryMax)
-			if rev, err = s.revision(ctx, prefix); err != nil {
-				continue
-			}
-			tracker.Signal(ch)
-		}
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
-			if wr.Err() != nil || wr.Canceled {
-				break
-			}
-			if len(wr.Events) > 0 {
-				delay = minDelay
-				tracker.Signal(ch)
-			}
-		}
-		wcancel()
-		err = errors.New("watch ended") // read the revision again
-	}
-}
-
-// signalReconnects signals whenever the client's connection becomes ready
-// again after it was lost; the first connection is not a reconnection.
-// The client resumes watches on its own after a reconnection, so this
-// signal is for callers that re-list once the store is back, as the Store
-// contract promises.
-func (s *etcdStore) signalReconnects(ctx context.Context, ch chan<- struct{}) {
-	conn := s.cli.ActiveConnection()
-	st := conn.GetState()
-	wasReady := st == connectivity.Ready
-	for conn.WaitForStateChange(ctx, st) {
-		next := conn.GetState()
-		if next == connectivity.Ready && st != connectivity.Ready && wasReady {
-			tracker.Signal(ch)
-		}
-		wasReady = wasReady || next == connectivity.Ready
-		st = next
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // Close closes the client. Holds stop being renewed and their etcd leases

@@ -23,7 +23,7 @@ const testPrefix = "/berth-test"
 
 // startEtcd runs a one-member etcd on 127.0.0.1 for t (lab.StartTestEtcd),
 // waiting at most storetest.Timeout for it to answer.
-func startEtcd(t *testing.T) *lab.Etcd {
+func startEtcd(t testing.TB) *lab.Etcd {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), storetest.Timeout)
 	defer cancel()
@@ -32,7 +32,7 @@ func startEtcd(t *testing.T) *lab.Etcd {
 
 // newEtcdStore connects to endpoint under testPrefix; a zero timeout is
 // the default request timeout.
-func newEtcdStore(t *testing.T, endpoint string, timeout time.Duration) store.Store {
+func newEtcdStore(t testing.TB, endpoint string, timeout time.Duration) store.Store {
 	t.Helper()
 	s, err := New(Config{Endpoints: []string{endpoint}, Prefix: testPrefix + "/", DialTimeout: 2 * time.Second, RequestTimeout: timeout})
 	if err != nil {
@@ -46,7 +46,7 @@ func newEtcdStore(t *testing.T, endpoint string, timeout time.Duration) store.St
 	return s
 }
 
-func rawClient(t *testing.T, endpoint string) *clientv3.Client {
+func rawClient(t testing.TB, endpoint string) *clientv3.Client {
 	t.Helper()
 	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -109,8 +109,11 @@ func TestEtcdLayout(t *testing.T) {
 		t.Fatalf("subnet value %s; want %s", got, want)
 	}
 	var l store.Lease
-	if err = json.Unmarshal(sub.Kvs[0].Value, &l); err != nil || l != h.Lease() {
+	if err = json.Unmarshal(sub.Kvs[0].Value, &l); err != nil || l != storetest.WithoutRev([]store.Lease{h.Lease()})[0] {
 		t.Fatalf("subnet value %s: %v", sub.Kvs[0].Value, err)
+	}
+	if h.Lease().Rev != sub.Kvs[0].ModRevision {
+		t.Fatalf("lease at revision %d; the key's ModRevision is %d", h.Lease().Rev, sub.Kvs[0].ModRevision)
 	}
 	ttl, err := c.TimeToLive(ctx, clientv3.LeaseID(sub.Kvs[0].Lease))
 	if err != nil || ttl.GrantedTTL != 5 {
@@ -273,7 +276,7 @@ func TestEtcdLostAfterLongOutage(t *testing.T) {
 	want := storetest.Host(1)
 	want.Subnet = h.Lease().Subnet
 	again := eventually(t, func() (store.Hold, error) { return s.Acquire(ctx, n.Name, want, 2*time.Second) })
-	if again.Lease() != h.Lease() {
+	if got := storetest.WithoutRev([]store.Lease{again.Lease(), h.Lease()}); got[0] != got[1] || again.Lease().Rev <= h.Lease().Rev {
 		t.Fatalf("re-acquired %+v; want %+v", again.Lease(), h.Lease())
 	}
 }

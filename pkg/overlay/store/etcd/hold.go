@@ -81,6 +81,7 @@ func (h *etcdHold) Update(ctx context.Context, fn func(store.Attrs) (store.Attrs
 	if !resp.Succeeded {
 		return h.lease, fmt.Errorf("%s: %s is gone or another holder's: %w", what, h.key, store.ErrLost)
 	}
+	next.Rev = resp.Header.Revision // the put's ModRevision
 	h.lease = next
 	return next, nil
 }

@@ -1,7 +1,9 @@
 // Package file is the store.Store backend on a directory shared by
 // several hosts on one machine (network namespaces, processes): a file per
 // network config and per subnet lease, changed under flock(2), expiry by
-// the wall clock. It touches only files under the directory it is given.
+// the wall clock, a revision counter per network; watched by inotify(7)
+// where the directory is local, else polled. It touches only files under
+// the directory it is given.
 package file
 
 import (
@@ -17,7 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-cni/berth/pkg/config"
@@ -29,51 +31,100 @@ import (
 
 // The file backend keeps, under its directory:
 //
-//	<network>/network.json            the store.Network
-//	<network>/leases/<a.b.c.d_len>.json one fileLease per leased subnet
-//	<network>/lock                    flock(2) held around every read-modify-write
+//	<network>/network.json              the store.Network
+//	<network>/leases/<a.b.c.d_len>.json one fileLease per subnet ever leased: a lease or its tombstone
+//	<network>/rev                       the network's revision counter, decimal (rev.go)
+//	<network>/lock                      flock(2) held around every read-modify-write
 //
 // Every write is a temp file renamed over the old one, so readers that do
-// not lock (Changes) see whole files. Expiry times are wall-clock unix
+// not lock (Watch) see whole files. Expiry times are wall-clock unix
 // milliseconds: the hosts sharing the directory share the machine's clock.
+//
+// Every write of a lease (a claim, an attribute update, a release, the
+// sweep of an expired lease) takes the next revision from the counter
+// and records it in the file; a renewal rewrites the expiry only. A
+// deleted lease leaves a tombstone, its last record marked with the
+// revision of its deletion, so that a watcher can place the deletion
+// among the other writes (a missing file says neither when nor what);
+// the next claim of the subnet overwrites it. Readers other than Watch
+// skip tombstones, and to a berth that predates them a tombstone is a
+// lease that has expired.
 
 const (
-	// filePoll is how often Changes rereads the leases.
+	// filePoll is how often a polling Watch rereads the leases.
 	filePoll = 200 * time.Millisecond
 	// fileLockWait bounds the wait for the lock when ctx has no deadline.
 	fileLockWait = 10 * time.Second
 )
 
-// fileLease is a lease file: the store.Lease, who holds it and until when.
+// fileLease is a lease file: the store.Lease, who holds it and until when,
+// and the revisions of its writes.
 type fileLease struct {
 	store.Lease
 	// Holder is a random token of the Hold that wrote the file: a Hold
 	// whose file carries another token was taken over, even by the same
 	// host (an agent restarted while its old lease was still live).
-	Holder  string `json:"holder"`
-	Expires int64  `json:"expires"` // unix milliseconds
+	Holder string `json:"holder"`
+	// Expires is in unix milliseconds; a tombstone's is the time of the
+	// deletion, so that it is expired to every reader.
+	Expires int64 `json:"expires"`
+	// Revision is the lease's Rev (which JSON skips in store.Lease): the
+	// revision of its last write; 0 in a file written before revisions.
+	Revision int64 `json:"rev,omitempty"`
+	// DeletedRev, when not 0, makes the record a tombstone: the lease was
+	// deleted (released or swept) at this revision.
+	DeletedRev int64 `json:"deleted,omitempty"`
 }
 
 func (f fileLease) expired(now time.Time) bool { return now.UnixMilli() >= f.Expires }
 
-type fileStore struct {
-	dir string
-	t   *tracker.Tracker // renewers and pollers
+// tombstone reports whether the record is a deleted lease's.
+func (f fileLease) tombstone() bool { return f.DeletedRev != 0 }
 
-	mu     sync.Mutex
-	listed map[string]string // network → fingerprint of what Leases last returned
+// rev is the revision of the record's last write: the deletion's for a
+// tombstone, else the lease's.
+func (f fileLease) rev() int64 { return max(f.Revision, f.DeletedRev) }
+
+type fileStore struct {
+	dir  string
+	opts Options
+	t    *tracker.Tracker // renewers and watchers
+
+	stats stats
+}
+
+// stats count what this store's watchers read, for the tests: that a
+// watcher reads the directory once per snapshot, not per event.
+type stats struct {
+	scans     atomic.Int64 // listings of a leases directory by a watcher
+	reads     atomic.Int64 // lease files a watcher read one by one
+	inotifies atomic.Int64 // watches that followed inotify events
+	polls     atomic.Int64 // watches that polled
+}
+
+// Options are the choices of NewWithOptions; the zero Options are New's.
+type Options struct {
+	// Poll makes Watch (and Changes) poll the leases every 200 ms even
+	// where the directory is on a local file system and inotify would
+	// tell of every change; on a shared one (NFS, SMB, FUSE, 9P, …),
+	// where inotify does not see other machines' writes, they poll
+	// regardless.
+	Poll bool
 }
 
 // New returns a store.Store on the directory dir, for several hosts (network
 // namespaces, processes) on one machine. It creates dir if missing.
-func New(dir string) (store.Store, error) {
+func New(dir string) (store.Store, error) { return NewWithOptions(dir, Options{}) }
+
+// NewWithOptions is New with the choices of o.
+func NewWithOptions(dir string, o Options) (store.Store, error) {
 	if dir == "" {
 		return nil, errors.New("file store: a directory is required")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("file store: %w", err)
 	}
-	return &fileStore{dir: dir, t: tracker.New(), listed: map[string]string{}}, nil
+	return &fileStore{dir: dir, opts: o, t: tracker.New()}, nil
 }
 
 // netDir returns the directory of network, after checking that the name
@@ -202,57 +253,85 @@ func decodeFileLease(b []byte, subnet netip.Prefix) (fileLease, error) {
 	if f.Holder == "" || f.Expires <= 0 {
 		return fileLease{}, fmt.Errorf("stored lease of %s: holder %q, expires %d: both are required", subnet, f.Holder, f.Expires)
 	}
+	if f.Revision < 0 || f.DeletedRev < 0 || f.tombstone() && f.DeletedRev <= f.Revision {
+		return fileLease{}, fmt.Errorf("stored lease of %s: rev %d, deleted %d: revisions are positive and a deletion comes after the write", subnet, f.Revision, f.DeletedRev)
+	}
+	f.Lease.Rev = f.Revision
 	return f, nil
 }
 
-// readLeases reads the lease files of the network directory d. Live ones
-// are returned; the paths of expired ones too, for a caller holding the
-// lock to delete.
-func readLeases(d string, now time.Time) (live []fileLease, expired []string, err error) {
+// readLeases reads the lease files of the network directory d, tombstones
+// included.
+func readLeases(d string) ([]fileLease, error) {
 	ents, err := os.ReadDir(filepath.Join(d, "leases"))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil
+		return nil, nil
 	}
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, e := range ents {
-		name := e.Name()
-		if strings.HasPrefix(name, ".") { // a temp file of a write in flight
-			continue
-		}
-		subnet, err := store.ParseSubnetKey(strings.TrimSuffix(name, ".json"), '_')
-		if err != nil || !strings.HasSuffix(name, ".json") {
-			return nil, nil, fmt.Errorf("%s: not a lease file name", filepath.Join(d, "leases", name))
-		}
-		f, ok, err := readLeaseFile(filepath.Join(d, "leases", name), subnet)
-		switch {
-		case err != nil:
-			return nil, nil, err
-		case !ok: // deleted since ReadDir
-		case f.expired(now):
-			expired = append(expired, filepath.Join(d, "leases", name))
-		default:
-			live = append(live, f)
-		}
-	}
-	return live, expired, nil
-}
-
-// sweep is readLeases plus the deletion of the expired files; the caller
-// holds the lock.
-func sweep(d string, now time.Time) ([]fileLease, error) {
-	live, expired, err := readLeases(d, now)
 	if err != nil {
 		return nil, err
 	}
-	var errs []error
-	for _, p := range expired {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, err)
+	var out []fileLease
+	for _, e := range ents {
+		subnet, ok, err := leaseFileName(d, e.Name())
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		f, ok, err := readLeaseFile(filepath.Join(d, "leases", e.Name()), subnet)
+		switch {
+		case err != nil:
+			return nil, err
+		case ok: // else deleted since ReadDir
+			out = append(out, f)
 		}
 	}
-	return live, errors.Join(errs...)
+	return out, nil
+}
+
+// leaseFileName returns the subnet of a name in the leases directory of
+// d; ok is false for a temp file of a write in flight.
+func leaseFileName(d, name string) (subnet netip.Prefix, ok bool, err error) {
+	if strings.HasPrefix(name, ".") {
+		return netip.Prefix{}, false, nil
+	}
+	subnet, err = store.ParseSubnetKey(strings.TrimSuffix(name, ".json"), '_')
+	if err != nil || !strings.HasSuffix(name, ".json") {
+		return netip.Prefix{}, false, fmt.Errorf("%s: not a lease file name", filepath.Join(d, "leases", name))
+	}
+	return subnet, true, nil
+}
+
+// sweep reads the lease files of d and replaces each expired lease by its
+// tombstone, a write with a revision of its own; it returns the records
+// as they are then. The caller holds the lock.
+func sweep(d string, now time.Time) ([]fileLease, error) {
+	recs, err := readLeases(d)
+	if err != nil {
+		return nil, err
+	}
+	for i, f := range recs {
+		if f.tombstone() || !f.expired(now) {
+			continue
+		}
+		if recs[i], err = bury(d, f, now); err != nil {
+			return nil, err
+		}
+	}
+	return recs, nil
+}
+
+// liveOf returns the records of recs that are leases, not tombstones; a
+// sweep leaves no expired lease among them.
+func liveOf(recs []fileLease) []fileLease {
+	var out []fileLease
+	for _, f := range recs {
+		if !f.tombstone() {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func leasesOf(files []fileLease) []store.Lease {
@@ -264,7 +343,9 @@ func leasesOf(files []fileLease) []store.Lease {
 	return ls
 }
 
+// writeLease writes the record f, its Revision that of f.Lease.
 func writeLease(d string, f fileLease) error {
+	f.Revision = f.Lease.Rev
 	b, err := json.Marshal(f)
 	if err != nil {
 		return err
@@ -277,20 +358,16 @@ func (s *fileStore) Leases(ctx context.Context, network string) ([]store.Lease, 
 	if err != nil {
 		return nil, err
 	}
-	var live []fileLease
+	var recs []fileLease
 	if _, err = os.Stat(d); err == nil {
-		live, err = locked(ctx, d, func() ([]fileLease, error) { return sweep(d, time.Now()) })
+		recs, err = locked(ctx, d, func() ([]fileLease, error) { return sweep(d, time.Now()) })
 	} else if errors.Is(err, fs.ErrNotExist) {
 		err = nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("leases of overlay network %q: %w", network, err)
 	}
-	ls := leasesOf(live)
-	s.mu.Lock()
-	s.listed[network] = fingerprintOf(ls)
-	s.mu.Unlock()
-	return ls, nil
+	return leasesOf(liveOf(recs)), nil
 }
 
 func (s *fileStore) Acquire(ctx context.Context, network string, want store.Lease, ttl time.Duration) (store.Hold, error) {
@@ -339,10 +416,11 @@ func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (st
 		return store.Lease{}, errors.New("no config stored (EnsureNetwork first)")
 	}
 	now := time.Now()
-	live, err := sweep(d, now)
+	recs, err := sweep(d, now)
 	if err != nil {
 		return store.Lease{}, err
 	}
+	live := liveOf(recs)
 	subnet, err := store.PickSubnet(n, want, leasesOf(live))
 	if err != nil {
 		return store.Lease{}, err
@@ -358,66 +436,10 @@ func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (st
 			}
 		}
 	}
+	if got.Rev, err = bumpRev(d); err != nil {
+		return store.Lease{}, err
+	}
 	return got, writeLease(d, fileLease{Lease: got, Holder: holder, Expires: now.Add(ttl).UnixMilli()})
-}
-
-func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	d, err := s.netDir(network)
-	if err != nil || !s.t.Add() {
-		close(ch)
-		return ch
-	}
-	// Each poll signals when the leases differ from the last poll's or
-	// from what Leases last returned for the network: a change between
-	// the start and the caller's first list, or one undone before the
-	// next poll after the caller listed it, is still signalled.
-	last := fingerprint(d)
-	ch <- struct{}{}
-	go func() {
-		defer s.t.Done()
-		defer close(ch)
-		t := time.NewTicker(filePoll)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.t.Context().Done():
-				return
-			case <-t.C:
-			}
-			fp := fingerprint(d)
-			s.mu.Lock()
-			listed, ok := s.listed[network]
-			s.mu.Unlock()
-			if fp != last || ok && fp != listed {
-				last = fp
-				tracker.Signal(ch)
-			}
-		}
-	}()
-	return ch
-}
-
-// fingerprint is the content of the live leases under d, or a marker that
-// differs from every content when they cannot be read, so that the first
-// good read after a bad one signals.
-func fingerprint(d string) string {
-	live, _, err := readLeases(d, time.Now())
-	if err != nil {
-		return "\x00" + err.Error()
-	}
-	return fingerprintOf(leasesOf(live))
-}
-
-// fingerprintOf is the content of leases (sorted, as leasesOf returns them).
-func fingerprintOf(leases []store.Lease) string {
-	b, err := json.Marshal(leases)
-	if err != nil {
-		return "\x00" + err.Error()
-	}
-	return string(b)
 }
 
 // newToken returns a random token naming one Hold.
@@ -427,7 +449,7 @@ func newToken() string {
 	return hex.EncodeToString(b)
 }
 
-// Close stops renewals and Changes pollers; lease files stay until their
+// Close stops renewals and watchers; lease files stay until their
 // expiry.
 func (s *fileStore) Close() error {
 	s.t.Stop(nil)

@@ -15,7 +15,7 @@ import (
 	"github.com/berth-cni/berth/pkg/overlay/store/storetest"
 )
 
-func newFileStore(t *testing.T, dir string) store.Store {
+func newFileStore(t testing.TB, dir string) store.Store {
 	t.Helper()
 	s, err := New(dir)
 	if err != nil {
@@ -50,13 +50,17 @@ func TestFileLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var f fileLease
-	if err := json.Unmarshal(b, &f); err != nil || f.Lease != h.Lease() || f.Holder == "" {
+	f, err := decodeFileLease(b, h.Lease().Subnet)
+	if err != nil || f.Lease != h.Lease() || f.Holder == "" || f.Revision != h.Lease().Rev {
 		t.Fatalf("lease file %s: %+v, %v", b, f, err)
 	}
-	// A lease without attributes is stored as before they existed.
-	if want := fmt.Sprintf(`{"subnet":"10.244.0.0/24","host":"host1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":%q,"expires":%d}`, f.Holder, f.Expires); string(b) != want {
+	// A lease without attributes is stored as before they existed, and
+	// its revision after them.
+	if want := fmt.Sprintf(`{"subnet":"10.244.0.0/24","host":"host1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":%q,"expires":%d,"rev":%d}`, f.Holder, f.Expires, f.Revision); string(b) != want {
 		t.Errorf("lease file %s; want %s", b, want)
+	}
+	if c, err := os.ReadFile(filepath.Join(dir, n.Name, "rev")); err != nil || string(c) != fmt.Sprintf("%d\n", f.Revision) {
+		t.Errorf("revision counter %q, %v; want the lease's revision %d", c, err, f.Revision)
 	}
 	if left := time.Until(time.UnixMilli(f.Expires)); left <= 0 || left > time.Minute {
 		t.Errorf("lease file expires in %v; want within the minute of ttl", left)
@@ -64,8 +68,8 @@ func TestFileLayout(t *testing.T) {
 }
 
 // A lease file that expired while its holder was stopped (SIGSTOP, a
-// suspended VM) is deleted by the holder's next renewal, which reports the
-// Hold lost; one deleted by hand is lost too.
+// suspended VM) is swept by the holder's next renewal, which reports the
+// Hold lost and leaves the tombstone; one deleted by hand is lost too.
 func TestFileLostAtRenewal(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -89,8 +93,8 @@ func TestFileLostAtRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	storetest.WaitClosed(t, expired.Lost(), "Lost of an expired lease")
-	if _, err := os.Stat(path(expired)); !os.IsNotExist(err) {
-		t.Errorf("expired lease file still there after the renewal saw it: %v", err)
+	if got, ok, err := readLeaseFile(path(expired), expired.Lease().Subnet); err != nil || !ok || !got.tombstone() || got.DeletedRev <= f.Revision {
+		t.Errorf("expired lease file after the renewal saw it: %+v, %v, %v; want its tombstone", got, ok, err)
 	}
 
 	vanished := storetest.Acquire(t, s, n.Name, storetest.Host(2), time.Second)
@@ -189,11 +193,16 @@ func TestFileConcurrentAcquire(t *testing.T) {
 }
 
 // FuzzDecodeFileLease: a lease file never panics the decoder, and what it
-// accepts is valid, names the subnet of its file name and survives a
+// accepts is valid, names the subnet of its file name, has revisions in
+// order (a tombstone's deletion after the lease's write) and survives a
 // round trip.
 func FuzzDecodeFileLease(f *testing.F) {
 	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":"ab","expires":1}`), "10.244.3.0_24")
 	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":"ab","expires":1,"rev":7}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":"ab","expires":1,"rev":7,"deleted":9}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":"ab","expires":1,"rev":9,"deleted":9}`), "10.244.3.0_24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01","holder":"ab","expires":1,"rev":-1}`), "10.244.3.0_24")
 	f.Add([]byte(`{"subnet":"10.244.3.5/24","host":"n1"}`), "10.244.3.0-24")
 	f.Add([]byte(`null`), "")
 	f.Fuzz(func(t *testing.T, b []byte, key string) {
@@ -205,7 +214,8 @@ func FuzzDecodeFileLease(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if verr := fl.Lease.Validate(); verr != nil || fl.Subnet != subnet || fl.Holder == "" || fl.Expires <= 0 {
+		if verr := fl.Lease.Validate(); verr != nil || fl.Subnet != subnet || fl.Holder == "" || fl.Expires <= 0 ||
+			fl.Revision < 0 || fl.Lease.Rev != fl.Revision || fl.tombstone() && fl.DeletedRev <= fl.Revision || fl.DeletedRev < 0 {
 			t.Fatalf("accepted lease file %+v: %v", fl, verr)
 		}
 		again, err := json.Marshal(fl)

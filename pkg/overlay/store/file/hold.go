@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 
@@ -36,10 +35,10 @@ func (h *fileHold) Lease() store.Lease {
 	return h.lease
 }
 
-// Update rewrites the lease file with the attributes fn returns if it is
-// still this Hold's and live, keeping its expiry.
+// Update rewrites the lease file with the attributes fn returns and the
+// next revision if it is still this Hold's and live, keeping its expiry.
 //
-// Equivalent: flock $dir/$network/lock (rewrite leases/$subnet.json with the new attrs)
+// Equivalent: flock $dir/$network/lock (bump rev, rewrite leases/$subnet.json with the new attrs)
 func (h *fileHold) Update(ctx context.Context, fn func(store.Attrs) (store.Attrs, error)) (store.Lease, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -56,22 +55,26 @@ func (h *fileHold) Update(ctx context.Context, fn func(store.Attrs) (store.Attrs
 	if attrs == h.lease.Attrs {
 		return h.lease, nil
 	}
-	_, err = locked(ctx, h.d, func() (struct{}, error) {
+	rev, err := locked(ctx, h.d, func() (int64, error) {
 		path := leasePath(h.d, h.subnet)
 		f, ok, rerr := readLeaseFile(path, h.subnet)
 		switch {
 		case rerr != nil:
-			return struct{}{}, rerr
-		case !ok || f.Holder != h.holder || f.expired(time.Now()):
-			return struct{}{}, fmt.Errorf("%s is gone, expired or another holder's: %w", path, store.ErrLost)
+			return 0, rerr
+		case !ok || f.tombstone() || f.Holder != h.holder || f.expired(time.Now()):
+			return 0, fmt.Errorf("%s is gone, expired or another holder's: %w", path, store.ErrLost)
 		}
-		f.Attrs = attrs
-		return struct{}{}, writeLease(h.d, f)
+		rev, berr := bumpRev(h.d)
+		if berr != nil {
+			return 0, berr
+		}
+		f.Attrs, f.Lease.Rev = attrs, rev
+		return rev, writeLease(h.d, f)
 	})
 	if err != nil {
 		return h.lease, fmt.Errorf("%s: %w", what, err)
 	}
-	h.lease.Attrs = attrs
+	h.lease.Attrs, h.lease.Rev = attrs, rev
 	return h.lease, nil
 }
 
@@ -109,8 +112,9 @@ func (h *fileHold) renewLoop(ctx context.Context) {
 }
 
 // renew rewrites the expiry of the lease file if it is still this Hold's
-// and live. lost is true when it is gone, taken or expired (an expired
-// file is deleted: the Hold's owner acquires anew).
+// and live, keeping its revision: a renewal is no write of the lease.
+// lost is true when it is gone, taken or expired (an expired lease is
+// swept, leaving its tombstone: the Hold's owner acquires anew).
 func (h *fileHold) renew(ctx context.Context) (lost bool, err error) {
 	return locked(ctx, h.d, func() (bool, error) {
 		path := leasePath(h.d, h.subnet)
@@ -119,28 +123,30 @@ func (h *fileHold) renew(ctx context.Context) (lost bool, err error) {
 		switch {
 		case rerr != nil:
 			return false, rerr
-		case !ok || f.Holder != h.holder:
+		case !ok || f.tombstone() || f.Holder != h.holder:
 			return true, nil
 		case f.expired(now):
-			return true, os.Remove(path)
+			_, err := bury(h.d, f, now)
+			return true, err
 		}
 		f.Expires = now.Add(h.ttl).UnixMilli()
 		return false, writeLease(h.d, f)
 	})
 }
 
-// Release stops the renewals and deletes the lease file if it is still
-// this Hold's. Releasing twice is not an error.
+// Release stops the renewals and replaces the lease file by its tombstone
+// if it is still this Hold's. Releasing twice is not an error.
 func (h *fileHold) Release(ctx context.Context) error {
 	h.releaseOnce.Do(func() { close(h.release) })
 	<-h.done
 	_, err := locked(ctx, h.d, func() (struct{}, error) {
 		path := leasePath(h.d, h.subnet)
 		f, ok, rerr := readLeaseFile(path, h.subnet)
-		if rerr != nil || !ok || f.Holder != h.holder {
+		if rerr != nil || !ok || f.tombstone() || f.Holder != h.holder {
 			return struct{}{}, rerr
 		}
-		return struct{}{}, os.Remove(path)
+		_, err := bury(h.d, f, time.Now())
+		return struct{}{}, err
 	})
 	if err != nil {
 		return fmt.Errorf("release lease of %s for %q: %w", h.subnet, h.host, err)

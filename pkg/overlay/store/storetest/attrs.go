@@ -68,6 +68,9 @@ func runAttrs(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 		if after.Subnet != before.Subnet || after.VTEP != before.VTEP || after.MAC != before.MAC || after.Host != before.Host {
 			t.Fatalf("Update changed more than the attributes: %+v, was %+v", after, before)
 		}
+		if after.Rev <= before.Rev {
+			t.Fatalf("Update wrote at revision %d, the lease was at %d", after.Rev, before.Rev)
+		}
 		if v, ok, err := ackAttr.Get(after.Attrs); err != nil || !ok || !slices.Equal(v.Seen, []string{"host2"}) {
 			t.Fatalf("ack after Update: %+v, %v, %v", v, ok, err)
 		}
@@ -153,6 +156,10 @@ func runAttrs(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 			WithAttr(t, WithAttr(t, Host(1), "ack", 1, `{"seen":["host9"]}`), "future", 4, `{"only":"a newer agent knows"}`), ttl)
 		older := Acquire(t, newStore(t), n.Name, WithAttr(t, Host(1), "ack", 1, `{"seen":[]}`), ttl)
 		want := WithAttr(t, newer.Lease(), "ack", 1, `{"seen":[]}`)
+		if older.Lease().Rev <= newer.Lease().Rev {
+			t.Fatalf("taking over at revision %d, after the lease's %d", older.Lease().Rev, newer.Lease().Rev)
+		}
+		want.Rev = older.Lease().Rev
 		if got := older.Lease(); got != want {
 			t.Fatalf("re-acquired %+v; want %+v (its own ack, the unknown future kept)", got, want)
 		}

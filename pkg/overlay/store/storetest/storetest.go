@@ -69,11 +69,15 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 		a := Acquire(t, newStore(t), n.Name, Host(1), ttl)
 		b := Acquire(t, newStore(t), n.Name, Host(2), ttl)
 		want := []store.Lease{withSubnet(Host(1), "10.244.0.0/24"), withSubnet(Host(2), "10.244.1.0/24")}
-		if got := []store.Lease{a.Lease(), b.Lease()}; !slices.Equal(got, want) {
+		if got := []store.Lease{a.Lease(), b.Lease()}; !slices.Equal(WithoutRev(got), want) {
 			t.Fatalf("leases = %+v; want %+v", got, want)
 		}
-		if got := Leases(t, newStore(t), n.Name); !slices.Equal(got, want) {
-			t.Fatalf("Leases = %+v; want %+v", got, want)
+		// Each write has a revision of its own, later than the ones before.
+		if a.Lease().Rev <= 0 || b.Lease().Rev <= a.Lease().Rev {
+			t.Fatalf("revisions %d then %d; want positive and increasing", a.Lease().Rev, b.Lease().Rev)
+		}
+		if got := Leases(t, newStore(t), n.Name); !slices.Equal(got, []store.Lease{a.Lease(), b.Lease()}) {
+			t.Fatalf("Leases = %+v; want %+v, revisions included", got, want)
 		}
 		if err := errors.Join(a.Release(ctx), b.Release(ctx)); err != nil {
 			t.Fatal(err)
@@ -295,6 +299,7 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 	})
 
 	runAttrs(t, ttl, newStore)
+	runWatch(t, ttl, newStore)
 
 	t.Run("BadInput", func(t *testing.T) {
 		t.Parallel()
@@ -325,14 +330,14 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 }
 
 // Ctx is a context for one test's store calls, ended with t.
-func Ctx(t *testing.T) context.Context {
+func Ctx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*Timeout)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // Network is a /16 split into /24s, named after the (sub)test.
-func Network(t *testing.T) store.Network {
+func Network(t testing.TB) store.Network {
 	name := strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())
 	return store.Network{Name: name, CIDR: netip.MustParsePrefix("10.244.0.0/16"), SubnetLen: 24, VNI: 42, Port: 4789}
 }
@@ -356,13 +361,23 @@ func WithAttr(t *testing.T, l store.Lease, name string, version int, data string
 	return l
 }
 
+// WithoutRev returns ls with every Rev 0, to compare with leases as a
+// caller asks for them.
+func WithoutRev(ls []store.Lease) []store.Lease {
+	out := slices.Clone(ls)
+	for i := range out {
+		out[i].Rev = 0
+	}
+	return out
+}
+
 func withSubnet(l store.Lease, subnet string) store.Lease {
 	l.Subnet = netip.MustParsePrefix(subnet)
 	return l
 }
 
 // Ensure stores n (or checks it) and fails t on an error.
-func Ensure(t *testing.T, s store.Store, n store.Network) store.Network {
+func Ensure(t testing.TB, s store.Store, n store.Network) store.Network {
 	t.Helper()
 	got, err := s.EnsureNetwork(Ctx(t), n)
 	if err != nil {
@@ -372,7 +387,7 @@ func Ensure(t *testing.T, s store.Store, n store.Network) store.Network {
 }
 
 // Acquire acquires a lease and fails t on an error.
-func Acquire(t *testing.T, s store.Store, network string, want store.Lease, ttl time.Duration) store.Hold {
+func Acquire(t testing.TB, s store.Store, network string, want store.Lease, ttl time.Duration) store.Hold {
 	t.Helper()
 	h, err := s.Acquire(Ctx(t), network, want, ttl)
 	if err != nil {
