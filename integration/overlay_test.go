@@ -39,6 +39,8 @@ type ovCluster struct {
 	// storeFlags are the agents' store flags (-store file -store-dir …,
 	// or -store etcd -etcd-endpoints …).
 	storeFlags []string
+	// leaseTTL is the agents' -lease-ttl: ovLeaseTTL unless set.
+	leaseTTL time.Duration
 
 	mu    sync.Mutex
 	hosts map[int]*ovHost
@@ -56,6 +58,7 @@ type ovHost struct {
 	r        *lab.Runner
 	conf     *lab.Conflist
 	agent    *lab.Agent
+	flags    []string // more agent flags
 }
 
 func newOvCluster(t *testing.T, storeFlags []string) *ovCluster {
@@ -119,10 +122,15 @@ func (c *ovCluster) newHost(ctx context.Context, i int) *ovHost {
 // startAgent starts berth-overlayd in the host's namespace.
 func (h *ovHost) startAgent(ctx context.Context) {
 	h.c.t.Helper()
+	ttl := h.c.leaseTTL
+	if ttl == 0 {
+		ttl = ovLeaseTTL
+	}
 	args := append([]string{
 		"-cidr", ovCIDR, "-subnet-len", "24", "-vni", fmt.Sprint(ovVNI),
-		"-node", fmt.Sprintf("h%d", h.i), "-lease-ttl", ovLeaseTTL.String(), "-listen", "127.0.0.1:9614",
+		"-node", fmt.Sprintf("h%d", h.i), "-lease-ttl", ttl.String(), "-listen", "127.0.0.1:9614",
 	}, h.c.storeFlags...)
+	args = append(args, h.flags...)
 	a, err := lab.StartAgent(h.ns, filepath.Join(bins.Dir, "berth-overlayd"), h.c.network, h.stateDir, args, lab.TestLog{TB: h.c.t})
 	if err != nil {
 		h.c.t.Fatal(err)

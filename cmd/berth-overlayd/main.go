@@ -28,6 +28,7 @@ import (
 
 	"github.com/berth-cni/berth/pkg/buildinfo"
 	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/ack"
 	"github.com/berth-cni/berth/pkg/overlay/agent"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/store/etcd"
@@ -71,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 	listen := fs.String("listen", "127.0.0.1:9614", "address for /healthz and /metrics (empty: none)")
 	ttl := fs.Duration("lease-ttl", 30*time.Second, "subnet lease TTL: a host gone this long leaves the overlay")
 	release := fs.Bool("release-on-exit", false, "delete the lease on exit (the subnet is then free: containers lose their addresses)")
+	ackBound := fs.Duration("ack-bound", ack.DefaultBound, "how long to wait for a peer to acknowledge this host's lease before reporting it and being ready without it")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
@@ -85,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 	o := options{store: *backend, storeDir: *storeDir, listen: *listen}
 	c := &o.agent
 	c.Network = store.Network{Name: *network, SubnetLen: *subnetLen}
-	c.Underlay, c.MTU, c.StateDir, c.LeaseTTL, c.ReleaseOnExit = *underlay, *mtu, *stateDir, *ttl, *release
+	c.Underlay, c.MTU, c.StateDir, c.LeaseTTL, c.ReleaseOnExit, c.AckBound = *underlay, *mtu, *stateDir, *ttl, *release, *ackBound
 
 	if *network == "" {
 		return options{}, errors.New("-network: a network name is required")
@@ -118,6 +120,9 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 	}
 	if *ttl < time.Second {
 		return options{}, fmt.Errorf("-lease-ttl %v: must be at least 1s", *ttl)
+	}
+	if *ackBound <= 0 {
+		return options{}, fmt.Errorf("-ack-bound %v: must be positive", *ackBound)
 	}
 	if *stateDir == "" {
 		return options{}, errors.New("-state-dir: a directory is required")

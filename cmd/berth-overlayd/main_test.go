@@ -30,6 +30,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 			Node:     "node-a",
 			StateDir: overlay.DefaultStateDir,
 			LeaseTTL: 30 * time.Second,
+			AckBound: 5 * time.Second,
 		},
 		store:    "file",
 		storeDir: "/srv/ov",
@@ -46,7 +47,7 @@ func TestParseFlagsAll(t *testing.T) {
 		"-network", "ov", "-cidr", "10.50.0.0/16", "-subnet-len", "26", "-vni", "4242", "-port", "8472",
 		"-store", "etcd", "-etcd-endpoints", " http://10.0.0.1:2379, http://10.0.0.2:2379,", "-etcd-prefix", "/x",
 		"-node", "n1", "-underlay", "eth1", "-vtep", "10.0.0.5", "-mtu", "1400", "-state-dir", "/tmp/s",
-		"-listen", "", "-lease-ttl", "10s", "-release-on-exit",
+		"-listen", "", "-lease-ttl", "10s", "-release-on-exit", "-ack-bound", "2s",
 	}, io.Discard, hostname)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +57,7 @@ func TestParseFlagsAll(t *testing.T) {
 			Network:  store.Network{Name: "ov", CIDR: netip.MustParsePrefix("10.50.0.0/16"), SubnetLen: 26, VNI: 4242, Port: 8472},
 			Node:     "n1",
 			Underlay: "eth1", VTEP: netip.MustParseAddr("10.0.0.5"), MTU: 1400, StateDir: "/tmp/s",
-			LeaseTTL: 10 * time.Second, ReleaseOnExit: true,
+			LeaseTTL: 10 * time.Second, ReleaseOnExit: true, AckBound: 2 * time.Second,
 		},
 		store: "etcd",
 		etcd:  etcd.Config{Endpoints: []string{"http://10.0.0.1:2379", "http://10.0.0.2:2379"}, Prefix: "/x"},
@@ -89,6 +90,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-vtep", "nope"}, `-vtep "nope"`},
 		{[]string{"-mtu", "100"}, "-mtu 100"},
 		{[]string{"-lease-ttl", "500ms"}, "-lease-ttl 500ms"},
+		{[]string{"-ack-bound", "0s"}, "-ack-bound 0s"},
 		{[]string{"-state-dir", ""}, "-state-dir"},
 		{[]string{"-store", "consul"}, `-store "consul"`},
 		{[]string{"-store-dir", ""}, "-store-dir"},

@@ -25,6 +25,7 @@ import (
 
 	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/overlay"
+	"github.com/berth-cni/berth/pkg/overlay/ack"
 	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
@@ -55,10 +56,15 @@ type Config struct {
 	// (netns.Host), what a process running in its host's namespace wants.
 	Netns string
 	Log   io.Writer // one line per event; nil discards
-	// Resync is how often the leases and the kernel are compared without
-	// a change signal, which repairs what someone else changed (a deleted
-	// route, the device itself); 0 means DefaultResync.
+	// Resync is how often the kernel is read back and compared with the
+	// peers, which repairs what someone else changed (a deleted route,
+	// the device itself); 0 means DefaultResync. Between resyncs a change
+	// costs only the kernel requests of the peers it changed.
 	Resync time.Duration
+	// AckBound is how long the agent, after writing its lease, waits for
+	// a peer to acknowledge having it in its kernel before it reports the
+	// peer and waits no more; 0 means ack.DefaultBound.
+	AckBound time.Duration
 }
 
 func (c Config) validate() error {
@@ -80,6 +86,8 @@ func (c Config) validate() error {
 		return errors.New("overlay agent: a store is required")
 	case c.Resync < 0:
 		return fmt.Errorf("overlay agent: resync %v: must not be negative", c.Resync)
+	case c.AckBound < 0:
+		return fmt.Errorf("overlay agent: ack bound %v: must not be negative", c.AckBound)
 	}
 	return nil
 }
@@ -108,6 +116,16 @@ type Agent struct {
 	local overlay.Local
 	peers []peerplan.Peer
 	delay time.Duration // the next retry delay
+
+	// The store as the watch has told it, and how far the kernel follows.
+	leases    map[netip.Prefix]store.Lease // by subnet, every host's
+	acks      map[netip.Prefix]ack.Peer    // what each lease says of the acknowledgement protocol
+	rev       int64                        // the watch's revision, applied to leases
+	synced    int64                        // the revision the kernel holds the peers of (0: none yet)
+	kernelOK  bool                         // the kernel holds exactly a.peers (else the next sync reads it back)
+	published int64                        // the ack.Sync this host last published
+	wait      *ack.Wait                    // this host's wait for acknowledgements, if any
+	late      []string                     // the peers the last wait gave up on
 }
 
 // New checks cfg and returns an agent ready to Run.
@@ -265,7 +283,8 @@ func (a *Agent) ensureDevice() error {
 }
 
 // acquire leases a subnet, preferring want, retrying until it succeeds or
-// ctx ends, then gives the device the subnet's address.
+// ctx ends, then gives the device the subnet's address and begins the
+// wait for the peers' acknowledgements of the lease.
 func (a *Agent) acquire(ctx context.Context, want netip.Prefix) error {
 	lease := store.Lease{Subnet: want, Host: a.cfg.Node, VTEP: a.spec.Local, MAC: a.dev.MAC.String()}
 	err := a.retry(ctx, "acquire a subnet lease", func(ctx context.Context) error {
@@ -291,7 +310,15 @@ func (a *Agent) acquire(ctx context.Context, want netip.Prefix) error {
 	a.setSubnet(got)
 	a.spec.Subnet = got
 	a.writeLocal()
-	return a.ensureDevice()
+	if err := a.ensureDevice(); err != nil {
+		return err
+	}
+	// Not ready until the peers have this lease in their kernels.
+	if err := a.await(ctx); err != nil {
+		a.st.update(func(s *status) { s.storeErrors++ })
+		a.log.Printf("store: ask the peers to acknowledge lease %s: %v (waiting %v for them anyway)", got, err, a.wait.Bound)
+	}
+	return nil
 }
 
 // reacquire answers a lost lease: not ready until the same subnet (if
@@ -331,103 +358,6 @@ func (a *Agent) retry(ctx context.Context, what string, fn func(context.Context)
 		}
 		delay = min(2*delay, retryMax)
 	}
-}
-
-// loop syncs the peers on every change signal of the store, on a lost
-// lease after acquiring it again, after a failure (with backoff) and every
-// Config.Resync. A failed store read keeps the kernel as it is.
-func (a *Agent) loop(ctx context.Context) error {
-	changes := a.cfg.Store.Changes(ctx, a.cfg.Network.Name)
-	every := a.cfg.Resync
-	if every == 0 {
-		every = DefaultResync
-	}
-	resync := time.NewTicker(every)
-	defer resync.Stop()
-	var again <-chan time.Time // the retry after a failure
-	for {
-		select {
-		case <-ctx.Done():
-			return a.stop()
-		case _, ok := <-changes:
-			if !ok {
-				if ctx.Err() != nil {
-					return a.stop()
-				}
-				a.st.update(func(s *status) { s.storeErrors++ })
-				a.log.Printf("store: change signals ended; watching again after a retry")
-				changes = nil
-			}
-		case <-again:
-			again = nil
-			if changes == nil {
-				changes = a.cfg.Store.Changes(ctx, a.cfg.Network.Name)
-			}
-		case <-resync.C:
-		case <-a.hold.Lost():
-			if err := a.reacquire(ctx); err != nil {
-				if ctx.Err() != nil {
-					return a.stop()
-				}
-				a.setReady(false, err.Error())
-				return err
-			}
-		}
-		if a.sync(ctx) && changes != nil {
-			a.delay, again = 0, nil
-		} else if again == nil {
-			a.delay = min(max(2*a.delay, retryMin), retryMax)
-			again = time.After(a.delay)
-		}
-	}
-}
-
-// sync lists the leases, plans the peers and programs them. On success
-// the agent is ready.
-func (a *Agent) sync(ctx context.Context) bool {
-	leases, err := a.cfg.Store.Leases(ctx, a.cfg.Network.Name)
-	if err != nil {
-		if ctx.Err() == nil {
-			a.st.update(func(s *status) { s.storeErrors++ })
-			a.log.Printf("store: list leases: %v (keeping the %d peers programmed)", err, len(a.peers))
-		}
-		return false
-	}
-	mac := a.dev.MAC.String()
-	if err = a.ensureDevice(); err != nil {
-		a.st.update(func(s *status) { s.syncErrors++ })
-		a.log.Printf("sync: %v", err)
-		return false
-	}
-	if a.dev.MAC.String() != mac {
-		// A new device: publish its MAC, or every peer sends to the old one.
-		a.log.Printf("vxlan device %s has a new mac (%s, was %s): publishing it in the lease", a.dev.Name, a.dev.MAC, mac)
-		if a.acquire(ctx, a.hold.Lease().Subnet) != nil {
-			return false // ctx ended, or a fatal error the next acquire reports again
-		}
-	}
-	peers := peerplan.PlanPeers(candidate(a.hold.Lease()), candidates(leases))
-	stats, err := vxlan.SyncPeers(a.ns, a.dev, peers)
-	if err != nil {
-		a.st.update(func(s *status) { s.syncErrors++ })
-		a.log.Printf("sync: %v", err)
-		if !a.local.Ready {
-			a.setReady(false, "programming peers: "+err.Error())
-		}
-		return false
-	}
-	for _, line := range diffPeers(a.peers, peers) {
-		a.log.Print(line)
-	}
-	if stats.Changed() {
-		a.log.Printf("synced %d peers: %d kernel entries added, %d replaced, %d deleted", stats.Peers, stats.Added, stats.Replaced, stats.Deleted)
-	}
-	a.peers = peers
-	a.st.update(func(s *status) { s.syncs++; s.peers = len(peers) })
-	if !a.local.Ready {
-		a.setReady(true, "")
-	}
-	return true
 }
 
 // openNS opens the namespace at path, or the process's own for "".

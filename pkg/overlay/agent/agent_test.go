@@ -19,6 +19,7 @@ func TestMetrics(t *testing.T) {
 	writeMetrics(&b, snapshot{
 		Network: `ov"1`, VNI: 42, Subnet: netip.MustParsePrefix("10.244.3.0/24"), Ready: true, Peers: 2,
 		Syncs: 7, SyncErrors: 1, StoreErrors: 3, LeaseLost: 1,
+		Acks: 4, AckPending: []string{"h5"}, AckLate: []string{"h2", `h"3`}, AckWait: 1500 * time.Millisecond, AckTimeouts: 1,
 	})
 	want := `# HELP berth_overlay_ready 1 while the agent holds its lease and has programmed its peers, else 0.
 # TYPE berth_overlay_ready gauge
@@ -38,6 +39,25 @@ berth_overlay_store_errors_total{network="ov\"1"} 3
 # HELP berth_overlay_lease_lost_total Times the subnet lease was lost and had to be acquired again.
 # TYPE berth_overlay_lease_lost_total counter
 berth_overlay_lease_lost_total{network="ov\"1"} 1
+# HELP berth_overlay_acks_total Acknowledgements this host published for peers waiting for them.
+# TYPE berth_overlay_acks_total counter
+berth_overlay_acks_total{network="ov\"1"} 4
+# HELP berth_overlay_ack_pending Peers the running wait for acknowledgements of this host's lease still waits for.
+# TYPE berth_overlay_ack_pending gauge
+berth_overlay_ack_pending{network="ov\"1"} 1
+# HELP berth_overlay_ack_wait_seconds How long the last wait for the peers' acknowledgements of this host's lease took.
+# TYPE berth_overlay_ack_wait_seconds gauge
+berth_overlay_ack_wait_seconds{network="ov\"1"} 1.5
+# HELP berth_overlay_ack_timeouts_total Waits for acknowledgements that gave up on a peer after the bound.
+# TYPE berth_overlay_ack_timeouts_total counter
+berth_overlay_ack_timeouts_total{network="ov\"1"} 1
+# HELP berth_overlay_ack_late_peers Peers that did not acknowledge this host's lease within the bound, in the last wait.
+# TYPE berth_overlay_ack_late_peers gauge
+berth_overlay_ack_late_peers{network="ov\"1"} 2
+# HELP berth_overlay_ack_late Each of the first 100 peers that did not acknowledge this host's lease within the bound, in the last wait.
+# TYPE berth_overlay_ack_late gauge
+berth_overlay_ack_late{network="ov\"1",peer="h2"} 1
+berth_overlay_ack_late{network="ov\"1",peer="h\"3"} 1
 # HELP berth_overlay_info The agent's network, leased subnet and VNI.
 # TYPE berth_overlay_info gauge
 berth_overlay_info{network="ov\"1",subnet="10.244.3.0/24",vni="42"} 1

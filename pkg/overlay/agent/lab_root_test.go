@@ -89,6 +89,7 @@ func (c *cluster) testConfig(i int) Config {
 		Node:     fmt.Sprintf("h%d", i),
 		StateDir: c.stateDir(i),
 		LeaseTTL: 2 * time.Second,
+		AckBound: 2 * time.Second,
 		Netns:    c.host(i).Path,
 		Log:      lab.TestLog{TB: c.t, Prefix: fmt.Sprintf("h%d", i)},
 	}

@@ -5,8 +5,10 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // status is what the agent reports over HTTP. The agent's loop writes it;
@@ -19,10 +21,15 @@ type status struct {
 	ready       bool
 	reason      string
 	peers       int
-	syncs       uint64 // successful kernel syncs
-	syncErrors  uint64 // failed kernel syncs
-	storeErrors uint64 // failed store calls
-	leaseLost   uint64 // times the lease was lost
+	syncs       uint64        // successful kernel syncs
+	syncErrors  uint64        // failed kernel syncs
+	storeErrors uint64        // failed store calls
+	leaseLost   uint64        // times the lease was lost
+	acks        uint64        // acknowledgements this host published
+	ackPending  []string      // peers the running wait waits for
+	ackLate     []string      // peers the last wait gave up on
+	ackWait     time.Duration // how long the last wait took
+	ackTimeouts uint64        // waits that gave up on a peer
 }
 
 // snapshot is a copy of status without the lock.
@@ -37,6 +44,11 @@ type snapshot struct {
 	SyncErrors  uint64
 	StoreErrors uint64
 	LeaseLost   uint64
+	Acks        uint64
+	AckPending  []string
+	AckLate     []string
+	AckWait     time.Duration
+	AckTimeouts uint64
 }
 
 func (s *status) snapshot() snapshot {
@@ -45,6 +57,8 @@ func (s *status) snapshot() snapshot {
 	return snapshot{
 		Network: s.network, VNI: s.vni, Subnet: s.subnet, Ready: s.ready, Reason: s.reason, Peers: s.peers,
 		Syncs: s.syncs, SyncErrors: s.syncErrors, StoreErrors: s.storeErrors, LeaseLost: s.leaseLost,
+		Acks: s.acks, AckPending: slices.Clone(s.ackPending), AckLate: slices.Clone(s.ackLate),
+		AckWait: s.ackWait, AckTimeouts: s.ackTimeouts,
 	}
 }
 
@@ -70,6 +84,9 @@ func (s *status) handler() http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+		if len(snap.AckLate) > 0 {
+			fmt.Fprintf(w, "peers that did not acknowledge this host's lease in time: %s\n", names(snap.AckLate))
+		}
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -96,6 +113,15 @@ func writeMetrics(w io.Writer, snap snapshot) {
 	metric("berth_overlay_sync_errors_total", "counter", "Syncs of the peers into the kernel that failed.", snap.SyncErrors)
 	metric("berth_overlay_store_errors_total", "counter", "Failed calls to the cluster store.", snap.StoreErrors)
 	metric("berth_overlay_lease_lost_total", "counter", "Times the subnet lease was lost and had to be acquired again.", snap.LeaseLost)
+	metric("berth_overlay_acks_total", "counter", "Acknowledgements this host published for peers waiting for them.", snap.Acks)
+	metric("berth_overlay_ack_pending", "gauge", "Peers the running wait for acknowledgements of this host's lease still waits for.", len(snap.AckPending))
+	metric("berth_overlay_ack_wait_seconds", "gauge", "How long the last wait for the peers' acknowledgements of this host's lease took.", snap.AckWait.Seconds())
+	metric("berth_overlay_ack_timeouts_total", "counter", "Waits for acknowledgements that gave up on a peer after the bound.", snap.AckTimeouts)
+	metric("berth_overlay_ack_late_peers", "gauge", "Peers that did not acknowledge this host's lease within the bound, in the last wait.", len(snap.AckLate))
+	fmt.Fprintf(w, "# HELP berth_overlay_ack_late Each of the first %d peers that did not acknowledge this host's lease within the bound, in the last wait.\n# TYPE berth_overlay_ack_late gauge\n", maxLateSeries)
+	for _, p := range snap.AckLate[:min(len(snap.AckLate), maxLateSeries)] {
+		fmt.Fprintf(w, "berth_overlay_ack_late{%s,peer=\"%s\"} 1\n", net, escapeLabel(p))
+	}
 	subnet := ""
 	if snap.Subnet.IsValid() {
 		subnet = snap.Subnet.String()
@@ -103,6 +129,11 @@ func writeMetrics(w io.Writer, snap snapshot) {
 	fmt.Fprintf(w, "# HELP berth_overlay_info The agent's network, leased subnet and VNI.\n# TYPE berth_overlay_info gauge\n")
 	fmt.Fprintf(w, "berth_overlay_info{%s,subnet=\"%s\",vni=\"%d\"} 1\n", net, escapeLabel(subnet), snap.VNI)
 }
+
+// maxLateSeries bounds the berth_overlay_ack_late series: a cluster of
+// agents that do not acknowledge (an older release everywhere) must not
+// make one series per host.
+const maxLateSeries = 100
 
 // escapeLabel escapes a label value: backslash, double quote and newline.
 func escapeLabel(s string) string {

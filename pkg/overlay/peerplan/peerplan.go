@@ -65,7 +65,10 @@ func PlanPeers(self Peer, candidates []Peer) []Peer {
 		if self.Subnet.IsValid() && subnet.Overlaps(self.Subnet) {
 			continue
 		}
-		if slices.ContainsFunc(peers, func(p Peer) bool { return p.Subnet.Overlaps(subnet) }) {
+		// The peers so far are disjoint and sorted by their first
+		// address, so the last ends furthest: a subnet that overlaps
+		// one of them overlaps it (one comparison, not one per peer).
+		if n := len(peers); n > 0 && peers[n-1].Subnet.Overlaps(subnet) {
 			continue
 		}
 		macs[mac] = true

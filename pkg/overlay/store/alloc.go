@@ -152,13 +152,18 @@ func PickSubnet(n Network, want Lease, live []Lease) (netip.Prefix, error) {
 	if n.HasSubnet(want.Subnet) && !taken[want.Subnet] {
 		return want.Subnet, nil
 	}
-	// The first gap is among the first len(taken)+1 subnets, so this loop
-	// is short even for a /8 split into /30s.
-	for i := uint64(0); i < n.subnetCount(); i++ {
+	// The first subnet is never handed out: its device address would be
+	// the cluster network's own (10.244.0.0 of 10.244.0.0/16), which
+	// people and tools read as the network, not a host; flannel skips it
+	// too. A host that holds it (from a release before this rule, or by
+	// asking for it as want.Subnet) keeps it. The first gap is among the
+	// first len(taken)+2 subnets, so this loop is short even for a /8
+	// split into /30s.
+	for i := uint64(1); i < n.subnetCount(); i++ {
 		if p := n.subnet(i); !taken[p] {
 			return p, nil
 		}
 	}
-	return netip.Prefix{}, fmt.Errorf("overlay network %q: all %d subnets of %s (/%d each) are leased: %w",
-		n.Name, n.subnetCount(), n.CIDR, n.SubnetLen, ErrConflict)
+	return netip.Prefix{}, fmt.Errorf("overlay network %q: all %d subnets of %s (/%d each) past the first are leased: %w",
+		n.Name, n.subnetCount()-1, n.CIDR, n.SubnetLen, ErrConflict)
 }

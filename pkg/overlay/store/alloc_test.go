@@ -68,17 +68,20 @@ func TestPickSubnet(t *testing.T) {
 		live []Lease
 		gets string // "" for ErrConflict
 	}{
-		{"empty network", lease("a", ""), nil, "10.244.0.0/24"},
+		{"empty network: the first subnet is skipped", lease("a", ""), nil, "10.244.1.0/24"},
+		{"the first subnet, asked for", lease("a", "10.244.0.0/24"), nil, "10.244.0.0/24"},
+		{"the first subnet, held", lease("a", ""), []Lease{lease("a", "10.244.0.0/24")}, "10.244.0.0/24"},
 		{"lowest free", lease("c", ""), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.2.0/24")}, "10.244.1.0/24"},
 		{"own first", lease("b", "10.244.1.0/24"), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.2.0/24")}, "10.244.2.0/24"},
 		{"own lowest of two", lease("b", ""), []Lease{lease("b", "10.244.3.0/24"), lease("b", "10.244.2.0/24")}, "10.244.2.0/24"},
-		{"own outside ignored", lease("b", ""), []Lease{lease("b", "10.99.0.0/24")}, "10.244.0.0/24"},
+		{"own outside ignored", lease("b", ""), []Lease{lease("b", "10.99.0.0/24")}, "10.244.1.0/24"},
 		{"wanted free", lease("a", "10.244.3.0/24"), nil, "10.244.3.0/24"},
 		{"wanted taken", lease("c", "10.244.0.0/24"), []Lease{lease("a", "10.244.0.0/24")}, "10.244.1.0/24"},
-		{"wanted outside", lease("a", "10.245.0.0/24"), nil, "10.244.0.0/24"},
-		{"wanted wrong length", lease("a", "10.244.2.0/23"), nil, "10.244.0.0/24"},
+		{"wanted outside", lease("a", "10.245.0.0/24"), nil, "10.244.1.0/24"},
+		{"wanted wrong length", lease("a", "10.244.2.0/23"), nil, "10.244.1.0/24"},
 		{"last free", lease("d", ""), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24")}, "10.244.3.0/24"},
 		{"full", lease("e", ""), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24"), lease("d", "10.244.3.0/24")}, ""},
+		{"full past the first", lease("e", ""), []Lease{lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24"), lease("d", "10.244.3.0/24")}, ""},
 		{"full but own", lease("d", ""), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24"), lease("d", "10.244.3.0/24")}, "10.244.3.0/24"},
 	} {
 		got, err := PickSubnet(n, tc.want, tc.live)

@@ -88,6 +88,17 @@ func SyncPeers(n *netns.NS, dev Device, desired []peerplan.Peer) (peerplan.SyncS
 	return plan.Stats, apply(n, dev, plan)
 }
 
+// ApplyPeers changes the device's entries from those of old, the peers
+// the last successful sync made it hold, to those of desired, without
+// reading what it holds: one change costs the netlink requests of the
+// peers that changed, not a dump of every entry. Something else changing
+// the device meanwhile goes unseen until the next SyncPeers, which the
+// agent runs on every resync and after any failure.
+func ApplyPeers(n *netns.NS, dev Device, old, desired []peerplan.Peer) (peerplan.SyncStats, error) {
+	plan := peerplan.PlanSync(desired, peerplan.WantEntries(old), dev.Subnet)
+	return plan.Stats, apply(n, dev, plan)
+}
+
 func apply(n *netns.NS, dev Device, p peerplan.SyncPlan) error {
 	h := n.Netlink()
 	var errs []error

@@ -299,3 +299,48 @@ func TestSyncPeers(t *testing.T) {
 func peer(host, subnet, vtep, mac string) peerplan.Peer {
 	return peerplan.Peer{Host: host, Subnet: netip.MustParsePrefix(subnet), VTEP: netip.MustParseAddr(vtep), MAC: mac}
 }
+
+// ApplyPeers, which changes the device from the peers of the last sync to
+// the new ones without reading it back, leaves the kernel as SyncPeers
+// would: a peer added, one moved to another VTEP and MAC, one removed.
+func TestApplyPeers(t *testing.T) {
+	_, n := hostNS(t)
+	u, err := FindUnderlay(n, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := DeviceSpec{Name: DeviceName("t3"), VNI: 3, Local: u.Addr, Underlay: u.Index, Subnet: netip.MustParsePrefix("10.244.1.0/24")}
+	d, err := EnsureDevice(n, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := func() string {
+		t.Helper()
+		e, err := Entries(n, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Routes = slices.DeleteFunc(e.Routes, func(r peerplan.Route) bool { return d.Subnet.Contains(r.Dst.Addr()) })
+		return e.String()
+	}
+	p2 := peer("h2", "10.244.2.0/24", "192.168.77.12", "02:00:00:00:00:02")
+	p3 := peer("h3", "10.244.3.0/24", "192.168.77.13", "02:00:00:00:00:03")
+	p3moved := peer("h3", "10.244.3.0/24", "192.168.77.23", "02:00:00:00:00:33")
+	p4 := peer("h4", "10.244.4.0/24", "192.168.77.14", "02:00:00:00:00:04")
+	steps := [][]peerplan.Peer{{p2, p3}, {p2, p3, p4}, {p2, p3moved, p4}, {p3moved}, {}}
+	var old []peerplan.Peer
+	for i, want := range steps {
+		stats, err := ApplyPeers(n, d, old, want)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if got, w := entries(), peerplan.WantEntries(want).String(); got != w {
+			t.Fatalf("step %d (%+v): entries\n%swant\n%s", i, stats, got, w)
+		}
+		// A sync that reads the kernel back finds nothing to do.
+		if again, err := SyncPeers(n, d, want); err != nil || again.Changed() {
+			t.Fatalf("step %d: SyncPeers after ApplyPeers changed %+v, %v", i, again, err)
+		}
+		old = want
+	}
+}

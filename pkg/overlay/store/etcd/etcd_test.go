@@ -99,13 +99,13 @@ func TestEtcdLayout(t *testing.T) {
 	if err = json.Unmarshal(cfg.Kvs[0].Value, &stored); err != nil || stored != n {
 		t.Fatalf("config value %s: %v", cfg.Kvs[0].Value, err)
 	}
-	key := testPrefix + "/" + n.Name + "/subnets/10.244.0.0-24"
+	key := testPrefix + "/" + n.Name + "/subnets/10.244.1.0-24"
 	sub, err := c.Get(ctx, key)
 	if err != nil || len(sub.Kvs) != 1 {
 		t.Fatalf("subnet key %s: %v, %v", key, sub, err)
 	}
 	// A lease without attributes is stored as before they existed.
-	if got, want := string(sub.Kvs[0].Value), `{"subnet":"10.244.0.0/24","host":"host1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`; got != want {
+	if got, want := string(sub.Kvs[0].Value), `{"subnet":"10.244.1.0/24","host":"host1","vtep":"192.0.2.1","mac":"02:00:00:00:00:01"}`; got != want {
 		t.Fatalf("subnet value %s; want %s", got, want)
 	}
 	var l store.Lease
@@ -154,7 +154,7 @@ func TestEtcdLostWhenKeyDeleted(t *testing.T) {
 	s := newEtcdStore(t, e.Endpoint(), 0)
 	n := storetest.Ensure(t, s, storetest.Network(t))
 	h := storetest.Acquire(t, s, n.Name, storetest.Host(1), 2*time.Second)
-	if _, err := rawClient(t, e.Endpoint()).Delete(storetest.Ctx(t), testPrefix+"/"+n.Name+"/subnets/10.244.0.0-24"); err != nil {
+	if _, err := rawClient(t, e.Endpoint()).Delete(storetest.Ctx(t), testPrefix+"/"+n.Name+"/subnets/10.244.1.0-24"); err != nil {
 		t.Fatal(err)
 	}
 	storetest.WaitClosed(t, h.Lost(), "Lost after the key was deleted")

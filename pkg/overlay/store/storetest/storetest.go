@@ -68,7 +68,8 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 		n := Ensure(t, newStore(t), Network(t))
 		a := Acquire(t, newStore(t), n.Name, Host(1), ttl)
 		b := Acquire(t, newStore(t), n.Name, Host(2), ttl)
-		want := []store.Lease{withSubnet(Host(1), "10.244.0.0/24"), withSubnet(Host(2), "10.244.1.0/24")}
+		// The first subnet is never handed out (PickSubnet).
+		want := []store.Lease{withSubnet(Host(1), "10.244.1.0/24"), withSubnet(Host(2), "10.244.2.0/24")}
 		if got := []store.Lease{a.Lease(), b.Lease()}; !slices.Equal(WithoutRev(got), want) {
 			t.Fatalf("leases = %+v; want %+v", got, want)
 		}
@@ -127,11 +128,12 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 			want, gets string
 		}{
 			{1, "10.244.7.0/24", "10.244.7.0/24"}, // free: honoured
-			{2, "10.244.7.0/24", "10.244.0.0/24"}, // taken: the lowest free
-			{3, "10.99.0.0/24", "10.244.1.0/24"},  // outside the network
-			{4, "10.244.2.0/23", "10.244.2.0/24"}, // not the network's length
-			{5, "10.244.3.1/24", "10.244.3.0/24"}, // host bits set
+			{2, "10.244.7.0/24", "10.244.1.0/24"}, // taken: the lowest free, past the first
+			{3, "10.99.0.0/24", "10.244.2.0/24"},  // outside the network
+			{4, "10.244.2.0/23", "10.244.3.0/24"}, // not the network's length
+			{5, "10.244.3.1/24", "10.244.4.0/24"}, // host bits set (10.244.3.0/24 is host4's)
 			{6, "10.244.200.0/24", "10.244.200.0/24"},
+			{7, "10.244.0.0/24", "10.244.0.0/24"}, // the first subnet, asked for: honoured
 		} {
 			want := Host(tc.host)
 			want.Subnet = netip.MustParsePrefix(tc.want)
@@ -150,14 +152,14 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 		Ensure(t, newStore(t), n)
 		s := newStore(t)
 		var holds []store.Hold
-		for i := 1; i <= 4; i++ {
+		for i := 1; i <= 3; i++ { // the first of the four is never handed out
 			holds = append(holds, Acquire(t, s, n.Name, Host(i), ttl))
 		}
 		_, err := s.Acquire(ctx, n.Name, Host(5), ttl)
 		if !errors.Is(err, store.ErrConflict) {
-			t.Fatalf("fifth host on four subnets: err = %v; want ErrConflict", err)
+			t.Fatalf("fourth host on three subnets: err = %v; want ErrConflict", err)
 		}
-		if err := holds[2].Release(ctx); err != nil {
+		if err := holds[1].Release(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if got := Acquire(t, s, n.Name, Host(5), ttl).Lease().Subnet.String(); got != "10.9.0.128/26" {
