@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -187,5 +188,70 @@ func TestOverlayAgentRestartKeepsTraffic(t *testing.T) {
 		if restart == h2 && after.Subnet != before.Subnet {
 			t.Errorf("h2 came back with subnet %s, had %s", after.Subnet, before.Subnet)
 		}
+	}
+}
+
+// A host's readiness waits for a peer that is slow to program it: with
+// h3's agent stopped (SIGSTOP: a host busy elsewhere), a joining h4 is not
+// ready until h3 runs again and has h4 in its kernel, and then h3's
+// container reaches h4's with its first echo request. A peer that stays
+// silent past -ack-bound is waited for no longer: h5 is ready without h3
+// and names it on /healthz and in its metrics.
+func TestOverlayReadyWaitsForSlowPeer(t *testing.T) {
+	t.Parallel()
+	c := newOvCluster(t, nil)
+	c.storeFlags = fileStore(filepath.Join(c.dir, "store"))
+	c.leaseTTL = 10 * time.Second // h3 keeps its lease while it is stopped
+	ctx := testCtx(t, 2*time.Minute)
+	var cs []*ovContainer
+	hosts := map[int]*ovHost{}
+	for i := 1; i <= 3; i++ {
+		hosts[i] = c.addHost(ctx, i)
+		cs = append(cs, hosts[i].addContainer(ctx, fmt.Sprintf("c%d", i)))
+	}
+	h3 := hosts[3]
+	const frozen = 1500 * time.Millisecond
+	if err := syscall.Kill(h3.agent.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := make(chan time.Time, 1)
+	go func() {
+		time.Sleep(frozen)
+		syscall.Kill(h3.agent.PID(), syscall.SIGCONT)
+		resumed <- time.Now()
+	}()
+	h4 := c.newHost(ctx, 4)
+	h4.flags = []string{"-ack-bound", "10s"}
+	h4.startAgent(ctx)
+	h4.waitReady(ctx)
+	ready := time.Now()
+	if at := <-resumed; ready.Before(at) {
+		t.Errorf("h4 was ready %v before h3, stopped, could acknowledge its lease", at.Sub(ready))
+	}
+	j4 := h4.addContainer(ctx, "j4")
+	var pairs []pingPair
+	for _, from := range cs {
+		pairs = append(pairs, pingPair{from: from.container, to: j4.v4.Addr(), toName: j4.name})
+	}
+	if failed := pingOnce(ctx, pairs); len(failed) > 0 {
+		t.Errorf("first pings to h4's container: %v", failed)
+	}
+
+	// Stopped for longer than the bound: h5 does not wait for h3 for ever.
+	if err := syscall.Kill(h3.agent.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(h3.agent.PID(), syscall.SIGCONT)
+	h5 := c.newHost(ctx, 5)
+	h5.flags = []string{"-ack-bound", "1s"}
+	start := time.Now()
+	h5.startAgent(ctx)
+	h5.waitReady(ctx)
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("h5 ready after %v, before its 1 s bound for silent h3", took)
+	}
+	out, err := h5.ns.Output(ctx, "sh", "-c", "wget -q -O- http://127.0.0.1:9614/healthz 2>&1 || curl -s http://127.0.0.1:9614/healthz")
+	if err != nil || !strings.Contains(string(out), "did not acknowledge") || !strings.Contains(string(out), "h3") {
+		t.Errorf("h5 /healthz: %q, %v; want it to name h3", out, err)
 	}
 }
