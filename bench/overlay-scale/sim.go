@@ -44,16 +44,20 @@ func agentArgs() []string {
 type sim struct {
 	idx    int
 	host   string
-	subnet netip.Prefix // 10.(idx>>8).(idx&255).0/24: idx 0 is left to the agent
+	subnet netip.Prefix // subnet number idx+1 of the network: see newSim
 	addr   netip.Addr   // the subnet's network address: the route's via, the neighbour's IP
 	vtep   netip.Addr
 	mac    string // locally administered unicast, 02:b5:…
 }
 
-// newSim is simulated host idx (1 ≤ idx ≤ maxSims).
+// newSim is simulated host idx (1 ≤ idx ≤ maxSims). Its subnet is the
+// network's subnet number idx+1 (10.0.2.0/24 for idx 1): number 0 is
+// never handed out and number 1 is left free for the agent, which leases
+// the lowest free subnet, so no simulated host asks for the agent's.
 func newSim(idx int) sim {
 	base := clusterCIDR.Addr().As4()
-	a := netip.AddrFrom4([4]byte{base[0], byte(idx >> 8), byte(idx), 0})
+	n1 := idx + 1
+	a := netip.AddrFrom4([4]byte{base[0], byte(n1 >> 8), byte(n1), 0})
 	v := simVTEPs.Addr().As4()
 	n := uint32(v[2])<<8 | uint32(v[3]) + uint32(idx)
 	return sim{
