@@ -250,8 +250,8 @@ func TestOverlayReadyWaitsForSlowPeer(t *testing.T) {
 	if took := time.Since(start); took < time.Second {
 		t.Errorf("h5 ready after %v, before its 1 s bound for silent h3", took)
 	}
-	out, err := h5.ns.Output(ctx, "sh", "-c", "wget -q -O- http://127.0.0.1:9614/healthz 2>&1 || curl -s http://127.0.0.1:9614/healthz")
-	if err != nil || !strings.Contains(string(out), "did not acknowledge") || !strings.Contains(string(out), "h3") {
-		t.Errorf("h5 /healthz: %q, %v; want it to name h3", out, err)
+	code, body, err := h5.ns.HTTPGet(ctx, "http://127.0.0.1:9614/healthz")
+	if err != nil || code != 200 || !strings.Contains(body, "did not acknowledge") || !strings.Contains(body, "h3") {
+		t.Errorf("h5 /healthz: %d %q, %v; want 200 naming h3 late", code, body, err)
 	}
 }

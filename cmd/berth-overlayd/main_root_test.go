@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,24 +72,11 @@ func (d *daemon) waitReady(t *testing.T) overlay.Local {
 // namespace, dialling from inside it.
 func (d *daemon) healthz(t *testing.T) (int, string) {
 	t.Helper()
-	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := d.NS.Do(func() error {
-			var dl net.Dialer
-			var derr error
-			conn, derr = dl.DialContext(ctx, network, addr)
-			return derr
-		})
-		return conn, err
-	}}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://127.0.0.1:9614/healthz")
+	code, body, err := d.NS.HTTPGet(context.Background(), "http://127.0.0.1:9614/healthz")
 	if err != nil {
 		t.Fatalf("healthz of %s: %v", d.NS.Name, err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return code, body
 }
 
 // twoHosts builds the agent and a lab of two hosts on an underlay.

@@ -191,15 +191,7 @@ func withoutEtcdEnv(env []string) []string {
 func (e *Etcd) waitHealthy(ctx context.Context, exited <-chan struct{}) error {
 	tr := &http.Transport{DisableKeepAlives: true}
 	if ns := e.opts.NetNS; ns != nil {
-		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}
+		tr.DialContext = ns.Dial
 	}
 	client := &http.Client{Transport: tr, Timeout: 2 * time.Second}
 	defer tr.CloseIdleConnections()

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -305,4 +308,41 @@ exec "$@"`
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
+}
+
+// Dial opens a connection from inside the namespace (the socket stays in
+// it): an http.Transport's DialContext for a server on the namespace's
+// loopback, as HTTPGet uses.
+func (n *NS) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := n.Do(func() error {
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// HTTPGet fetches url dialling from inside the namespace, one request and
+// no retry, and returns the status and up to 1 MiB of the body.
+//
+// Equivalent: ip netns exec $ns curl -s $url
+func (n *NS) HTTPGet(ctx context.Context, url string) (int, string, error) {
+	tr := &http.Transport{DialContext: n.Dial, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return 0, "", fmt.Errorf("GET %s in netns %s: %w", url, n.Name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return resp.StatusCode, "", fmt.Errorf("GET %s in netns %s: reading the body: %w", url, n.Name, err)
+	}
+	return resp.StatusCode, string(b), nil
 }

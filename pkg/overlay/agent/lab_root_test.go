@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -240,28 +238,11 @@ func (c *cluster) waitPeers(i int, others ...int) {
 // its host's namespace (the listener is on that namespace's loopback).
 func (r *agentRun) get(t *testing.T, path string) (int, string) {
 	t.Helper()
-	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := r.ns.Do(func() error {
-			var d net.Dialer
-			var derr error
-			conn, derr = d.DialContext(ctx, network, addr)
-			return derr
-		})
-		return conn, err
-	}}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + r.addr + path)
+	code, body, err := r.ns.HTTPGet(context.Background(), "http://"+r.addr+path)
 	if err != nil {
 		t.Fatalf("GET %s on h%d: %v", path, r.i, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
+	return code, body
 }
 
 // metric returns the value of the series whose line starts with prefix
