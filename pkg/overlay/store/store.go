@@ -34,8 +34,8 @@
 //     attribute it does not know, such as a newer version of its agent
 //     wrote. Hold.Update changes the attributes in place (same subnet,
 //     same TTL, one write); a feature changes its own there, leaving the
-//     others as they are. Changes signals when another host's attributes
-//     change.
+//     others as they are. A Watch sees another host's update as one
+//     event carrying the lease with its new attributes.
 //   - Version is that of the data's encoding. A reader that finds another
 //     version than it knows gets ErrAttrVersion from Attribute.Get and
 //     decides what that means (skip the feature for that host, or read an
@@ -116,13 +116,6 @@ type Store interface {
 
 	// Leases lists the live leases of network, sorted by subnet.
 	Leases(ctx context.Context, network string) ([]Lease, error)
-
-	// Changes signals, coalesced, whenever the leases of network may have
-	// changed: a lease added, renewed with other values, its attributes
-	// updated, deleted or expired. It also signals once at the start and after every
-	// reconnection, so a caller that re-lists on each signal never misses a
-	// change. The channel is closed when ctx ends.
-	Changes(ctx context.Context, network string) <-chan struct{}
 
 	// Watch streams the changes of network's leases as they happen: first
 	// a snapshot (Event.Reset, every live lease), then one event per

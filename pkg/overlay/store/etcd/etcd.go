@@ -1,7 +1,7 @@
 // Package etcd is the store.Store backend on an etcd cluster
 // (go.etcd.io/etcd/client/v3): a subnet lease is a key attached to an etcd
-// lease with the TTL, Changes a prefix watch. It touches only the keys
-// under its prefix in the etcd cluster it is given.
+// lease with the TTL, Watch a prefix read then a prefix watch. It touches
+// only the keys under its prefix in the etcd cluster it is given.
 package etcd
 
 import (
@@ -36,8 +36,7 @@ import (
 //
 // etcd deletes a subnet key when its lease expires, so Leases is a plain
 // prefix read, Watch a prefix read then a prefix watch from the revision
-// after it (watch.go), and Changes signals Watch's events. A lease's Rev
-// is its key's ModRevision.
+// after it (watch.go). A lease's Rev is its key's ModRevision.
 
 // DefaultPrefix is where the overlay's keys live when Config.Prefix
 // is empty.
@@ -67,7 +66,7 @@ type etcdStore struct {
 	prefix  string
 	timeout time.Duration
 
-	t         *tracker.Tracker // Hold and Changes goroutines
+	t         *tracker.Tracker // Hold and Watch goroutines
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -403,7 +402,7 @@ func (s *etcdStore) revoke(id clientv3.LeaseID) error {
 }
 
 // Close closes the client. Holds stop being renewed and their etcd leases
-// expire after their TTL; Changes channels close.
+// expire after their TTL; Watch channels close.
 func (s *etcdStore) Close() error {
 	s.closeOnce.Do(func() {
 		s.t.Stop(func() {

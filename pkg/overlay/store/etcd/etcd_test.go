@@ -179,7 +179,8 @@ func TestEtcdCorruptValue(t *testing.T) {
 }
 
 // With nothing listening, every call fails with store.ErrUnavailable within the
-// request timeout instead of hanging; Changes still signals once.
+// request timeout instead of hanging; a Watch sends nothing (it has no
+// snapshot to send) and still closes when its context ends.
 func TestEtcdUnavailable(t *testing.T) {
 	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -202,7 +203,15 @@ func TestEtcdUnavailable(t *testing.T) {
 	if _, err := s.Acquire(ctx, n.Name, storetest.Host(1), 2*time.Second); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Acquire: err = %v; want ErrUnavailable", err)
 	}
-	storetest.WaitSignal(t, s.Changes(ctx, n.Name), "the initial signal")
+	wctx, wcancel := context.WithCancel(ctx)
+	events := s.Watch(wctx, n.Name)
+	select {
+	case ev, ok := <-events:
+		t.Errorf("Watch while etcd is away: %+v (open %v); want nothing", ev, ok)
+	case <-time.After(storetest.Quiet):
+	}
+	wcancel()
+	waitClosed(t, events, "the Watch channel after its context ended")
 
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -212,8 +221,10 @@ func TestEtcdUnavailable(t *testing.T) {
 }
 
 // etcd stopped for less than the TTL and started again on the same data:
-// the Hold survives, Changes signals once the client is back, Leases
-// works again and a host acquiring after the restart is seen.
+// the Hold survives, Leases works again, and the Watch of the holder's
+// connection goes on: the client resumes it where it was (nothing is
+// lost, so no snapshot is needed), and a lease acquired after the
+// restart is an event.
 func TestEtcdRestart(t *testing.T) {
 	t.Parallel()
 	e := startEtcd(t)
@@ -222,8 +233,7 @@ func TestEtcdRestart(t *testing.T) {
 	n := storetest.Ensure(t, a, storetest.Network(t))
 	const ttl = 10 * time.Second
 	h := storetest.Acquire(t, a, n.Name, storetest.Host(1), ttl)
-	ch := a.Changes(ctx, n.Name)
-	storetest.WaitSignal(t, ch, "the initial signal")
+	w, _ := storetest.StartWatch(t, a, n.Name)
 
 	if err := e.Stop(); err != nil {
 		t.Fatal(err)
@@ -238,7 +248,6 @@ func TestEtcdRestart(t *testing.T) {
 	}
 	t.Logf("etcd was down %v", time.Since(stopped).Round(time.Millisecond))
 
-	storetest.WaitSignal(t, ch, "the reconnection")
 	got := eventually(t, func() ([]store.Lease, error) { return a.Leases(ctx, n.Name) })
 	if !slices.Equal(got, []store.Lease{h.Lease()}) {
 		t.Fatalf("Leases after the restart = %+v; want %+v", got, h.Lease())
@@ -246,9 +255,12 @@ func TestEtcdRestart(t *testing.T) {
 
 	b := newEtcdStore(t, e.Endpoint(), time.Second)
 	h2 := eventually(t, func() (store.Hold, error) { return b.Acquire(ctx, n.Name, storetest.Host(2), ttl) })
-	storetest.WaitLeases(t, a, n.Name, ch, "host2's lease, made after the restart", func(ls []store.Lease) bool {
+	w.WaitState("host2's lease, made after the restart", func(ls []store.Lease) bool {
 		return slices.Equal(ls, []store.Lease{h.Lease(), h2.Lease()})
 	})
+	for _, ev := range w.Events[1:] {
+		t.Logf("after the restart: reset %v, rev %d, %d leases", ev.Reset, ev.Rev, len(ev.Leases))
+	}
 	select {
 	case <-h.Lost():
 		t.Fatal("the Hold was lost across an outage shorter than its TTL")
@@ -278,6 +290,22 @@ func TestEtcdLostAfterLongOutage(t *testing.T) {
 	again := eventually(t, func() (store.Hold, error) { return s.Acquire(ctx, n.Name, want, 2*time.Second) })
 	if got := storetest.WithoutRev([]store.Lease{again.Lease(), h.Lease()}); got[0] != got[1] || again.Lease().Rev <= h.Lease().Rev {
 		t.Fatalf("re-acquired %+v; want %+v", again.Lease(), h.Lease())
+	}
+}
+
+// waitClosed reads ch until it is closed, at most storetest.Timeout.
+func waitClosed(t *testing.T, ch <-chan store.Event, what string) {
+	t.Helper()
+	deadline := time.After(storetest.Timeout)
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("%s: still open after %v", what, storetest.Timeout)
+		}
 	}
 }
 

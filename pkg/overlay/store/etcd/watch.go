@@ -2,14 +2,11 @@ package etcd
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/connectivity"
 
 	"github.com/berth-cni/berth/pkg/overlay/store"
-	"github.com/berth-cni/berth/pkg/overlay/store/internal/tracker"
 )
 
 // A Watch is one range read of the network's subnet keys, the snapshot
@@ -190,52 +187,6 @@ func (w *watcher) send(ctx context.Context, ev store.Event) bool {
 		return true
 	case <-ctx.Done():
 		return false
-	}
-}
-
-// Changes signals at the start, on every event of a Watch of the network
-// and whenever the connection becomes ready again.
-func (s *etcdStore) Changes(ctx context.Context, network string) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	if _, _, err := s.keys(network); err != nil || !s.t.Add() {
-		close(ch)
-		return ch
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	stopOnClose := context.AfterFunc(s.t.Context(), cancel)
-	events := s.Watch(cctx, network)
-	ch <- struct{}{}
-	go func() {
-		defer s.t.Done()
-		defer close(ch)
-		defer stopOnClose()
-		var conn sync.WaitGroup
-		conn.Go(func() { s.signalReconnects(cctx, ch) })
-		for range events {
-			tracker.Signal(ch)
-		}
-		cancel()
-		conn.Wait()
-	}()
-	return ch
-}
-
-// signalReconnects signals whenever the client's connection becomes ready
-// again after it was lost; the first connection is not a reconnection.
-// The client resumes watches on its own after a reconnection, so this
-// signal is for callers that re-list once the store is back, as the Store
-// contract promises.
-func (s *etcdStore) signalReconnects(ctx context.Context, ch chan<- struct{}) {
-	conn := s.cli.ActiveConnection()
-	st := conn.GetState()
-	wasReady := st == connectivity.Ready
-	for conn.WaitForStateChange(ctx, st) {
-		next := conn.GetState()
-		if next == connectivity.Ready && st != connectivity.Ready && wasReady {
-			tracker.Signal(ch)
-		}
-		wasReady = wasReady || next == connectivity.Ready
-		st = next
 	}
 }
 

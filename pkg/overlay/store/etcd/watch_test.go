@@ -73,32 +73,6 @@ func TestEtcdWatchNoRelist(t *testing.T) {
 	}
 }
 
-// etcd stopped and started again on the same data: the client resumes
-// the watch where it was (nothing is lost, so no snapshot is needed),
-// and a lease acquired after the restart is an event.
-func TestEtcdWatchRestart(t *testing.T) {
-	t.Parallel()
-	e := startEtcd(t)
-	ctx := storetest.Ctx(t)
-	a := newEtcdStore(t, e.Endpoint(), time.Second)
-	n := storetest.Ensure(t, a, storetest.Network(t))
-	const ttl = 10 * time.Second
-	h := storetest.Acquire(t, a, n.Name, storetest.Host(1), ttl)
-	w, _ := storetest.StartWatch(t, newEtcdStore(t, e.Endpoint(), time.Second), n.Name)
-
-	if err := e.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	b := newEtcdStore(t, e.Endpoint(), time.Second)
-	h2 := eventually(t, func() (store.Hold, error) { return b.Acquire(ctx, n.Name, storetest.Host(2), ttl) })
-	w.WaitState("host2's lease, made after the restart", func(ls []store.Lease) bool {
-		return slices.Equal(ls, []store.Lease{h.Lease(), h2.Lease()})
-	})
-	for _, ev := range w.Events[1:] {
-		t.Logf("after the restart: reset %v, rev %d, %d leases", ev.Reset, ev.Rev, len(ev.Leases))
-	}
-}
-
 // A watcher cut off from etcd while etcd restarts, its leases change and
 // their revisions are compacted cannot resume: it reads a new snapshot,
 // which holds the changes, and watches on from there.

@@ -104,11 +104,10 @@ type stats struct {
 
 // Options are the choices of NewWithOptions; the zero Options are New's.
 type Options struct {
-	// Poll makes Watch (and Changes) poll the leases every 200 ms even
-	// where the directory is on a local file system and inotify would
-	// tell of every change; on a shared one (NFS, SMB, FUSE, 9P, …),
-	// where inotify does not see other machines' writes, they poll
-	// regardless.
+	// Poll makes Watch poll the leases every 200 ms even where the
+	// directory is on a local file system and inotify would tell of every
+	// change; on a shared one (NFS, SMB, FUSE, 9P, …), where inotify does
+	// not see other machines' writes, it polls regardless.
 	Poll bool
 }
 

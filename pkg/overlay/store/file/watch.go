@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/pkg/overlay/store"
-	"github.com/berth-cni/berth/pkg/overlay/store/internal/tracker"
 )
 
 // A Watch sends a snapshot read under the lock (the live leases and the
@@ -57,13 +56,6 @@ const (
 
 // Watch creates the network's directory if it is missing, to watch it.
 func (s *fileStore) Watch(ctx context.Context, network string) <-chan store.Event {
-	return s.watch(ctx, network, func() {})
-}
-
-// watch is Watch, calling touched whenever the watcher reads a write,
-// whether or not it is an event: a lease written and deleted between
-// two reads is none, but a caller of Changes may have listed it.
-func (s *fileStore) watch(ctx context.Context, network string, touched func()) <-chan store.Event {
 	out := make(chan store.Event)
 	d, err := s.netDir(network)
 	if err != nil || !s.t.Add() {
@@ -77,29 +69,10 @@ func (s *fileStore) watch(ctx context.Context, network string, touched func()) <
 		defer close(out)
 		defer stopOnClose()
 		defer cancel()
-		w := &watcher{s: s, d: d, out: out, touched: touched}
+		w := &watcher{s: s, d: d, out: out}
 		w.run(wctx)
 	}()
 	return out
-}
-
-// Changes signals at the start and on every write a Watch reads.
-func (s *fileStore) Changes(ctx context.Context, network string) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	if _, err := s.netDir(network); err != nil || !s.t.Add() {
-		close(ch)
-		return ch
-	}
-	events := s.watch(ctx, network, func() { tracker.Signal(ch) })
-	ch <- struct{}{}
-	go func() {
-		defer s.t.Done()
-		defer close(ch)
-		for range events {
-			tracker.Signal(ch)
-		}
-	}()
-	return ch
 }
 
 // entry is a lease file as a watcher last read it.
@@ -110,10 +83,9 @@ type entry struct {
 
 // watcher is the state of one Watch.
 type watcher struct {
-	s       *fileStore
-	d       string // the network's directory
-	out     chan<- store.Event
-	touched func() // a write was read
+	s   *fileStore
+	d   string // the network's directory
+	out chan<- store.Event
 
 	known   map[netip.Prefix]entry
 	pending map[netip.Prefix]bool // read past the counter: to read again
@@ -372,7 +344,6 @@ func (w *watcher) apply(ctx context.Context, counter int64, reads []fileRead) bo
 		case had && rev < e.f.rev(), rev == 0:
 			return false // a file gone back, or new without a revision
 		}
-		w.touched()
 		if f.tombstone() {
 			if had && e.sent {
 				evs = append(evs, store.Event{Lease: f.Lease, Deleted: true, Rev: rev})

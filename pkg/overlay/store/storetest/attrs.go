@@ -53,10 +53,9 @@ func runAttrs(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 		h := Acquire(t, newStore(t), n.Name, WithAttr(t, Host(1), "mesh", 1, `{"ports":[80]}`), ttl)
 		before := h.Lease()
 		watcher := newStore(t)
-		ch := watcher.Changes(ctx, n.Name)
-		WaitSignal(t, ch, "the initial signal")
-		if got := Leases(t, watcher, n.Name); !slices.Equal(got, []store.Lease{before}) {
-			t.Fatalf("Leases = %+v; want %+v", got, before)
+		w, snap := StartWatch(t, watcher, n.Name)
+		if !slices.Equal(snap.Leases, []store.Lease{before}) {
+			t.Fatalf("snapshot %+v; want %+v", snap.Leases, before)
 		}
 
 		after, err := h.Update(ctx, func(a store.Attrs) (store.Attrs, error) {
@@ -80,9 +79,9 @@ func runAttrs(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 		if h.Lease() != after {
 			t.Fatalf("Hold's lease %+v; want %+v", h.Lease(), after)
 		}
-		WaitLeases(t, watcher, n.Name, ch, "the attributes' update", func(ls []store.Lease) bool {
-			return slices.Equal(ls, []store.Lease{after})
-		})
+		// Another host sees the update as one event, the lease with its
+		// new attributes.
+		w.Put("the attributes' update", after)
 
 		// fn's error comes back as it is, with nothing written; so does a
 		// set over the size bound.
@@ -129,7 +128,7 @@ func runAttrs(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 		if got := h.Lease().Attrs.Names(); !slices.Equal(got, []string{"ack", "feature.a", "feature.b", "mesh"}) {
 			t.Fatalf("after concurrent updates the attributes are %v", got)
 		}
-		WaitLeases(t, watcher, n.Name, ch, "the concurrent updates", func(ls []store.Lease) bool {
+		w.WaitState("the concurrent updates", func(ls []store.Lease) bool {
 			return slices.Equal(ls, []store.Lease{h.Lease()})
 		})
 

@@ -202,13 +202,15 @@ func (w *Watcher) changes() []store.Event { return w.Events[1:] }
 func runWatch(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Store) {
 	// Each write is one event, carrying the lease as written (its Rev
 	// the event's); a release one deletion, carrying the lease as it was;
-	// a renewal none.
+	// a renewal none. The watch is host1's own connection, as an agent's
+	// is, and sees another host's writes there.
 	t.Run("WatchSnapshotThenEvents", func(t *testing.T) {
 		t.Parallel()
 		ctx := Ctx(t)
 		n := Ensure(t, newStore(t), Network(t))
-		h1 := Acquire(t, newStore(t), n.Name, WithAttr(t, Host(1), "mesh", 1, `{"ports":[80]}`), ttl)
-		w, snap := StartWatch(t, newStore(t), n.Name)
+		s1 := newStore(t)
+		h1 := Acquire(t, s1, n.Name, WithAttr(t, Host(1), "mesh", 1, `{"ports":[80]}`), ttl)
+		w, snap := StartWatch(t, s1, n.Name)
 		if !slices.Equal(snap.Leases, []store.Lease{h1.Lease()}) || snap.Rev < h1.Lease().Rev {
 			t.Fatalf("snapshot %+v; want host1's lease %+v, at its revision or later", snap, h1.Lease())
 		}
@@ -253,8 +255,10 @@ func runWatch(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 		w.Quiet("after the takeover", Quiet)
 	})
 
-	// An expired lease is one deletion, and only one: not again when a
-	// sweep (Leases) or another host's acquisition finds it expired.
+	// A holder that stops without releasing: its lease outlives it by the
+	// TTL, then expires. The expiry is one deletion, and only one: not
+	// again when a sweep (Leases) or another host's acquisition finds it
+	// expired. Its subnet is free again.
 	t.Run("WatchExpiry", func(t *testing.T) {
 		t.Parallel()
 		n := Ensure(t, newStore(t), Network(t))
@@ -267,12 +271,65 @@ func runWatch(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 		start := time.Now()
 		w.Deleted("the expiry", h.Lease())
 		t.Logf("expiry seen %v after the holder closed (ttl %v)", time.Since(start).Round(time.Millisecond), ttl)
+		select {
+		case <-h.Lost():
+			t.Fatal("Lost closed by Close; a Hold of a closed store is not lost, only no longer renewed")
+		default:
+		}
 		if got := Leases(t, newStore(t), n.Name); len(got) != 0 {
 			t.Fatalf("Leases after the expiry = %+v", got)
 		}
 		w.Quiet("after the expiry", Quiet)
 		h2 := Acquire(t, newStore(t), n.Name, Host(2), ttl)
+		if h2.Lease().Subnet != h.Lease().Subnet {
+			t.Fatalf("after the expiry host2 got %s; want the freed %s", h2.Lease().Subnet, h.Lease().Subnet)
+		}
 		w.Put("host2 on the freed subnet", h2.Lease())
+	})
+
+	// A lease that comes and goes, on the same subnet again and again:
+	// once the watch holds it, its release is a deletion, of the lease as
+	// the watch holds it. One that comes and goes before the watch reads
+	// it may be no event at all, but never a write without its deletion:
+	// once the watch holds a lease (on another subnet) written after it,
+	// it holds nothing else. Repeated, since the window is one poll (file)
+	// or one event (etcd).
+	t.Run("WatchLeaseComesAndGoes", func(t *testing.T) {
+		t.Parallel()
+		ctx := Ctx(t)
+		n := Ensure(t, newStore(t), Network(t))
+		w, _ := StartWatch(t, newStore(t), n.Name)
+		other := newStore(t)
+		later := Host(3)
+		later.Subnet = netip.MustParsePrefix("10.244.9.0/24")
+		for i := range 5 {
+			h := Acquire(t, other, n.Name, Host(2), ttl)
+			w.Put(fmt.Sprintf("round %d: the acquisition", i), h.Lease())
+			was := h.Lease()
+			if err := h.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			w.Deleted(fmt.Sprintf("round %d: the release", i), was)
+		}
+		for i := range 5 {
+			h := Acquire(t, other, n.Name, Host(2), ttl)
+			if err := h.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			after := Acquire(t, other, n.Name, later, ttl)
+			if after.Lease().Subnet == h.Lease().Subnet {
+				t.Fatalf("round %d: both leases on %s; the test needs two subnets", i, h.Lease().Subnet)
+			}
+			w.WaitState(fmt.Sprintf("round %d: the lease after", i), func(ls []store.Lease) bool { return slices.Contains(ls, after.Lease()) })
+			if got := w.State(); !slices.Equal(got, []store.Lease{after.Lease()}) {
+				t.Fatalf("round %d: the watch holds %+v; want only %+v, written after %+v went", i, got, after.Lease(), h.Lease())
+			}
+			was := after.Lease()
+			if err := after.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			w.Deleted(fmt.Sprintf("round %d: the release of the lease after", i), was)
+		}
 	})
 
 	// Two watchers of one network see the same changes in the same order.
@@ -393,6 +450,12 @@ func runWatch(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store
 		w.Next("the snapshot")
 		cancel()
 		w.WaitClosed("after its context ended")
+
+		// Also when the context ends before the snapshot is read.
+		ctx, cancel = context.WithCancel(Ctx(t))
+		w = &Watcher{t: t, ch: newStore(t).Watch(ctx, n.Name)}
+		cancel()
+		w.WaitClosed("after its context ended, its snapshot unread")
 
 		s := newStore(t)
 		w, _ = StartWatch(t, s, n.Name)

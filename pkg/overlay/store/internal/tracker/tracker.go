@@ -1,7 +1,7 @@
 // Package tracker is what the store backends share to run goroutines
 // (renewers, watchers, pollers): a Tracker that counts them so that a
-// store's Close can stop and wait for them, and the coalescing Signal of
-// a Changes channel. It touches nothing outside the process.
+// store's Close can stop and wait for them. It touches nothing outside
+// the process.
 package tracker
 
 import (
@@ -57,13 +57,4 @@ func (t *Tracker) Stop(between func()) {
 		between()
 	}
 	t.wg.Wait()
-}
-
-// Signal sends on a 1-buffered channel without blocking: signals
-// coalesce, as the Changes contract allows.
-func Signal(ch chan<- struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
 }
