@@ -36,6 +36,9 @@ type EtcdOptions struct {
 	NetNS *NS
 	// Binary is the etcd program; "etcd" from PATH when empty.
 	Binary string
+	// DataDir holds the member's data instead of Dir/data when set
+	// (StartTestEtcd puts it on a tmpfs: see there).
+	DataDir string
 }
 
 // Etcd is a running (or stopped) one-member etcd started by StartEtcd.
@@ -127,6 +130,13 @@ func (e *Etcd) start(ctx context.Context) error {
 }
 
 // spawn starts the etcd process.
+func (o EtcdOptions) dataDir() string {
+	if o.DataDir != "" {
+		return o.DataDir
+	}
+	return filepath.Join(o.Dir, "data")
+}
+
 func (e *Etcd) spawn() (exited <-chan struct{}, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -141,7 +151,7 @@ func (e *Etcd) spawn() (exited <-chan struct{}, err error) {
 	o := e.opts
 	cmd := exec.Command(o.Binary,
 		"--name", "lab",
-		"--data-dir", filepath.Join(o.Dir, "data"),
+		"--data-dir", o.dataDir(),
 		"--listen-client-urls", o.ClientURL,
 		"--advertise-client-urls", o.ClientURL,
 		"--listen-peer-urls", o.PeerURL,

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // RequireRoot skips tb when not root, stating why, unless the environment
@@ -29,12 +31,22 @@ func RequireRoot(tb testing.TB) {
 // created if missing. Without an etcd binary tb is skipped, stating why,
 // unless the environment variable CI is set: there it fails, as in
 // RequireRoot.
+//
+// Without opts.DataDir the member's data goes on a tmpfs (/dev/shm) when
+// there is one, removed in tb.Cleanup: etcd fsyncs every write, and under
+// the whole suite's parallel load an fsync on the machine's disk stalled
+// etcd for 9 s, longer than the 10 s lease TTL some tests run with minus
+// a keep-alive period, so leases expired in tests about something else.
+// Tests of a store outage make their own (they stop etcd or cut it off).
 func StartTestEtcd(tb testing.TB, ctx context.Context, opts EtcdOptions) *Etcd {
 	tb.Helper()
 	if opts.Dir == "" {
 		opts.Dir = tb.TempDir()
 	} else if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		tb.Fatal(err)
+	}
+	if opts.DataDir == "" {
+		opts.DataDir = memDir(tb, "berth-etcd-")
 	}
 	e, err := StartEtcd(ctx, opts)
 	if errors.Is(err, ErrEtcdMissing) {
@@ -107,4 +119,20 @@ func (l TestLog) Write(p []byte) (int, error) {
 	}
 	l.TB.Logf("%s", s)
 	return len(p), nil
+}
+
+// memDir is a new directory on the tmpfs at /dev/shm, removed in
+// tb.Cleanup, or "" when /dev/shm is not a tmpfs.
+func memDir(tb testing.TB, prefix string) string {
+	tb.Helper()
+	var fs unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &fs); err != nil || fs.Type != unix.TMPFS_MAGIC {
+		return ""
+	}
+	dir, err := os.MkdirTemp("/dev/shm", prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
