@@ -20,6 +20,7 @@ var pure = []string{
 	"github.com/berth-cni/berth/pkg/iptables",
 	"github.com/berth-cni/berth/pkg/nat/natplan",
 	"github.com/berth-cni/berth/pkg/overlay/ack",
+	"github.com/berth-cni/berth/pkg/overlay/espplan",
 	"github.com/berth-cni/berth/pkg/overlay/peerplan",
 	"github.com/berth-cni/berth/pkg/overlay/store",
 	"github.com/berth-cni/berth/pkg/owner",
