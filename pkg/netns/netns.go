@@ -74,6 +74,10 @@ type NS struct {
 	rawOnce sync.Once
 	raw     map[int]*nl.SocketHandle
 	rawErr  error
+
+	xfrmOnce sync.Once
+	xfrm     *netlink.Handle
+	xfrmErr  error
 }
 
 // Host opens the namespace the process started in: the host's, for a CNI
@@ -155,12 +159,36 @@ func (n *NS) String() string {
 func (n *NS) Fd() int { return int(n.file.Fd()) }
 
 // Netlink is n's NETLINK_ROUTE handle: links, addresses, routes,
-// neighbours.
+// neighbours. Only those: the handle has no socket of another netlink
+// family, and vishvananda/netlink runs a request of a family its handle
+// lacks on a new socket in the calling thread's namespace, not n. XFRM
+// goes through Xfrm, conntrack through NetlinkFamily
+// (internal/deps checks that no code calls them on this handle).
 func (n *NS) Netlink() *netlink.Handle { return n.h }
+
+// Xfrm is n's NETLINK_XFRM handle (IPsec states and policies), opened on
+// first use and closed by Close. A kernel without CONFIG_XFRM_USER fails
+// it.
+func (n *NS) Xfrm() (*netlink.Handle, error) {
+	n.xfrmOnce.Do(func() {
+		if n.host {
+			n.xfrm, n.xfrmErr = netlink.NewHandle(unix.NETLINK_XFRM)
+		} else {
+			n.xfrm, n.xfrmErr = netlink.NewHandleAt(vnetns.NsHandle(n.file.Fd()), unix.NETLINK_XFRM)
+		}
+		if n.xfrmErr != nil {
+			n.xfrmErr = fmt.Errorf("netlink xfrm socket in %s (CONFIG_XFRM_USER): %w", n, n.xfrmErr)
+		}
+	})
+	return n.xfrm, n.xfrmErr
+}
 
 // Close closes the sockets and the namespace file.
 func (n *NS) Close() error {
 	n.h.Close()
+	if n.xfrm != nil {
+		n.xfrm.Close()
+	}
 	for _, s := range n.raw {
 		s.Close()
 	}

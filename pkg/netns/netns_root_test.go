@@ -3,6 +3,7 @@ package netns_test
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/netns"
@@ -135,5 +137,52 @@ func TestNFTInNamespace(t *testing.T) {
 	err = n.WithNFT(func(c *nftables.Conn) error { return nil })
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The xfrm handle acts in its namespace: a policy added through it is
+// there and nowhere else (the route handle would have put it in the
+// caller's namespace: vishvananda/netlink opens a socket there for a
+// family the handle lacks).
+func TestXfrmInNamespace(t *testing.T) {
+	l := testNS(t)
+	n, err := netns.Open(l.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	host, err := netns.Host()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	hx, err := host.Xfrm()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := hx.XfrmPolicyList(netlink.FAMILY_ALL) // read only
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := n.Xfrm()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := &netlink.XfrmPolicy{
+		Src: &net.IPNet{IP: net.IPv4(192, 0, 2, 1).To4(), Mask: net.CIDRMask(32, 32)},
+		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		Dir: netlink.XFRM_DIR_OUT, Priority: 4242,
+		Tmpls: []netlink.XfrmPolicyTmpl{{Src: net.IPv4zero.To4(), Dst: net.IPv4zero.To4(), Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TRANSPORT, Reqid: 7}},
+	}
+	if err := x.XfrmPolicyAdd(pol); err != nil {
+		t.Fatal(err)
+	}
+	in, err := x.XfrmPolicyList(netlink.FAMILY_ALL)
+	if err != nil || len(in) != 1 || in[0].Priority != 4242 {
+		t.Fatalf("policies in the test namespace: %v, %v", in, err)
+	}
+	after, err := hx.XfrmPolicyList(netlink.FAMILY_ALL)
+	if err != nil || len(after) != len(before) {
+		t.Fatalf("the process's own namespace went from %d to %d policies (%v)", len(before), len(after), err)
 	}
 }
