@@ -99,7 +99,10 @@ func (p *pair) ping(i, j int) error {
 }
 
 // clear counts, on host i's port of the underlay, the network's VXLAN
-// from host i's VTEP: what must never be seen while its guard is up.
+// from host i's VTEP: what must never be seen while its guard is up. The
+// count is read after a marker (UDP to port 9 of the other host, sent
+// after what is to be counted) has come through the capture, so that a
+// zero is not a capture lagging behind.
 func (p *pair) clear(t *testing.T, i int) (count func() int64, stop func()) {
 	t.Helper()
 	c, err := p.u.NS.OpenCapture(fmt.Sprintf("ulp%d", i))
@@ -107,19 +110,45 @@ func (p *pair) clear(t *testing.T, i int) (count func() int64, stop func()) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(p.ctx)
-	var n atomic.Int64
+	var n, markers atomic.Int64
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		c.Each(ctx, func(f lab.Frame) bool {
-			if f.Proto == unix.IPPROTO_UDP && f.DstPort == 4789 && f.Src == lab.HostAddr(i).Addr() && f.VXLAN.VNI == testVNI {
+			switch {
+			case f.Proto != unix.IPPROTO_UDP || f.Src != lab.HostAddr(i).Addr():
+			case f.DstPort == 4789 && f.VXLAN.VNI == testVNI:
 				n.Add(1)
+			case f.DstPort == 9:
+				markers.Add(1)
 			}
 			return true
 		})
 	}()
-	time.Sleep(50 * time.Millisecond) // the socket is bound; let it settle
-	return n.Load, func() { cancel(); <-done; c.Close() }
+	var sent int64
+	count = func() int64 {
+		t.Helper()
+		sent++
+		err := p.h[i].Do(func() error {
+			c, err := net.Dial("udp4", netip.AddrPortFrom(lab.HostAddr(3-i).Addr(), 9).String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write([]byte("marker"))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(2 * time.Second); markers.Load() < sent; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the capture on ulp%d did not see marker %d", i, sent)
+			}
+		}
+		return n.Load()
+	}
+	return count, func() { cancel(); <-done; c.Close() }
 }
 
 // With the guard up and no SA (this kernel may have no ESP at all), the
