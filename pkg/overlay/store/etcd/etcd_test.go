@@ -325,3 +325,9 @@ func eventually[T any](t *testing.T, fn func() (T, error)) T {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// BenchmarkAcquire: 200 hosts live and 200 gone.
+func BenchmarkAcquire(b *testing.B) {
+	e := startEtcd(b)
+	storetest.BenchAcquire(b, newEtcdStore(b, e.Endpoint(), 0), 200)
+}

@@ -227,3 +227,8 @@ func FuzzDecodeFileLease(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAcquire: 200 hosts live and 200 gone.
+func BenchmarkAcquire(b *testing.B) {
+	storetest.BenchAcquire(b, newFileStore(b, b.TempDir()), 200)
+}
