@@ -345,7 +345,7 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want stor
 		if err != nil {
 			return store.Lease{}, "", err
 		}
-		subnet, err := store.PickSubnet(n, want, plainLeases(live))
+		subnet, err := store.PickSubnet(n, want, plainLeases(live), nil)
 		if err != nil {
 			return store.Lease{}, "", err
 		}

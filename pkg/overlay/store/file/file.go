@@ -420,7 +420,7 @@ func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (st
 		return store.Lease{}, err
 	}
 	live := liveOf(recs)
-	subnet, err := store.PickSubnet(n, want, leasesOf(live))
+	subnet, err := store.PickSubnet(n, want, leasesOf(live), nil)
 	if err != nil {
 		return store.Lease{}, err
 	}
