@@ -150,20 +150,9 @@ func (n Network) subnet(i uint64) netip.Prefix {
 // takes it only once nothing else is free. A full network is
 // ErrConflict.
 func PickSubnet(n Network, want Lease, live []Lease, past []LastHolder) (netip.Prefix, error) {
-	taken := make(map[netip.Prefix]bool, len(live))
-	var own []netip.Prefix
-	for _, l := range live {
-		taken[l.Subnet] = true
-		if l.Host == want.Host && n.HasSubnet(l.Subnet) {
-			own = append(own, l.Subnet)
-		}
-	}
-	if len(own) > 0 {
-		slices.SortFunc(own, netip.Prefix.Compare)
-		return own[0], nil
-	}
-	if n.HasSubnet(want.Subnet) && !taken[want.Subnet] {
-		return want.Subnet, nil
+	subnet, ok, taken := ownOrWanted(n, want, live)
+	if ok {
+		return subnet, nil
 	}
 	// The first subnet is never handed out: its device address would be
 	// the cluster network's own (10.244.0.0 of 10.244.0.0/16), which
@@ -207,6 +196,35 @@ func PickSubnet(n Network, want Lease, live []Lease, past []LastHolder) (netip.P
 	}
 	return netip.Prefix{}, fmt.Errorf("overlay network %q: all %d subnets of %s (/%d each) past the first are leased: %w",
 		n.Name, n.subnetCount()-1, n.CIDR, n.SubnetLen, ErrConflict)
+}
+
+// OwnOrWanted is what PickSubnet chooses without the history, if that
+// decides (ok): the host's own live lease, else want.Subnet when free. A
+// backend that reads the history apart from the leases reads it only when
+// ok is false.
+func OwnOrWanted(n Network, want Lease, live []Lease) (p netip.Prefix, ok bool) {
+	p, ok, _ = ownOrWanted(n, want, live)
+	return p, ok
+}
+
+// ownOrWanted is OwnOrWanted, and the subnets of live.
+func ownOrWanted(n Network, want Lease, live []Lease) (p netip.Prefix, ok bool, taken map[netip.Prefix]bool) {
+	taken = make(map[netip.Prefix]bool, len(live))
+	var own []netip.Prefix
+	for _, l := range live {
+		taken[l.Subnet] = true
+		if l.Host == want.Host && n.HasSubnet(l.Subnet) {
+			own = append(own, l.Subnet)
+		}
+	}
+	if len(own) > 0 {
+		slices.SortFunc(own, netip.Prefix.Compare)
+		return own[0], true, taken
+	}
+	if n.HasSubnet(want.Subnet) && !taken[want.Subnet] {
+		return want.Subnet, true, taken
+	}
+	return netip.Prefix{}, false, taken
 }
 
 // replaces reports whether p is a better pick than cur (none when its

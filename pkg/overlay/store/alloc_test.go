@@ -95,7 +95,8 @@ func TestPickSubnet(t *testing.T) {
 }
 
 // TestPickSubnetOrder: the five steps of PickSubnet, each where the one
-// before it does not apply, and where it does.
+// before it does not apply, and where it does; a case's name starts with
+// its step.
 func TestPickSubnetOrder(t *testing.T) {
 	t.Parallel()
 	n := Network{Name: "ov", CIDR: netip.MustParsePrefix("10.244.0.0/21"), SubnetLen: 24, VNI: 1, Port: 4789}
@@ -160,6 +161,11 @@ func TestPickSubnetOrder(t *testing.T) {
 			t.Errorf("%s: got %s, %v; want ErrConflict", tc.name, got, err)
 		case tc.gets >= 0 && (err != nil || got != n.subnet(uint64(tc.gets))):
 			t.Errorf("%s: got %s, %v; want %s", tc.name, got, err, n.subnet(uint64(tc.gets)))
+		}
+		// Steps 1 and 2 decide without the history, and only they.
+		decided := strings.HasPrefix(tc.name, "1 ") || strings.HasPrefix(tc.name, "2 ")
+		if own, ok := OwnOrWanted(n, tc.want, tc.live); ok != decided || ok && own != got {
+			t.Errorf("%s: OwnOrWanted = %s, %v; want %v, and PickSubnet's %s if so", tc.name, own, ok, decided, got)
 		}
 	}
 }

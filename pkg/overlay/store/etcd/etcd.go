@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -44,8 +45,9 @@ import (
 // that key's ModRevision is the last write of the subnet's last lease
 // (the LastHolder's Rev), and it outlives the lease. An expiry writes
 // nothing: an expired lease is dated by its last write. Acquire reads the
-// history in the transaction that reads the leases. The history is not
-// under subnets/, so Watch never sees it.
+// history, at the revision of its read of the leases, only when the host
+// neither holds a lease nor asks for a free subnet (pick). The history is
+// not under subnets/, so Watch never sees it.
 
 // DefaultPrefix is where the overlay's keys live when Config.Prefix
 // is empty.
@@ -351,15 +353,8 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want store.Leas
 func (s *etcdStore) claim(ctx context.Context, k netKeys, want store.Lease, id clientv3.LeaseID) (store.Lease, error) {
 	for range acquireAttempts {
 		rctx, cancel := s.request(ctx)
-		// The config, every lease and every last holder at one revision,
-		// in one request.
-		//
-		// Equivalent: etcdctl get $cfgKey; etcdctl get --prefix $subnets; etcdctl get --prefix $history (in one txn)
-		resp, err := s.cli.Txn(rctx).Then(
-			clientv3.OpGet(k.config),
-			clientv3.OpGet(k.subnets, clientv3.WithPrefix()),
-			clientv3.OpGet(k.history, clientv3.WithPrefix()),
-		).Commit()
+		// The config and every lease at one revision.
+		resp, err := s.cli.Txn(rctx).Then(clientv3.OpGet(k.config), clientv3.OpGet(k.subnets, clientv3.WithPrefix())).Commit()
 		cancel()
 		if err != nil {
 			return store.Lease{}, err
@@ -376,11 +371,10 @@ func (s *etcdStore) claim(ctx context.Context, k netKeys, want store.Lease, id c
 		if err != nil {
 			return store.Lease{}, err
 		}
-		past, err := decodeHistory(k.history, resp.Responses[2].GetResponseRange().GetKvs())
-		if err != nil {
-			return store.Lease{}, err
+		subnet, err := s.pick(ctx, k, n, want, plainLeases(live), resp.Header.Revision)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			continue // the history is gone at the leases' revision: read them again
 		}
-		subnet, err := store.PickSubnet(n, want, plainLeases(live), past)
 		if err != nil {
 			return store.Lease{}, err
 		}
@@ -426,11 +420,38 @@ func (s *etcdStore) claim(ctx context.Context, k netKeys, want store.Lease, id c
 	return store.Lease{}, fmt.Errorf("lost the race for a subnet %d times in a row: %w", acquireAttempts, store.ErrConflict)
 }
 
-// decodeHistory decodes the history keys read under the prefix history;
-// a last holder's Rev is its key's ModRevision.
-func decodeHistory(history string, kvs []*mvccpb.KeyValue) ([]store.LastHolder, error) {
-	out := make([]store.LastHolder, 0, len(kvs))
-	for _, kv := range kvs {
+// pick chooses the subnet for want among the live leases read at
+// revision rev (store.PickSubnet), reading the history as of rev only
+// when the choice needs it.
+func (s *etcdStore) pick(ctx context.Context, k netKeys, n store.Network, want store.Lease, live []store.Lease, rev int64) (netip.Prefix, error) {
+	if subnet, ok := store.OwnOrWanted(n, want, live); ok {
+		return subnet, nil
+	}
+	past, err := s.history(ctx, k.history, rev)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return store.PickSubnet(n, want, live, past)
+}
+
+// history reads the last holders under the prefix history as of
+// revision rev, the leases' read. Acquire reads them only when the host
+// neither holds a lease nor asks for a free subnet (store.OwnOrWanted),
+// so that an agent's restart or re-acquisition, and the hosts that ask
+// for a subnet, read the leases only: they are one per subnet ever
+// leased, more keys than the leases. A last holder's Rev is its key's
+// ModRevision.
+//
+// Equivalent: etcdctl get --prefix --rev=$rev $prefix/$network/history/
+func (s *etcdStore) history(ctx context.Context, history string, rev int64) ([]store.LastHolder, error) {
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(rctx, history, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.LastHolder, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
 		subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, history), '-')
 		if err != nil {

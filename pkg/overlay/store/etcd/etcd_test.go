@@ -156,7 +156,7 @@ func TestEtcdHistoryLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	history("updated", l.Rev)
-	if err := h.Release(ctx); err != nil {
+	if err = h.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := c.Get(ctx, testPrefix+"/"+n.Name+"/subnets/", clientv3.WithPrefix())
@@ -401,8 +401,13 @@ func eventually[T any](t *testing.T, fn func() (T, error)) T {
 	}
 }
 
-// BenchmarkAcquire: 200 hosts live and 200 gone.
+// BenchmarkAcquire: 200 hosts live and 200 gone, and a host that comes
+// back asking for nothing (new) or for its subnet (returning).
 func BenchmarkAcquire(b *testing.B) {
-	e := startEtcd(b)
-	storetest.BenchAcquire(b, newEtcdStore(b, e.Endpoint(), 0), 200)
+	for _, ask := range []bool{false, true} {
+		b.Run(map[bool]string{false: "new", true: "returning"}[ask], func(b *testing.B) {
+			e := startEtcd(b)
+			storetest.BenchAcquire(b, newEtcdStore(b, e.Endpoint(), 0), 200, ask)
+		})
+	}
 }

@@ -13,9 +13,11 @@ import (
 
 // BenchAcquire measures Acquire on a network where live hosts hold a
 // lease and as many more have held one and left (released it): each of
-// the b.N calls reads them all and writes one lease, for a host that
-// comes and goes (its Release is outside the timer).
-func BenchAcquire(b *testing.B, s store.Store, live int) {
+// the b.N calls reads them and writes one lease, for a host that comes
+// and goes (its Release is outside the timer). When ask is set the host
+// asks for the subnet it held, as an agent does after a restart or a
+// lost lease; else for none, as a new host does.
+func BenchAcquire(b *testing.B, s store.Store, live int, ask bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	n := Ensure(b, s, store.Network{Name: "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36),
@@ -43,6 +45,9 @@ func BenchAcquire(b *testing.B, s store.Store, live int) {
 			b.Fatal(err)
 		}
 		b.StopTimer()
+		if ask {
+			want.Subnet = h.Lease().Subnet
+		}
 		if err := h.Release(ctx); err != nil {
 			b.Fatal(err)
 		}
