@@ -132,7 +132,8 @@ type Store interface {
 	//     most recently if several (a host whose lease expired in an
 	//     outage, or that released it and came back);
 	//  4. the lowest free subnet nobody has held, past the first;
-	//  5. the free subnet whose last holder left longest ago.
+	//  5. the free subnet whose last holder left longest ago, past the
+	//     first.
 	//
 	// So a subnet freed by an expiry or a release goes back to its last
 	// holder, and to another host only when no other is left. The store

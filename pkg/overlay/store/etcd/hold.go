@@ -188,17 +188,19 @@ func (h *etcdHold) Release(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	rctx, cancel := h.s.request(ctx)
-	defer cancel()
 	// A key that is no longer this Hold's (lost, taken over, released
 	// before) is left as it is, its history too.
+	rctx, cancel := h.s.request(ctx)
 	_, err = h.s.cli.Txn(rctx).
 		If(clientv3.Compare(clientv3.LeaseValue(h.key), "=", h.id)).
 		Then(clientv3.OpDelete(h.key), clientv3.OpPut(histKey, histVal)).
 		Commit()
+	cancel()
 	if err != nil {
 		return fail(ctx, what, err)
 	}
+	rctx, cancel = h.s.request(ctx)
+	defer cancel()
 	_, err = h.s.cli.Revoke(rctx, h.id)
 	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return nil
