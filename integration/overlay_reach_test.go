@@ -125,8 +125,8 @@ func testReachableAtOnce(t *testing.T, c *ovCluster) {
 			t.Errorf("round %d, host h%d: %v", r+1, i, failed)
 		}
 		// The host leaves: its agent releases its lease (its peers drop
-		// it at once, and the next round's host may take its subnet)
-		// and its namespace goes.
+		// it at once; the store keeps its subnet for it, so the next
+		// round's host takes another) and its namespace goes.
 		if err := h.agent.Stop(syscall.SIGTERM); err != nil {
 			t.Errorf("stop h%d's agent: %v", i, err)
 		}

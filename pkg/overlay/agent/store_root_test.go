@@ -2,7 +2,11 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,8 +15,10 @@ import (
 	"time"
 
 	"github.com/berth-cni/berth/internal/lab"
+	"github.com/berth-cni/berth/pkg/lock"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
+	"github.com/berth-cni/berth/pkg/state"
 )
 
 // flakyStore is a store the test can take down (every call fails with
@@ -253,5 +259,82 @@ func TestAgentNetworkConflict(t *testing.T) {
 	}
 	if _, derr := c.deviceOf(2); derr == nil {
 		t.Error("the refused host created its VXLAN device")
+	}
+}
+
+// A store stall longer than the TTL (the CI failure the store's history
+// is for): h1's lease expires in the store while h1 cannot reach it, h3
+// joins meanwhile and gets a subnet nobody held, not h1's just freed one,
+// and h1, back, leases its old subnet again, so the addresses of its
+// containers stay valid and every host reaches it there.
+func TestAgentExpiredLeaseComesBack(t *testing.T) {
+	c := newCluster(t)
+	var flaky *flakyStore
+	a1 := c.start(1, func(cfg *Config) { flaky = newFlaky(cfg.Store); cfg.Store = flaky })
+	l1 := c.waitReady(1)
+	c.start(2)
+	c.waitReady(2)
+	c.waitPeers(1, 2)
+
+	flaky.down.Store(true)
+	expireLease(t, c.storeDir, l1.Subnet)
+	lab.WaitFor(t, 10*time.Second, "h1 loses its lease", func() string {
+		l, err := c.local(1)
+		if err != nil {
+			return err.Error()
+		}
+		if n := a1.counter(t, "berth_overlay_lease_lost_total"); n != 1 || l.Ready {
+			return fmt.Sprintf("lease lost %d, Local %+v", n, l)
+		}
+		return ""
+	})
+	c.start(3)
+	if l3 := c.waitReady(3); l3.Subnet == l1.Subnet {
+		t.Fatalf("h3, joining while h1's lease had expired, got h1's %s", l1.Subnet)
+	}
+
+	flaky.down.Store(false)
+	if l := c.waitReady(1); l.Subnet != l1.Subnet {
+		t.Fatalf("h1 back after its lease expired leased %s; it had %s", l.Subnet, l1.Subnet)
+	}
+	c.waitPeers(1, 2, 3)
+	c.waitPeers(3, 1, 2)
+	c.ping(3, 1)
+	c.ping(1, 2)
+}
+
+// expireLease leaves subnet's lease in the file store at dir expired, as
+// a store stall past the TTL does: its expiry set a minute back, under
+// the store's lock so that no renewal overwrites it meanwhile. The next
+// reader under the lock (a renewal, another host's Acquire) buries it.
+//
+// Equivalent: flock $dir/ov/lock (rewrite leases/$subnet.json with "expires" a minute ago)
+func expireLease(t *testing.T, dir string, subnet netip.Prefix) {
+	t.Helper()
+	d := filepath.Join(dir, testNet)
+	l, err := lock.AcquireFile(filepath.Join(d, "lock"), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := l.Unlock(); err != nil {
+			t.Error(err)
+		}
+	}()
+	path := filepath.Join(d, "leases", store.SubnetKey(subnet, '_')+".json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]json.RawMessage
+	if err = json.Unmarshal(b, &rec); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	rec["expires"] = json.RawMessage(strconv.FormatInt(time.Now().Add(-time.Minute).UnixMilli(), 10))
+	if b, err = json.Marshal(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err = state.WriteAtomic(path, b); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -133,11 +133,83 @@ func (n Network) subnet(i uint64) netip.Prefix {
 }
 
 // PickSubnet chooses the subnet Acquire leases for want.Host among the
-// live leases of a valid n: the host's own (the lowest, should it hold
-// several), want.Subnet when it is one of n's subnets and free, else the
-// lowest free one. A full network is ErrConflict.
-func PickSubnet(n Network, want Lease, live []Lease) (netip.Prefix, error) {
-	taken := make(map[netip.Prefix]bool, len(live))
+// live leases of a valid n, given what the store remembers of each
+// subnet's last holder (past, one per subnet; those outside n are
+// ignored). In order:
+//
+//  1. the host's own live lease (the lowest, should it hold several);
+//  2. want.Subnet, when it is one of n's subnets and free;
+//  3. a free subnet whose last holder is want.Host, the latest (highest
+//     Rev) if several, ties to the lowest subnet;
+//  4. the lowest free subnet that nobody held, past the first;
+//  5. the free subnet whose last holder left longest ago (lowest Rev,
+//     ties to the lowest subnet), past the first.
+//
+// A subnet whose holder's lease expired in a store outage thus waits for
+// that holder, which asks for it again (agent.reacquire), and a new host
+// takes it only once nothing else is free. A full network is
+// ErrConflict.
+func PickSubnet(n Network, want Lease, live []Lease, past []LastHolder) (netip.Prefix, error) {
+	subnet, ok, taken := ownOrWanted(n, want, live)
+	if ok {
+		return subnet, nil
+	}
+	// The first subnet is never handed out: its device address would be
+	// the cluster network's own (10.244.0.0 of 10.244.0.0/16), which
+	// people and tools read as the network, not a host; flannel skips it
+	// too. A host that holds it (from a release before this rule, or by
+	// asking for it as want.Subnet) keeps it, and gets it back as its
+	// last holder.
+	first := n.subnet(0)
+	held := make(map[netip.Prefix]bool, len(past))
+	var mine, oldest LastHolder // zero Subnet: none
+	for _, p := range past {
+		if !n.HasSubnet(p.Subnet) {
+			continue
+		}
+		held[p.Subnet] = true
+		switch {
+		case taken[p.Subnet]:
+		case p.Host == want.Host:
+			if replaces(p, mine, true) {
+				mine = p
+			}
+		case p.Subnet != first:
+			if replaces(p, oldest, false) {
+				oldest = p
+			}
+		}
+	}
+	if mine.Subnet.IsValid() {
+		return mine.Subnet, nil
+	}
+	// The first subnet neither taken nor held is among the first
+	// len(taken)+len(held)+2, so this loop is short even for a /8 split
+	// into /30s.
+	for i := uint64(1); i < n.subnetCount(); i++ {
+		if p := n.subnet(i); !taken[p] && !held[p] {
+			return p, nil
+		}
+	}
+	if oldest.Subnet.IsValid() {
+		return oldest.Subnet, nil
+	}
+	return netip.Prefix{}, fmt.Errorf("overlay network %q: all %d subnets of %s (/%d each) past the first are leased: %w",
+		n.Name, n.subnetCount()-1, n.CIDR, n.SubnetLen, ErrConflict)
+}
+
+// OwnOrWanted is what PickSubnet chooses without the history, if that
+// decides (ok): the host's own live lease, else want.Subnet when free. A
+// backend that reads the history apart from the leases reads it only when
+// ok is false.
+func OwnOrWanted(n Network, want Lease, live []Lease) (p netip.Prefix, ok bool) {
+	p, ok, _ = ownOrWanted(n, want, live)
+	return p, ok
+}
+
+// ownOrWanted is OwnOrWanted, and the subnets of live.
+func ownOrWanted(n Network, want Lease, live []Lease) (p netip.Prefix, ok bool, taken map[netip.Prefix]bool) {
+	taken = make(map[netip.Prefix]bool, len(live))
 	var own []netip.Prefix
 	for _, l := range live {
 		taken[l.Subnet] = true
@@ -147,23 +219,23 @@ func PickSubnet(n Network, want Lease, live []Lease) (netip.Prefix, error) {
 	}
 	if len(own) > 0 {
 		slices.SortFunc(own, netip.Prefix.Compare)
-		return own[0], nil
+		return own[0], true, taken
 	}
 	if n.HasSubnet(want.Subnet) && !taken[want.Subnet] {
-		return want.Subnet, nil
+		return want.Subnet, true, taken
 	}
-	// The first subnet is never handed out: its device address would be
-	// the cluster network's own (10.244.0.0 of 10.244.0.0/16), which
-	// people and tools read as the network, not a host; flannel skips it
-	// too. A host that holds it (from a release before this rule, or by
-	// asking for it as want.Subnet) keeps it. The first gap is among the
-	// first len(taken)+2 subnets, so this loop is short even for a /8
-	// split into /30s.
-	for i := uint64(1); i < n.subnetCount(); i++ {
-		if p := n.subnet(i); !taken[p] {
-			return p, nil
-		}
+	return netip.Prefix{}, false, taken
+}
+
+// replaces reports whether p is a better pick than cur (none when its
+// Subnet is zero): held later when latest, else earlier; of the same
+// revision, the lower subnet.
+func replaces(p, cur LastHolder, latest bool) bool {
+	switch {
+	case !cur.Subnet.IsValid():
+		return true
+	case p.Rev != cur.Rev:
+		return (p.Rev > cur.Rev) == latest
 	}
-	return netip.Prefix{}, fmt.Errorf("overlay network %q: all %d subnets of %s (/%d each) past the first are leased: %w",
-		n.Name, n.subnetCount()-1, n.CIDR, n.SubnetLen, ErrConflict)
+	return p.Subnet.Compare(cur.Subnet) < 0
 }

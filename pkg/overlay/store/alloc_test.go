@@ -84,13 +84,103 @@ func TestPickSubnet(t *testing.T) {
 		{"full past the first", lease("e", ""), []Lease{lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24"), lease("d", "10.244.3.0/24")}, ""},
 		{"full but own", lease("d", ""), []Lease{lease("a", "10.244.0.0/24"), lease("b", "10.244.1.0/24"), lease("c", "10.244.2.0/24"), lease("d", "10.244.3.0/24")}, "10.244.3.0/24"},
 	} {
-		got, err := PickSubnet(n, tc.want, tc.live)
+		got, err := PickSubnet(n, tc.want, tc.live, nil)
 		switch {
 		case tc.gets == "" && !errors.Is(err, ErrConflict):
 			t.Errorf("%s: got %s, %v; want ErrConflict", tc.name, got, err)
 		case tc.gets != "" && (err != nil || got.String() != tc.gets):
 			t.Errorf("%s: got %s, %v; want %s", tc.name, got, err, tc.gets)
 		}
+	}
+}
+
+// TestPickSubnetOrder: the five steps of PickSubnet, each where the one
+// before it does not apply, and where it does; a case's name starts with
+// its step.
+func TestPickSubnetOrder(t *testing.T) {
+	t.Parallel()
+	n := Network{Name: "ov", CIDR: netip.MustParsePrefix("10.244.0.0/21"), SubnetLen: 24, VNI: 1, Port: 4789}
+	lease := func(host string, i int) Lease {
+		l := Lease{Host: host}
+		if i >= 0 {
+			l.Subnet = n.subnet(uint64(i))
+		}
+		return l
+	}
+	was := func(host string, i int, rev int64) LastHolder {
+		return LastHolder{Subnet: n.subnet(uint64(i)), Host: host, Rev: rev}
+	}
+	// Subnets 1..7 (0 is the first); "h" is the host asking.
+	for _, tc := range []struct {
+		name string
+		want Lease
+		live []Lease
+		past []LastHolder
+		gets int // -1 for ErrConflict
+	}{
+		{"1 own live lease over all of the history", lease("h", 3),
+			[]Lease{lease("h", 5)}, []LastHolder{was("h", 2, 9), was("h", 5, 1)}, 5},
+		{"2 wanted and free over the host's history", lease("h", 4),
+			nil, []LastHolder{was("h", 2, 9)}, 4},
+		{"2 wanted and free although another host held it", lease("h", 4),
+			nil, []LastHolder{was("x", 4, 9)}, 4},
+		{"3 the host's last subnet over the lowest never held", lease("h", -1),
+			[]Lease{lease("x", 1)}, []LastHolder{was("h", 6, 3)}, 6},
+		{"3 wanted taken: the host's last subnet", lease("h", 1),
+			[]Lease{lease("x", 1)}, []LastHolder{was("x", 1, 8), was("h", 6, 3)}, 6},
+		{"3 the latest of the host's subnets", lease("h", -1),
+			nil, []LastHolder{was("h", 2, 3), was("h", 6, 7), was("h", 4, 5)}, 6},
+		{"3 of one revision, the lowest", lease("h", -1),
+			nil, []LastHolder{was("h", 6, 7), was("h", 4, 7)}, 4},
+		{"3 a subnet of the host's, now another's, is skipped", lease("h", -1),
+			[]Lease{lease("x", 6)}, []LastHolder{was("h", 6, 9), was("h", 2, 3)}, 2},
+		{"3 the first subnet, the host's last", lease("h", -1),
+			nil, []LastHolder{was("h", 0, 3)}, 0},
+		{"4 never held over an expired lease of another", lease("h", -1),
+			[]Lease{lease("x", 2)}, []LastHolder{was("y", 1, 5), was("x", 2, 6)}, 3},
+		{"4 never held, past the first which nobody held", lease("h", -1),
+			nil, []LastHolder{was("y", 1, 5)}, 2},
+		{"5 every free subnet held: the one left longest ago", lease("h", -1),
+			[]Lease{lease("a", 1), lease("b", 3), lease("c", 7)},
+			[]LastHolder{was("a", 1, 1), was("y", 2, 8), was("b", 3, 2), was("z", 4, 4), was("w", 5, 6), was("v", 6, 5), was("c", 7, 3)}, 4},
+		{"5 of one revision, the lowest", lease("h", -1),
+			[]Lease{lease("a", 1), lease("b", 2), lease("c", 3), lease("d", 4), lease("e", 5)},
+			[]LastHolder{was("y", 7, 4), was("z", 6, 4)}, 6},
+		{"5 the first subnet is not handed out, even held long ago", lease("h", -1),
+			[]Lease{lease("a", 1), lease("b", 2), lease("c", 3), lease("d", 4), lease("e", 5), lease("f", 6)},
+			[]LastHolder{was("y", 0, 1), was("z", 7, 9)}, 7},
+		{"history outside the network is ignored", lease("h", -1),
+			nil, []LastHolder{{Subnet: netip.MustParsePrefix("10.99.0.0/24"), Host: "h", Rev: 9}, {Subnet: netip.MustParsePrefix("10.244.0.0/23"), Host: "h", Rev: 9}}, 1},
+		{"full, the first held long ago by another", lease("h", -1),
+			[]Lease{lease("a", 1), lease("b", 2), lease("c", 3), lease("d", 4), lease("e", 5), lease("f", 6), lease("g", 7)},
+			[]LastHolder{was("y", 0, 1)}, -1},
+	} {
+		got, err := PickSubnet(n, tc.want, tc.live, tc.past)
+		switch {
+		case tc.gets < 0 && !errors.Is(err, ErrConflict):
+			t.Errorf("%s: got %s, %v; want ErrConflict", tc.name, got, err)
+		case tc.gets >= 0 && (err != nil || got != n.subnet(uint64(tc.gets))):
+			t.Errorf("%s: got %s, %v; want %s", tc.name, got, err, n.subnet(uint64(tc.gets)))
+		}
+		// Steps 1 and 2 decide without the history, and only they.
+		decided := strings.HasPrefix(tc.name, "1 ") || strings.HasPrefix(tc.name, "2 ")
+		if own, ok := OwnOrWanted(n, tc.want, tc.live); ok != decided || ok && own != got {
+			t.Errorf("%s: OwnOrWanted = %s, %v; want %v, and PickSubnet's %s if so", tc.name, own, ok, decided, got)
+		}
+	}
+}
+
+// The search for a never-held subnet stays short in a large network
+// whose history is long, and finds the gap after it.
+func TestPickSubnetLongHistory(t *testing.T) {
+	t.Parallel()
+	n := Network{Name: "big", CIDR: netip.MustParsePrefix("10.0.0.0/8"), SubnetLen: 30, VNI: 1, Port: 4789}
+	var past []LastHolder
+	for i := uint64(1); i <= 5000; i++ {
+		past = append(past, LastHolder{Subnet: n.subnet(i), Host: "gone", Rev: int64(i)})
+	}
+	if got, err := PickSubnet(n, Lease{Host: "new"}, nil, past); err != nil || got != n.subnet(5001) {
+		t.Fatalf("got %s, %v; want %s", got, err, n.subnet(5001))
 	}
 }
 
@@ -178,6 +268,59 @@ func FuzzDecodeLease(f *testing.F) {
 			if l2, err := DecodeLease(again, subnet); err != nil || l2 != l {
 				t.Fatalf("round trip of %+v: %+v, %v", l, l2, err)
 			}
+		}
+	})
+}
+
+func TestDecodeLastHolder(t *testing.T) {
+	t.Parallel()
+	subnet := netip.MustParsePrefix("10.244.3.0/24")
+	h, err := DecodeLastHolder([]byte(`{"subnet":"10.244.3.0/24","host":"n1","later":"ignored"}`), subnet)
+	if err != nil || h != (LastHolder{Subnet: subnet, Host: "n1"}) {
+		t.Fatalf("DecodeLastHolder(good) = %+v, %v", h, err)
+	}
+	for _, bad := range []string{
+		``,
+		`{`,
+		`null`,
+		`{"host":"n1"}`,
+		`{"subnet":"10.244.4.0/24","host":"n1"}`,
+		`{"subnet":"10.244.3.0/24"}`,
+		`{"subnet":"10.244.3.0/24","host":"n/1"}`,
+		`{"subnet":"10.244.3.0/24","host":"n1","pad":"` + strings.Repeat("x", MaxLastHolderSize) + `"}`,
+	} {
+		if h, err := DecodeLastHolder([]byte(bad), subnet); err == nil {
+			t.Errorf("DecodeLastHolder(%.60s) = %+v; want an error", bad, h)
+		}
+	}
+}
+
+// FuzzDecodeLastHolder: a stored last-holder record never panics the
+// decoder, and an accepted one names a valid host and the subnet of its
+// key, fits the bound when written again and survives a round trip.
+func FuzzDecodeLastHolder(f *testing.F) {
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"n1"}`), "10.244.3.0-24")
+	f.Add([]byte(`{"subnet":"10.244.3.0/24","host":"<\u0026>\u00e9"}`), "10.244.3.0-24")
+	f.Add([]byte(`{"subnet":"10.244.3.5/24","host":""}`), "10.244.3.0-24")
+	f.Add([]byte(`[]`), "")
+	f.Fuzz(func(t *testing.T, b []byte, key string) {
+		subnet, err := ParseSubnetKey(key, '-')
+		if err != nil {
+			subnet = netip.MustParsePrefix("10.244.3.0/24")
+		}
+		h, err := DecodeLastHolder(b, subnet)
+		if err != nil {
+			return
+		}
+		if verr := ValidateHost(h.Host); verr != nil || h.Subnet != subnet || h.Rev != 0 {
+			t.Fatalf("accepted %+v: %v", h, verr)
+		}
+		again, err := json.Marshal(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h2, err := DecodeLastHolder(again, subnet); err != nil || h2 != h {
+			t.Fatalf("round trip of %+v (%d bytes): %+v, %v", h, len(again), h2, err)
 		}
 	})
 }

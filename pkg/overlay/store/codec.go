@@ -99,3 +99,26 @@ func CheckStoredNetwork(stored, want Network) error {
 	}
 	return nil
 }
+
+// MaxLastHolderSize bounds a stored last-holder record: a subnet and a
+// host name of at most 253 bytes, each escaped by JSON at worst to six.
+const MaxLastHolderSize = 2 << 10
+
+// DecodeLastHolder decodes and validates a stored last-holder record
+// read under the key of subnet; its Rev is the caller's to set.
+func DecodeLastHolder(b []byte, subnet netip.Prefix) (LastHolder, error) {
+	if len(b) > MaxLastHolderSize {
+		return LastHolder{}, fmt.Errorf("stored last holder of %s: %d bytes, more than the %d such a record may take", subnet, len(b), MaxLastHolderSize)
+	}
+	var h LastHolder
+	if err := json.Unmarshal(b, &h); err != nil {
+		return LastHolder{}, fmt.Errorf("decode last holder of %s: %w", subnet, err)
+	}
+	if err := ValidateHost(h.Host); err != nil {
+		return LastHolder{}, fmt.Errorf("stored last holder of %s: %w", subnet, err)
+	}
+	if h.Subnet != subnet {
+		return LastHolder{}, fmt.Errorf("stored last holder of %s: subnet %s differs from its key", subnet, h.Subnet)
+	}
+	return h, nil
+}

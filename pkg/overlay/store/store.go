@@ -85,6 +85,23 @@ type Lease struct {
 	Rev int64 `json:"-"`
 }
 
+// LastHolder is what a store remembers of a subnet after its lease is
+// gone: the host that held it last, and when in the store's order. A
+// backend keeps one per subnet ever leased, with no TTL, and writes it
+// with every write of the lease (a claim, an attribute update, a
+// release); PickSubnet reads them to give a freed subnet back to its
+// last holder and to other hosts only last.
+type LastHolder struct {
+	Subnet netip.Prefix `json:"subnet"`
+	Host   string       `json:"host"`
+	// Rev is the store's revision of the last write of the holder's
+	// lease: a larger Rev held the subnet later. A lease that expired
+	// is dated by its last write where the store writes nothing at
+	// expiry (etcd), by its removal where it does (the file store's
+	// sweep). Revisions compare within one network; JSON skips it.
+	Rev int64 `json:"-"`
+}
+
 // ErrConflict is returned (wrapped) by EnsureNetwork when the stored config
 // differs from the one asked for, and by Acquire when the network has no
 // free subnet left.
@@ -106,10 +123,22 @@ type Store interface {
 
 	// Acquire leases a subnet of network for want.Host, with want's VTEP,
 	// MAC and attributes, and keeps the lease alive (renewing it well
-	// within ttl) until the Hold is released or ctx ends. The subnet is,
-	// in order: the one want.Host already holds, want.Subnet when set and
-	// free, else the lowest free subnet of the network. Leases whose TTL
-	// ran out are free. Taking over the host's own lease keeps the
+	// within ttl) until the Hold is released or ctx ends. Leases whose
+	// TTL ran out are free. The subnet is, in order (PickSubnet):
+	//
+	//  1. the one want.Host holds (a restarted agent's live lease);
+	//  2. want.Subnet, when it is one of the network's and free;
+	//  3. a free subnet whose last holder was want.Host, the one it held
+	//     most recently if several (a host whose lease expired in an
+	//     outage, or that released it and came back);
+	//  4. the lowest free subnet nobody has held, past the first;
+	//  5. the free subnet whose last holder left longest ago, past the
+	//     first.
+	//
+	// So a subnet freed by an expiry or a release goes back to its last
+	// holder, and to another host only when no other is left. The store
+	// remembers each subnet's last holder (LastHolder) with no TTL, in
+	// the write of the lease. Taking over the host's own lease keeps the
 	// attributes stored there that want lacks (MergeAttrs); a merge over
 	// MaxAttrsSize fails with ErrAttrsTooLarge and changes nothing.
 	Acquire(ctx context.Context, network string, want Lease, ttl time.Duration) (Hold, error)

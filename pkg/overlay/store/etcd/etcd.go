@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -33,10 +34,20 @@ import (
 //
 //	<prefix>/<network>/config               the store.Network, JSON
 //	<prefix>/<network>/subnets/<a.b.c.d-len> a store.Lease, JSON, attached to an etcd lease with the TTL
+//	<prefix>/<network>/history/<a.b.c.d-len> a store.LastHolder, JSON, no TTL: one per subnet ever leased
 //
 // etcd deletes a subnet key when its lease expires, so Leases is a plain
 // prefix read, Watch a prefix read then a prefix watch from the revision
 // after it (watch.go). A lease's Rev is its key's ModRevision.
+//
+// Every write of a subnet key (Acquire's claim, Hold.Update, and the
+// deletion by Release) puts its history key in the same transaction, so
+// that key's ModRevision is the last write of the subnet's last lease
+// (the LastHolder's Rev), and it outlives the lease. An expiry writes
+// nothing: an expired lease is dated by its last write. Acquire reads the
+// history, at the revision of its read of the leases, only when the host
+// neither holds a lease nor asks for a free subnet (pick). The history is
+// not under subnets/, so Watch never sees it.
 
 // DefaultPrefix is where the overlay's keys live when Config.Prefix
 // is empty.
@@ -113,14 +124,27 @@ func New(cfg Config) (store.Store, error) {
 	return &etcdStore{cli: cli, prefix: prefix, timeout: timeout, t: tracker.New()}, nil
 }
 
-// keys returns the config key and the subnet key prefix of network, after
-// checking that the name cannot escape its key path.
-func (s *etcdStore) keys(network string) (cfgKey, subnets string, err error) {
+// netKeys are the keys of one network.
+type netKeys struct {
+	config  string // the config key
+	subnets string // the prefix of the subnet keys
+	history string // the prefix of the history keys
+}
+
+// keys returns the keys of network, after checking that the name cannot
+// escape its key path.
+func (s *etcdStore) keys(network string) (netKeys, error) {
 	if err := config.ValidateNetworkName(network); err != nil {
-		return "", "", fmt.Errorf("overlay network: %w", err)
+		return netKeys{}, fmt.Errorf("overlay network: %w", err)
 	}
 	base := s.prefix + "/" + network
-	return base + "/config", base + "/subnets/", nil
+	return netKeys{config: base + "/config", subnets: base + "/subnets/", history: base + "/history/"}, nil
+}
+
+// lastHolder returns the history key of l's subnet and its value, l's host.
+func (k netKeys) lastHolder(l store.Lease) (key, val string, err error) {
+	b, err := json.Marshal(store.LastHolder{Subnet: l.Subnet, Host: l.Host})
+	return k.history + store.SubnetKey(l.Subnet, '-'), string(b), err
 }
 
 // request returns a context for one request: ctx bounded by the request
@@ -159,10 +183,11 @@ func (s *etcdStore) EnsureNetwork(ctx context.Context, n store.Network) (store.N
 	if err := n.Validate(); err != nil {
 		return store.Network{}, err
 	}
-	key, _, err := s.keys(n.Name)
+	k, err := s.keys(n.Name)
 	if err != nil {
 		return store.Network{}, err
 	}
+	key := k.config
 	val, err := json.Marshal(n)
 	if err != nil {
 		return store.Network{}, err
@@ -242,18 +267,18 @@ func plainLeases(sl []storedLease) []store.Lease {
 }
 
 func (s *etcdStore) Leases(ctx context.Context, network string) ([]store.Lease, error) {
-	_, subnets, err := s.keys(network)
+	k, err := s.keys(network)
 	if err != nil {
 		return nil, err
 	}
 	rctx, cancel := s.request(ctx)
 	defer cancel()
 	// Equivalent: etcdctl get --prefix $prefix/$network/subnets/
-	resp, err := s.cli.Get(rctx, subnets, clientv3.WithPrefix())
+	resp, err := s.cli.Get(rctx, k.subnets, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fail(ctx, fmt.Sprintf("leases of overlay network %q", network), err)
 	}
-	sl, err := decodeLeases(subnets, resp)
+	sl, err := decodeLeases(k.subnets, resp)
 	if err != nil {
 		return nil, fmt.Errorf("leases of overlay network %q: %w", network, err)
 	}
@@ -264,7 +289,7 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want store.Leas
 	if err := store.ValidateAcquire(want, ttl); err != nil {
 		return nil, err
 	}
-	cfgKey, subnets, err := s.keys(network)
+	k, err := s.keys(network)
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +311,7 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want store.Leas
 	if err != nil {
 		return nil, fail(ctx, what+": grant an etcd lease", err)
 	}
-	got, key, err := s.claim(ctx, cfgKey, subnets, want, grant.ID)
+	got, err := s.claim(ctx, k, want, grant.ID)
 	if err != nil {
 		return nil, fail(ctx, what, errors.Join(err, s.revoke(grant.ID)))
 	}
@@ -304,7 +329,8 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want store.Leas
 	}
 	h := &etcdHold{
 		s:     s,
-		key:   key,
+		keys:  k,
+		key:   k.subnets + store.SubnetKey(got.Subnet, '-'),
 		id:    grant.ID,
 		lease: got,
 		ctx:   ctx,
@@ -322,36 +348,39 @@ func (s *etcdStore) Acquire(ctx context.Context, network string, want store.Leas
 }
 
 // claim picks a subnet and writes want's lease there under the etcd lease
-// id, retrying when another host changed that key between the read and
-// the write.
-func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want store.Lease, id clientv3.LeaseID) (store.Lease, string, error) {
+// id, and its last holder, retrying when another host changed that key
+// between the read and the write.
+func (s *etcdStore) claim(ctx context.Context, k netKeys, want store.Lease, id clientv3.LeaseID) (store.Lease, error) {
 	for range acquireAttempts {
 		rctx, cancel := s.request(ctx)
 		// The config and every lease at one revision.
-		resp, err := s.cli.Txn(rctx).Then(clientv3.OpGet(cfgKey), clientv3.OpGet(subnets, clientv3.WithPrefix())).Commit()
+		resp, err := s.cli.Txn(rctx).Then(clientv3.OpGet(k.config), clientv3.OpGet(k.subnets, clientv3.WithPrefix())).Commit()
 		cancel()
 		if err != nil {
-			return store.Lease{}, "", err
+			return store.Lease{}, err
 		}
 		cfgKvs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(cfgKvs) == 0 {
-			return store.Lease{}, "", fmt.Errorf("no config stored at %s (EnsureNetwork first)", cfgKey)
+			return store.Lease{}, fmt.Errorf("no config stored at %s (EnsureNetwork first)", k.config)
 		}
 		n, err := store.DecodeNetwork(cfgKvs[0].Value)
 		if err != nil {
-			return store.Lease{}, "", fmt.Errorf("%s: %w", cfgKey, err)
+			return store.Lease{}, fmt.Errorf("%s: %w", k.config, err)
 		}
-		live, err := decodeLeases(subnets, (*clientv3.GetResponse)(resp.Responses[1].GetResponseRange()))
+		live, err := decodeLeases(k.subnets, (*clientv3.GetResponse)(resp.Responses[1].GetResponseRange()))
 		if err != nil {
-			return store.Lease{}, "", err
+			return store.Lease{}, err
 		}
-		subnet, err := store.PickSubnet(n, want, plainLeases(live))
+		subnet, err := s.pick(ctx, k, n, want, plainLeases(live), resp.Header.Revision)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			continue // the history is gone at the leases' revision: read them again
+		}
 		if err != nil {
-			return store.Lease{}, "", err
+			return store.Lease{}, err
 		}
 		got := want
 		got.Subnet = subnet
-		key := subnets + store.SubnetKey(subnet, '-')
+		key := k.subnets + store.SubnetKey(subnet, '-')
 		var modRev int64 // 0: the key must not exist
 		for _, l := range live {
 			if l.key != key {
@@ -361,30 +390,81 @@ func (s *etcdStore) claim(ctx context.Context, cfgKey, subnets string, want stor
 			// attributes want does not know.
 			modRev = l.Rev
 			if got.Attrs, err = store.MergeAttrs(l.Attrs, want.Attrs); err != nil {
-				return store.Lease{}, "", err
+				return store.Lease{}, err
 			}
 		}
 		val, err := json.Marshal(got)
 		if err != nil {
-			return store.Lease{}, "", err
+			return store.Lease{}, err
+		}
+		histKey, histVal, err := k.lastHolder(got)
+		if err != nil {
+			return store.Lease{}, err
 		}
 		rctx, cancel = s.request(ctx)
-		// Equivalent: etcdctl txn <<< 'mod("$key") = "$modRev"\n\nput --lease=$id $key $val\n\n'
+		// Equivalent: etcdctl txn <<< 'mod("$key") = "$modRev"\n\nput --lease=$id $key $val\nput $histKey $histVal\n\n'
 		tr, err := s.cli.Txn(rctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(id))).
+			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(id)), clientv3.OpPut(histKey, histVal)).
 			Commit()
 		cancel()
 		if err != nil {
-			return store.Lease{}, "", err
+			return store.Lease{}, err
 		}
 		if tr.Succeeded {
 			// The put's ModRevision is the transaction's revision.
 			got.Rev = tr.Header.Revision
-			return got, key, nil
+			return got, nil
 		}
 	}
-	return store.Lease{}, "", fmt.Errorf("lost the race for a subnet %d times in a row: %w", acquireAttempts, store.ErrConflict)
+	return store.Lease{}, fmt.Errorf("lost the race for a subnet %d times in a row: %w", acquireAttempts, store.ErrConflict)
+}
+
+// pick chooses the subnet for want among the live leases read at
+// revision rev (store.PickSubnet), reading the history as of rev only
+// when the choice needs it.
+func (s *etcdStore) pick(ctx context.Context, k netKeys, n store.Network, want store.Lease, live []store.Lease, rev int64) (netip.Prefix, error) {
+	if subnet, ok := store.OwnOrWanted(n, want, live); ok {
+		return subnet, nil
+	}
+	past, err := s.history(ctx, k.history, rev)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return store.PickSubnet(n, want, live, past)
+}
+
+// history reads the last holders under the prefix history as of
+// revision rev, the leases' read. Acquire reads them only when the host
+// neither holds a lease nor asks for a free subnet (store.OwnOrWanted),
+// so that an agent's restart or re-acquisition, and the hosts that ask
+// for a subnet, read the leases only: they are one per subnet ever
+// leased, more keys than the leases. A last holder's Rev is its key's
+// ModRevision.
+//
+// Equivalent: etcdctl get --prefix --rev=$rev $prefix/$network/history/
+func (s *etcdStore) history(ctx context.Context, history string, rev int64) ([]store.LastHolder, error) {
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(rctx, history, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.LastHolder, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, history), '-')
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		h, err := store.DecodeLastHolder(kv.Value, subnet)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		h.Rev = kv.ModRevision
+		out = append(out, h)
+	}
+	return out, nil
 }
 
 // revoke revokes the etcd lease id, deleting the keys attached to it. A

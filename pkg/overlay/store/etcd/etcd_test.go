@@ -121,6 +121,81 @@ func TestEtcdLayout(t *testing.T) {
 	}
 }
 
+// The history key of a subnet: its last holder, written with every write
+// of the lease (its ModRevision the lease's last write, then the
+// release's), attached to no etcd lease, and left by the release.
+func TestEtcdHistoryLayout(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := storetest.Ctx(t)
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	c := rawClient(t, e.Endpoint())
+	key := testPrefix + "/" + n.Name + "/history/10.244.1.0-24"
+	history := func(what string, rev int64) {
+		t.Helper()
+		resp, err := c.Get(ctx, key)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%s: history key %s: %v, %v", what, key, resp, err)
+		}
+		kv := resp.Kvs[0]
+		if got, want := string(kv.Value), `{"subnet":"10.244.1.0/24","host":"host1"}`; got != want || kv.Lease != 0 {
+			t.Fatalf("%s: history value %s, etcd lease %x; want %s and none", what, got, kv.Lease, want)
+		}
+		if rev != 0 && kv.ModRevision != rev {
+			t.Fatalf("%s: history key at revision %d; want %d", what, kv.ModRevision, rev)
+		}
+	}
+
+	h := storetest.Acquire(t, s, n.Name, storetest.Host(1), 5*time.Second)
+	history("acquired", h.Lease().Rev)
+	l, err := h.Update(ctx, func(a store.Attrs) (store.Attrs, error) {
+		return a.With("x", store.Attr{Version: 1, Data: []byte("1")})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	history("updated", l.Rev)
+	if err = h.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Get(ctx, testPrefix+"/"+n.Name+"/subnets/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("subnet keys after the release: %v, %v; want none", resp, err)
+	}
+	history("released", 0)
+	if after, err := c.Get(ctx, key); err != nil || after.Kvs[0].ModRevision <= l.Rev {
+		t.Fatalf("history key after the release: %v, %v; want it rewritten after revision %d", after, err, l.Rev)
+	}
+}
+
+// A history record that does not decode fails Acquire, naming its key:
+// the record is outside input like a lease.
+func TestEtcdCorruptHistory(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	ctx := storetest.Ctx(t)
+	s := newEtcdStore(t, e.Endpoint(), 0)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	c := rawClient(t, e.Endpoint())
+	for _, kv := range [][2]string{
+		{"10.244.5.0-24", `{"subnet":"10.244.6.0/24","host":"h"}`},
+		{"10.244.5.0-24", `{"subnet":"10.244.5.0/24","host":""}`},
+		{"10.244.5.1-24", `{"subnet":"10.244.5.1/24","host":"h"}`},
+	} {
+		key := testPrefix + "/" + n.Name + "/history/" + kv[0]
+		if _, err := c.Put(ctx, key, kv[1]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Acquire(ctx, n.Name, storetest.Host(1), 2*time.Second); err == nil || !strings.Contains(err.Error(), key) {
+			t.Fatalf("Acquire with history %s = %s: err = %v; want one naming the key", key, kv[1], err)
+		}
+		if _, err := c.Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A record as written before attributes existed decodes, with none; one
 // whose attributes are malformed is corrupt, and the error names its key.
 func TestEtcdRecords(t *testing.T) {
@@ -323,5 +398,16 @@ func eventually[T any](t *testing.T, fn func() (T, error)) T {
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// BenchmarkAcquire: 200 hosts live and 200 gone, and a host that comes
+// back asking for nothing (new) or for its subnet (returning).
+func BenchmarkAcquire(b *testing.B) {
+	for _, ask := range []bool{false, true} {
+		b.Run(map[bool]string{false: "new", true: "returning"}[ask], func(b *testing.B) {
+			e := startEtcd(b)
+			storetest.BenchAcquire(b, newEtcdStore(b, e.Endpoint(), 0), 200, ask)
+		})
 	}
 }

@@ -16,9 +16,10 @@ import (
 )
 
 type etcdHold struct {
-	s   *etcdStore
-	key string
-	id  clientv3.LeaseID
+	s    *etcdStore
+	keys netKeys
+	key  string // the subnet key
+	id   clientv3.LeaseID
 
 	mu    sync.Mutex // serialises Update
 	lease store.Lease
@@ -39,11 +40,11 @@ func (h *etcdHold) Lease() store.Lease {
 	return h.lease
 }
 
-// Update writes the lease with the attributes fn returns, in one
-// transaction that succeeds only while the key is attached to this Hold's
-// etcd lease (and keeps it attached).
+// Update writes the lease with the attributes fn returns, and its last
+// holder, in one transaction that succeeds only while the key is attached
+// to this Hold's etcd lease (and keeps it attached).
 //
-// Equivalent: etcdctl txn <<< 'lease("$key") = "$id"\n\nput --lease=$id $key $val\n\n'
+// Equivalent: etcdctl txn <<< 'lease("$key") = "$id"\n\nput --lease=$id $key $val\nput $histKey $histVal\n\n'
 func (h *etcdHold) Update(ctx context.Context, fn func(store.Attrs) (store.Attrs, error)) (store.Lease, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -69,11 +70,15 @@ func (h *etcdHold) Update(ctx context.Context, fn func(store.Attrs) (store.Attrs
 	if err != nil {
 		return h.lease, fmt.Errorf("%s: %w", what, err)
 	}
+	histKey, histVal, err := h.keys.lastHolder(next)
+	if err != nil {
+		return h.lease, fmt.Errorf("%s: %w", what, err)
+	}
 	rctx, cancel := h.s.request(ctx)
 	defer cancel()
 	resp, err := h.s.cli.Txn(rctx).
 		If(clientv3.Compare(clientv3.LeaseValue(h.key), "=", h.id)).
-		Then(clientv3.OpPut(h.key, string(val), clientv3.WithLease(h.id))).
+		Then(clientv3.OpPut(h.key, string(val), clientv3.WithLease(h.id)), clientv3.OpPut(histKey, histVal)).
 		Commit()
 	if err != nil {
 		return h.lease, fail(ctx, what, err)
@@ -167,21 +172,38 @@ func (h *etcdHold) taken(ctx context.Context) bool {
 	return len(resp.Kvs) == 0 || clientv3.LeaseID(resp.Kvs[0].Lease) != h.id
 }
 
-// Release stops the keep-alive and revokes the etcd lease, which deletes
-// the key at once if it is still this Hold's. Releasing twice is not an
+// Release stops the keep-alive, deletes the key if it is still this
+// Hold's, dating its last holder to the deletion in the same
+// transaction, and revokes the etcd lease. Releasing twice is not an
 // error. It needs the store open.
 //
-// Equivalent: etcdctl lease revoke $id
+// Equivalent: etcdctl txn <<< 'lease("$key") = "$id"\n\ndel $key\nput $histKey $histVal\n\n' && etcdctl lease revoke $id
 func (h *etcdHold) Release(ctx context.Context) error {
 	h.released.Store(true)
 	h.cancel()
 	<-h.done
+	l := h.Lease()
+	what := fmt.Sprintf("release lease of %s for %q", l.Subnet, l.Host)
+	histKey, histVal, err := h.keys.lastHolder(l)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	// A key that is no longer this Hold's (lost, taken over, released
+	// before) is left as it is, its history too.
 	rctx, cancel := h.s.request(ctx)
+	_, err = h.s.cli.Txn(rctx).
+		If(clientv3.Compare(clientv3.LeaseValue(h.key), "=", h.id)).
+		Then(clientv3.OpDelete(h.key), clientv3.OpPut(histKey, histVal)).
+		Commit()
+	cancel()
+	if err != nil {
+		return fail(ctx, what, err)
+	}
+	rctx, cancel = h.s.request(ctx)
 	defer cancel()
-	_, err := h.s.cli.Revoke(rctx, h.id)
+	_, err = h.s.cli.Revoke(rctx, h.id)
 	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return nil
 	}
-	l := h.Lease()
-	return fail(ctx, fmt.Sprintf("release lease of %s for %q", l.Subnet, l.Host), err)
+	return fail(ctx, what, err)
 }

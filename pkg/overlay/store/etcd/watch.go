@@ -33,7 +33,7 @@ const (
 // fails meanwhile.
 func (s *etcdStore) Watch(ctx context.Context, network string) <-chan store.Event {
 	out := make(chan store.Event)
-	_, subnets, err := s.keys(network)
+	k, err := s.keys(network)
 	if err != nil || !s.t.Add() {
 		close(out)
 		return out
@@ -45,7 +45,7 @@ func (s *etcdStore) Watch(ctx context.Context, network string) <-chan store.Even
 		defer close(out)
 		defer stopOnClose()
 		defer cancel()
-		w := &watcher{s: s, subnets: subnets, out: out}
+		w := &watcher{s: s, subnets: k.subnets, out: out}
 		w.run(wctx)
 	}()
 	return out

@@ -7,6 +7,7 @@
 package file
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -49,6 +51,13 @@ import (
 // the next claim of the subnet overwrites it. Readers other than Watch
 // skip tombstones, and to a berth that predates them a tombstone is a
 // lease that has expired.
+//
+// The tombstone is also what the store remembers of the subnet's last
+// holder (store.LastHolder, for the choice of a subnet): its host, and
+// its deletion's revision, the time it left in the network's order. So
+// the history costs no file and no write of its own, and is one record
+// per subnet ever leased; a sweep buries leases in the order they
+// expired, so that their revisions keep it.
 
 const (
 	// filePoll is how often a polling Watch rereads the leases.
@@ -310,11 +319,18 @@ func sweep(d string, now time.Time) ([]fileLease, error) {
 	if err != nil {
 		return nil, err
 	}
+	var expired []int
 	for i, f := range recs {
-		if f.tombstone() || !f.expired(now) {
-			continue
+		if !f.tombstone() && f.expired(now) {
+			expired = append(expired, i)
 		}
-		if recs[i], err = bury(d, f, now); err != nil {
+	}
+	// In the order they expired: the tombstones' revisions date the
+	// holders' leaving (PickSubnet hands out last the subnet left
+	// longest ago).
+	slices.SortStableFunc(expired, func(a, b int) int { return cmp.Compare(recs[a].Expires, recs[b].Expires) })
+	for _, i := range expired {
+		if recs[i], err = bury(d, recs[i], now); err != nil {
 			return nil, err
 		}
 	}
@@ -328,6 +344,18 @@ func liveOf(recs []fileLease) []fileLease {
 	for _, f := range recs {
 		if !f.tombstone() {
 			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// pastOf returns the last holders of the subnets of recs whose lease is
+// gone: a tombstone's host, at its deletion's revision.
+func pastOf(recs []fileLease) []store.LastHolder {
+	var out []store.LastHolder
+	for _, f := range recs {
+		if f.tombstone() {
+			out = append(out, store.LastHolder{Subnet: f.Subnet, Host: f.Host, Rev: f.DeletedRev})
 		}
 	}
 	return out
@@ -404,8 +432,8 @@ func (s *fileStore) Acquire(ctx context.Context, network string, want store.Leas
 }
 
 // claimFile picks a subnet for want among the live leases of the network
-// directory d and writes its lease file for holder. The caller holds the
-// lock.
+// directory d, given the last holders of the others (the tombstones), and
+// writes its lease file for holder. The caller holds the lock.
 func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (store.Lease, error) {
 	n, ok, err := readNetwork(d)
 	if err != nil {
@@ -420,7 +448,7 @@ func claimFile(d string, want store.Lease, holder string, ttl time.Duration) (st
 		return store.Lease{}, err
 	}
 	live := liveOf(recs)
-	subnet, err := store.PickSubnet(n, want, leasesOf(live))
+	subnet, err := store.PickSubnet(n, want, leasesOf(live), pastOf(recs))
 	if err != nil {
 		return store.Lease{}, err
 	}

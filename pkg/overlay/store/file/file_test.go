@@ -227,3 +227,13 @@ func FuzzDecodeFileLease(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAcquire: 200 hosts live and 200 gone, and a host that comes
+// back asking for nothing (new) or for its subnet (returning).
+func BenchmarkAcquire(b *testing.B) {
+	for _, ask := range []bool{false, true} {
+		b.Run(map[bool]string{false: "new", true: "returning"}[ask], func(b *testing.B) {
+			storetest.BenchAcquire(b, newFileStore(b, b.TempDir()), 200, ask)
+		})
+	}
+}

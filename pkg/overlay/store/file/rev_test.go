@@ -2,8 +2,10 @@ package file
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -62,7 +64,11 @@ func TestFileRevisions(t *testing.T) {
 	if got := storetest.Leases(t, s, n.Name); len(got) != 0 {
 		t.Fatalf("Leases with a tombstone = %+v; want none", got)
 	}
-	again := storetest.Acquire(t, s, n.Name, storetest.Host(2), time.Minute)
+	// Another host's claim of the subnet (asked for: PickSubnet keeps it
+	// for host1 otherwise) overwrites the tombstone.
+	want := storetest.Host(2)
+	want.Subnet = l.Subnet
+	again := storetest.Acquire(t, s, n.Name, want, time.Minute)
 	if again.Lease().Subnet != l.Subnet || again.Lease().Rev != 4 || record(again.Lease()).tombstone() {
 		t.Fatalf("the next claim of %s is %+v; want it over the tombstone at revision 4", l.Subnet, again.Lease())
 	}
@@ -81,6 +87,44 @@ func TestFileRevisions(t *testing.T) {
 	}
 	if _, err := s.Acquire(ctx, n.Name, storetest.Host(4), time.Minute); err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("Acquire with a corrupt counter: %v; want an error naming %s", err, path)
+	}
+}
+
+// A sweep that finds several leases expired buries them in the order
+// they expired, not the order of their file names, so that the
+// tombstones' revisions say who left first (PickSubnet's "left longest
+// ago").
+func TestFileSweepOrder(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := newFileStore(t, dir)
+	n := storetest.Ensure(t, s, storetest.Network(t))
+	d := filepath.Join(dir, n.Name)
+	now := time.Now()
+	expired := map[string]time.Duration{"10.244.1.0/24": -time.Second, "10.244.2.0/24": -3 * time.Second, "10.244.3.0/24": -2 * time.Second}
+	for subnet, ago := range expired {
+		l := storetest.Host(1)
+		l.Subnet = netip.MustParsePrefix(subnet)
+		if err := writeLease(d, fileLease{Lease: l, Holder: "ab", Expires: now.Add(ago).UnixMilli()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := storetest.Leases(t, s, n.Name); len(got) != 0 {
+		t.Fatalf("Leases = %+v; want none, all expired", got)
+	}
+	var order []string
+	for rev := int64(1); rev <= 3; rev++ {
+		for subnet := range expired {
+			p := netip.MustParsePrefix(subnet)
+			if f, ok, err := readLeaseFile(leasePath(d, p), p); err != nil || !ok {
+				t.Fatalf("lease file of %s: %v, %v", p, ok, err)
+			} else if f.DeletedRev == rev {
+				order = append(order, subnet)
+			}
+		}
+	}
+	if want := []string{"10.244.2.0/24", "10.244.3.0/24", "10.244.1.0/24"}; !slices.Equal(order, want) {
+		t.Fatalf("buried in the order %v; want %v, the order they expired", order, want)
 	}
 }
 

@@ -210,6 +210,7 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 		}
 	})
 
+	runSticky(t, ttl, newStore)
 	runAttrs(t, ttl, newStore)
 	runWatch(t, ttl, newStore)
 
