@@ -453,13 +453,17 @@ func (s *etcdStore) history(ctx context.Context, history string, rev int64) ([]s
 	out := make([]store.LastHolder, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
+		// The history is a preference, not a claim: a record that does
+		// not decode must not stop a host from getting a subnet. A bad
+		// key is passed over; a bad value still says the subnet was
+		// held, and when, by someone no host can be.
 		subnet, err := store.ParseSubnetKey(strings.TrimPrefix(key, history), '-')
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			continue
 		}
 		h, err := store.DecodeLastHolder(kv.Value, subnet)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			h = store.LastHolder{Subnet: subnet}
 		}
 		h.Rev = kv.ModRevision
 		out = append(out, h)
