@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -27,9 +28,20 @@ type EtcdOptions struct {
 	// appended to across restarts). Required.
 	Dir string
 	// ClientURL and PeerURL are http://addr:port URLs to listen on and
-	// advertise. Empty: http://127.0.0.1 with a port free at start-up (in
-	// NetNS when set).
+	// advertise (ClientURL https:// with CertFile). Empty: 127.0.0.1 with
+	// a port free at start-up (in NetNS when set).
 	ClientURL, PeerURL string
+	// CertFile and KeyFile (PEM) make etcd serve its clients over TLS
+	// (--cert-file, --key-file); the peer URL stays plain http (one
+	// member). ClientCAFile with ClientCertAuth makes it require a client
+	// certificate signed by that CA (--trusted-ca-file,
+	// --client-cert-auth). ProbeTLS is what the lab's own /health probe
+	// dials with: the CA to verify etcd, and a client certificate when
+	// etcd requires one.
+	CertFile, KeyFile string
+	ClientCAFile      string
+	ClientCertAuth    bool
+	ProbeTLS          *tls.Config
 	// NetNS runs etcd inside this lab namespace (give URLs on one of its
 	// addresses for other namespaces to reach it). Nil: etcd runs in the
 	// test's own namespace, where it only listens on 127.0.0.1.
@@ -54,7 +66,8 @@ type Etcd struct {
 // Stop it when done: the process is not tied to the caller's lifetime.
 //
 // Equivalent: etcd --data-dir $dir/data --listen-client-urls $c --advertise-client-urls $c \
-// --listen-peer-urls $p --initial-advertise-peer-urls $p --initial-cluster lab=$p &
+// --listen-peer-urls $p --initial-advertise-peer-urls $p --initial-cluster lab=$p \
+// [--cert-file $cert --key-file $key [--trusted-ca-file $ca] [--client-cert-auth]] &
 func StartEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("start etcd: a directory is required")
@@ -67,6 +80,9 @@ func StartEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 		return nil, fmt.Errorf("start etcd: %w: %w", ErrEtcdMissing, err)
 	}
 	opts.Binary = bin
+	if (opts.CertFile == "") != (opts.KeyFile == "") || opts.ClientCertAuth && opts.ClientCAFile == "" {
+		return nil, errors.New("start etcd: CertFile and KeyFile go together, and ClientCertAuth needs ClientCAFile")
+	}
 	for _, u := range []*string{&opts.ClientURL, &opts.PeerURL} {
 		if *u != "" {
 			continue
@@ -75,7 +91,11 @@ func StartEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 		if err != nil {
 			return nil, fmt.Errorf("start etcd: %w", err)
 		}
-		*u = fmt.Sprintf("http://127.0.0.1:%d", port)
+		scheme := "http"
+		if u == &opts.ClientURL && opts.CertFile != "" {
+			scheme = "https"
+		}
+		*u = fmt.Sprintf("%s://127.0.0.1:%d", scheme, port)
 	}
 	e := &Etcd{opts: opts}
 	if err := e.start(ctx); err != nil {
@@ -129,7 +149,7 @@ func (e *Etcd) start(ctx context.Context) error {
 	return nil
 }
 
-// spawn starts the etcd process.
+// dataDir is where the member keeps its data.
 func (o EtcdOptions) dataDir() string {
 	if o.DataDir != "" {
 		return o.DataDir
@@ -137,6 +157,33 @@ func (o EtcdOptions) dataDir() string {
 	return filepath.Join(o.Dir, "data")
 }
 
+// args are etcd's command line.
+func (o EtcdOptions) args() []string {
+	args := []string{
+		"--name", "lab",
+		"--data-dir", o.dataDir(),
+		"--listen-client-urls", o.ClientURL,
+		"--advertise-client-urls", o.ClientURL,
+		"--listen-peer-urls", o.PeerURL,
+		"--initial-advertise-peer-urls", o.PeerURL,
+		"--initial-cluster", "lab=" + o.PeerURL,
+		"--initial-cluster-state", "new", // ignored when data/ exists: a restart rejoins
+		"--logger", "zap",
+		"--log-outputs", "stderr",
+	}
+	if o.CertFile != "" {
+		args = append(args, "--cert-file", o.CertFile, "--key-file", o.KeyFile)
+	}
+	if o.ClientCAFile != "" {
+		args = append(args, "--trusted-ca-file", o.ClientCAFile)
+	}
+	if o.ClientCertAuth {
+		args = append(args, "--client-cert-auth")
+	}
+	return args
+}
+
+// spawn starts the etcd process.
 func (e *Etcd) spawn() (exited <-chan struct{}, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -149,18 +196,7 @@ func (e *Etcd) spawn() (exited <-chan struct{}, err error) {
 	}
 	defer logf.Close() // the child has its own copy
 	o := e.opts
-	cmd := exec.Command(o.Binary,
-		"--name", "lab",
-		"--data-dir", o.dataDir(),
-		"--listen-client-urls", o.ClientURL,
-		"--advertise-client-urls", o.ClientURL,
-		"--listen-peer-urls", o.PeerURL,
-		"--initial-advertise-peer-urls", o.PeerURL,
-		"--initial-cluster", "lab="+o.PeerURL,
-		"--initial-cluster-state", "new", // ignored when data/ exists: a restart rejoins
-		"--logger", "zap",
-		"--log-outputs", "stderr",
-	)
+	cmd := exec.Command(o.Binary, o.args()...)
 	cmd.Env = withoutEtcdEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if o.NetNS != nil {
@@ -199,7 +235,7 @@ func withoutEtcdEnv(env []string) []string {
 //
 // Equivalent: until curl -fs $client/health | grep -q '"health":"true"'; do sleep 0.1; done
 func (e *Etcd) waitHealthy(ctx context.Context, exited <-chan struct{}) error {
-	tr := &http.Transport{DisableKeepAlives: true}
+	tr := &http.Transport{DisableKeepAlives: true, TLSClientConfig: e.opts.ProbeTLS}
 	if ns := e.opts.NetNS; ns != nil {
 		tr.DialContext = ns.Dial
 	}
