@@ -67,6 +67,11 @@ type Config struct {
 	Prefix      string        // key prefix, DefaultPrefix when empty
 	DialTimeout time.Duration // 5s when zero
 	TLS         *tls.Config   // nil for plain http endpoints
+	// Username and Password authenticate to an etcd with auth enabled
+	// (both or neither; with neither, etcd requiring client certificates
+	// takes the user from the certificate's CN). The password is never
+	// logged.
+	Username, Password string
 	// RequestTimeout bounds each request to etcd (5s when zero), so a dead
 	// cluster fails a call with store.ErrUnavailable rather than hanging it.
 	RequestTimeout time.Duration
@@ -84,9 +89,16 @@ type etcdStore struct {
 
 // New returns a store.Store on the etcd cluster of cfg. It does not wait for
 // the cluster: an unreachable one fails the calls, with store.ErrUnavailable.
+// With a Username it authenticates first (the client fetches a token), so
+// an unreachable cluster fails New itself, within the dial timeout, with
+// store.ErrUnavailable, and a wrong password fails it with etcd's
+// "authentication failed".
 func New(cfg Config) (store.Store, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd store: at least one endpoint is required")
+	}
+	if (cfg.Username == "") != (cfg.Password == "") {
+		return nil, errors.New("etcd store: a username needs a password and a password a username")
 	}
 	prefix := strings.TrimRight(cfg.Prefix, "/")
 	if cfg.Prefix == "" {
@@ -107,6 +119,8 @@ func New(cfg Config) (store.Store, error) {
 		Endpoints:   cfg.Endpoints,
 		DialTimeout: dial,
 		TLS:         cfg.TLS,
+		Username:    cfg.Username,
+		Password:    cfg.Password,
 		// Errors reach the caller as return values; the client's own
 		// retry chatter would only fill the agent's stderr.
 		Logger: zap.NewNop(),
@@ -116,8 +130,15 @@ func New(cfg Config) (store.Store, error) {
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
 			MinConnectTimeout: dial,
-		})},
+		}),
+			// A wrong CA or a refused client certificate should say so,
+			// not only "context deadline exceeded".
+			grpc.WithChainUnaryInterceptor(keepDialCause),
+		},
 	})
+	if unreachable(err) { // only New's authentication waits for the cluster
+		return nil, fmt.Errorf("etcd store %v: authenticate as %q: %w: %w", cfg.Endpoints, cfg.Username, store.ErrUnavailable, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("etcd store %v: %w", cfg.Endpoints, err)
 	}
