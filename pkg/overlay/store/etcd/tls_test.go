@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/berth-cni/berth/internal/lab"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/store/storetest"
@@ -43,8 +40,8 @@ func openStore(t *testing.T, cfg Config) (store.Store, error) {
 	s, err := New(cfg)
 	if err == nil {
 		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("close etcd store: %v", err)
+			if cerr := s.Close(); cerr != nil {
+				t.Errorf("close etcd store: %v", cerr)
 			}
 		})
 	}
@@ -122,44 +119,6 @@ func TestEtcdTLS(t *testing.T) {
 	}
 }
 
-// enableAuth turns etcd's authentication on the way an operator does
-// with etcdctl, through the Go client: a root user, and a user "berth"
-// (TestClientCN) whose role may read and write /berth/ only, as the
-// README says.
-//
-// Equivalent: etcdctl user add root; etcdctl user grant-role root root;
-// etcdctl role add berth; etcdctl role grant-permission berth readwrite --prefix=true /berth/;
-// etcdctl user add berth; etcdctl user grant-role berth berth; etcdctl auth enable
-func enableAuth(t *testing.T, e *lab.Etcd, pki *lab.TestPKI, password string) {
-	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, TLS: pki.ClientTLS(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx := storetest.Ctx(t)
-	steps := []struct {
-		what string
-		do   func() error
-	}{
-		{"user add root", func() error { _, err := c.UserAdd(ctx, "root", "root-"+password); return err }},
-		{"user grant-role root root", func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err }},
-		{"role add berth", func() error { _, err := c.RoleAdd(ctx, "berth"); return err }},
-		{"role grant-permission berth", func() error {
-			_, err := c.RoleGrantPermission(ctx, "berth", "/berth/", clientv3.GetPrefixRangeEnd("/berth/"), clientv3.PermissionType(clientv3.PermReadWrite))
-			return err
-		}},
-		{"user add berth", func() error { _, err := c.UserAdd(ctx, lab.TestClientCN, password); return err }},
-		{"user grant-role berth berth", func() error { _, err := c.UserGrantRole(ctx, lab.TestClientCN, "berth"); return err }},
-		{"auth enable", func() error { _, err := c.AuthEnable(ctx); return err }},
-	}
-	for _, s := range steps {
-		if err := s.do(); err != nil {
-			t.Fatalf("%s: %v", s.what, err)
-		}
-	}
-}
-
 // With authentication on (over TLS with client certificates): the right
 // password passes the whole store contract under the default prefix,
 // which the README's role allows; a wrong one fails New naming the
@@ -172,7 +131,11 @@ func TestEtcdAuth(t *testing.T) {
 	pki := lab.NewTestPKI(t)
 	e := startTLSEtcd(t, pki)
 	const password = "s3cret-pa55"
-	enableAuth(t, e, pki, password)
+	// The README's role: read and write under /berth/.
+	if err := e.EnableAuth(storetest.Ctx(t), pki.ClientTLS(), "root-"+password,
+		lab.EtcdUser{Name: lab.TestClientCN, Password: password, Prefix: "/berth/"}); err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{Endpoints: []string{e.Endpoint()}, TLS: pki.ClientTLS(), Username: lab.TestClientCN, Password: password}
 
 	storetest.Run(t, 2*time.Second, func(t *testing.T) store.Store {
