@@ -6,6 +6,8 @@
 // pkg/overlay/agent; this file parses flags and wires.
 //
 //	berth-overlayd -network ov -cidr 10.244.0.0/16 -store etcd -etcd-endpoints http://10.0.0.1:2379
+//	berth-overlayd -network ov -cidr 10.244.0.0/16 -store etcd -etcd-endpoints https://10.0.0.1:2379 \
+//		-etcd-ca ca.pem -etcd-cert node.pem -etcd-key node-key.pem -etcd-user berth -etcd-password-file pw
 //	berth-overlayd -network ov -cidr 10.244.0.0/16 -store file -store-dir /srv/berth-overlay
 //
 // SIGTERM and SIGINT stop it (exit 0), leaving the device and the lease
@@ -22,7 +24,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -62,8 +63,8 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 	port := fs.Uint("port", 4789, "VXLAN UDP destination port")
 	backend := fs.String("store", "", "cluster store: file or etcd (required)")
 	storeDir := fs.String("store-dir", "", "directory of the file store, shared by the hosts")
-	endpoints := fs.String("etcd-endpoints", "", "etcd endpoints, comma-separated")
-	prefix := fs.String("etcd-prefix", etcd.DefaultPrefix, "etcd key prefix")
+	var ef etcdFlags
+	ef.register(fs)
 	node := fs.String("node", "", "this host's name in the store (default: the hostname)")
 	underlay := fs.String("underlay", "", "interface the VXLAN packets leave by (default: the IPv4 default route's)")
 	vtep := fs.String("vtep", "", "this host's underlay address (default: the underlay's first global IPv4 address)")
@@ -133,15 +134,9 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 			return options{}, errors.New("-store-dir: the file store needs a directory")
 		}
 	case "etcd":
-		for _, e := range strings.Split(*endpoints, ",") {
-			if e = strings.TrimSpace(e); e != "" {
-				o.etcd.Endpoints = append(o.etcd.Endpoints, e)
-			}
+		if o.etcd, err = ef.config(stderr); err != nil {
+			return options{}, err
 		}
-		if len(o.etcd.Endpoints) == 0 {
-			return options{}, errors.New("-etcd-endpoints: the etcd store needs at least one endpoint")
-		}
-		o.etcd.Prefix = *prefix
 	default:
 		return options{}, fmt.Errorf("-store %q: must be file or etcd", *backend)
 	}
@@ -167,7 +162,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if o.store == "file" {
 		st, err = file.New(o.storeDir)
 	} else {
-		st, err = etcd.New(o.etcd)
+		st, err = openEtcd(ctx, o.etcd, stderr)
+	}
+	if err != nil && ctx.Err() != nil {
+		return 0 // stopped while waiting for etcd
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "berth-overlayd: %v\n", err)
