@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,9 +41,20 @@ type daemon struct{ *lab.Agent }
 // which fails t unless it exits 0 (killed after 10 s).
 func startDaemon(t *testing.T, ns *lab.NS, bin, state string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonTee(t, ns, bin, state, nil, args...)
+}
+
+// startDaemonTee is startDaemon that also copies the agent's output to
+// tee when not nil.
+func startDaemonTee(t *testing.T, ns *lab.NS, bin, state string, tee io.Writer, args ...string) *daemon {
+	t.Helper()
+	var log io.Writer = lab.TestLog{TB: t, Prefix: ns.Name}
+	if tee != nil {
+		log = io.MultiWriter(log, tee)
+	}
 	a, err := lab.StartAgentWith(ns, lab.AgentOptions{
 		Bin: bin, Network: "ov", StateDir: state, Args: args,
-		Log: lab.TestLog{TB: t, Prefix: ns.Name}, Nsenter: true,
+		Log: log, Nsenter: true,
 	})
 	if err != nil {
 		t.Fatal(err)
