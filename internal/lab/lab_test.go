@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +112,37 @@ func TestPingDF(t *testing.T) {
 		if !errors.Is(err, ErrMsgSize) {
 			t.Errorf("1501-byte DF ping of %s = %v, want EMSGSIZE", dst, err)
 		}
+	}
+}
+
+// With $BERTH_BIN set, Build links the binaries there into its directory
+// (building nothing), and removing that directory leaves them.
+func TestBuildPrebuilt(t *testing.T) {
+	src, dir := t.TempDir(), filepath.Join(t.TempDir(), "bin")
+	for _, name := range []string{"bridge", "host-local", "cnitool"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv(PrebuiltEnv, src)
+	b, err := Build(context.Background(), "/nonexistent", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Need("bridge", "host-local"); err != nil {
+		t.Error(err)
+	}
+	if err := b.Need("macvlan"); err == nil {
+		t.Error("Need(macvlan) passed with no macvlan in $BERTH_BIN")
+	}
+	tool, err := BuildCNITool(context.Background(), "/nonexistent", filepath.Join(dir, "tools"))
+	if err != nil || filepath.Base(tool) != "cnitool" {
+		t.Errorf("BuildCNITool = %q, %v", tool, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(src, "bridge")); err != nil {
+		t.Errorf("removing Build's directory removed $BERTH_BIN's file: %v", err)
 	}
 }
