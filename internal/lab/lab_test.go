@@ -146,3 +146,16 @@ func TestBuildPrebuilt(t *testing.T) {
 		t.Errorf("removing Build's directory removed $BERTH_BIN's file: %v", err)
 	}
 }
+
+func TestSysctlPath(t *testing.T) {
+	for key, want := range map[string]string{
+		"net.ipv4.ip_forward":               "/proc/sys/net/ipv4/ip_forward",
+		"net/ipv4/ip_forward":               "/proc/sys/net/ipv4/ip_forward",
+		"net/ipv6/conf/eth0.101/accept_dad": "/proc/sys/net/ipv6/conf/eth0.101/accept_dad",
+		"net/ipv6/conf/all/forwarding":      "/proc/sys/net/ipv6/conf/all/forwarding",
+	} {
+		if got := sysctlPath(key); got != want {
+			t.Errorf("sysctlPath(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
