@@ -134,7 +134,8 @@ func TestScanGatedRepo(t *testing.T) {
 	}
 	for dir, test := range map[string]string{
 		"internal/lab":   "TestKernelFeatures",
-		"plugins/bridge": "TestVlanGateway",
+		"plugins/bridge":  "TestVlanGateway",
+		"plugins/macvlan": "TestVlanMaster",
 	} {
 		i := slices.IndexFunc(got, func(p GatedPackage) bool { return p.Dir == dir })
 		if i < 0 || !slices.Contains(got[i].Tests, test) {
