@@ -133,7 +133,7 @@ func TestScanGatedRepo(t *testing.T) {
 		t.Fatal(err)
 	}
 	for dir, test := range map[string]string{
-		"internal/lab":   "TestKernelFeatures",
+		"internal/lab":    "TestKernelFeatures",
 		"plugins/bridge":  "TestVlanGateway",
 		"plugins/macvlan": "TestVlanMaster",
 	} {
