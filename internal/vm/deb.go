@@ -44,6 +44,9 @@ func ParseVersion(out string) (string, error) {
 // aptOutput runs an apt command and returns its stdout; the error carries
 // stderr and a hint.
 func aptOutput(ctx context.Context, dir string, name string, args ...string) (string, error) {
+	if _, err := exec.LookPath(name); err != nil {
+		return "", fmt.Errorf("%w: %s: %v (the VM layer takes Debian's kernel through apt)", ErrPrerequisite, name, err)
+	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
 	var stderr strings.Builder

@@ -71,7 +71,7 @@ func Vmlinux(ctx context.Context, bz []byte) ([]byte, error) {
 		return nil, err
 	}
 	if _, err := exec.LookPath("xz"); err != nil {
-		return nil, fmt.Errorf("decompressing the kernel needs xz (Debian: apt-get install xz-utils): %w", err)
+		return nil, fmt.Errorf("%w: decompressing the kernel needs xz (Debian: apt-get install xz-utils): %v", ErrPrerequisite, err)
 	}
 	cmd := exec.CommandContext(ctx, "xz", "-dc", "--single-stream")
 	cmd.Stdin = bytes.NewReader(p)

@@ -48,17 +48,30 @@ func (q QEMU) Args() []string {
 // ErrTimeout is a VM that ran past its timeout (and was killed).
 var ErrTimeout = errors.New("the VM ran past its timeout")
 
+// ErrPrerequisite marks a host program or file the VM layer needs and
+// does not find (qemu, its firmware, xz, apt): make test-vm skips on it
+// unless CI is set.
+var ErrPrerequisite = errors.New("missing prerequisite")
+
+// CheckQEMU finds q's qemu binary and firmware.
+func CheckQEMU(q QEMU) error {
+	if _, err := exec.LookPath(q.Binary); err != nil {
+		return fmt.Errorf("%w: %s: %v (Debian: apt-get install qemu-system-x86)", ErrPrerequisite, q.Binary, err)
+	}
+	if _, err := os.Stat(q.BIOS); err != nil {
+		return fmt.Errorf("%w: qemu firmware: %v (Debian: apt-get install qemu-system-x86, whose qemu-system-data has qboot.rom)", ErrPrerequisite, err)
+	}
+	return nil
+}
+
 // Boot runs the VM to its end, copying its console (serial on stdout,
 // qemu's own messages on stderr) to console; past q.Timeout (or ctx's end)
 // qemu is killed by its PID and Boot returns ErrTimeout.
 //
 // Equivalent: timeout $t qemu-system-x86_64 $(q.Args)
 func Boot(ctx context.Context, q QEMU, console io.Writer) error {
-	if _, err := exec.LookPath(q.Binary); err != nil {
-		return fmt.Errorf("%s: %w (Debian: apt-get install qemu-system-x86)", q.Binary, err)
-	}
-	if _, err := os.Stat(q.BIOS); err != nil {
-		return fmt.Errorf("qemu firmware: %w (Debian: apt-get install qemu-system-x86, whose qemu-system-data has qboot.rom)", err)
+	if err := CheckQEMU(q); err != nil {
+		return err
 	}
 	cmd := exec.Command(q.Binary, q.Args()...)
 	cmd.Stdout, cmd.Stderr = console, console

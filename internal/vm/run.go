@@ -69,6 +69,10 @@ func Run(ctx context.Context, o Options) error {
 		}
 		return nil
 	}
+	q := QEMU{Binary: o.QEMU, BIOS: DefaultBIOS, CPUs: o.CPUs, Accel: o.Accel, CPU: o.CPU, Timeout: o.Timeout}
+	if err := CheckQEMU(q); err != nil {
+		return err
+	}
 	if st, err := os.Stat(filepath.Join(o.Bin, "bridge")); err != nil || !st.Mode().IsRegular() {
 		return fmt.Errorf("%s has no built plugins (run make build first): %v", o.Bin, err)
 	}
@@ -113,8 +117,7 @@ func Run(ctx context.Context, o Options) error {
 		// while the kernel unpacks; the tests' tmpfs and processes on top.
 		mem = max(1024, int(2*size>>20)+768)
 	}
-	q := QEMU{Binary: o.QEMU, BIOS: DefaultBIOS, Kernel: kernel.Vmlinux(), Initrd: initrd,
-		CPUs: o.CPUs, MemMiB: mem, Accel: o.Accel, CPU: o.CPU, Timeout: o.Timeout}
+	q.Kernel, q.Initrd, q.MemMiB = kernel.Vmlinux(), initrd, mem
 	fmt.Fprintf(o.Out, "vm: %s %s, initramfs %d MiB, %d MiB RAM, %d CPUs; prepared in %.1f s; booting:\n",
 		kernel.Package, kernel.Version, size>>20, mem, o.CPUs, time.Since(start).Seconds())
 	for _, t := range tests {

@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -38,7 +39,7 @@ func main() {
 	flag.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "kill the VM after this long")
 	flag.DurationVar(&o.TestTimeout, "test-timeout", 5*time.Minute, "each test binary's -test.timeout inside the VM")
 	flag.StringVar(&o.Accel, "accel", "tcg,thread=multi", "qemu -accel")
-	flag.StringVar(&o.CPU, "cpu", "qemu64", "qemu -cpu")
+	flag.StringVar(&o.CPU, "cpu", "max", "qemu -cpu (max: AES-NI and PCLMUL emulated, the crypto drivers real machines use)")
 	flag.StringVar(&o.QEMU, "qemu", "qemu-system-x86_64", "the qemu binary")
 	flag.StringVar(&o.Shell, "sh", "", "sh commands the VM's init runs before the tests (to look around in the VM)")
 	flag.Parse()
@@ -60,6 +61,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := vm.Run(ctx, o); err != nil {
+		if errors.Is(err, vm.ErrPrerequisite) && os.Getenv("CI") == "" {
+			fmt.Printf("test-vm: SKIP: %v\n(the tests that need kernel features this kernel lacks did not run; with CI set this fails)\n", err)
+			return
+		}
 		fmt.Fprintf(os.Stderr, "test-vm: FAIL\n%v\n", err)
 		os.Exit(1)
 	}
