@@ -134,7 +134,8 @@ func WriteInitramfs(w io.Writer, img Image) error {
 		func() error { return c.FileFrom("bin/busybox", 0o755, img.Busybox) },
 		func() error { return c.File("init", 0o755, []byte(InitScript(img))) },
 		func() error {
-			for _, d := range []string{"proc", "sys", "dev", "run", "tmp", "root", "etc", "sbin", "usr/bin", "usr/sbin"} {
+			// /var/lib and /opt: tests bind-mount over them (cnitool's /var/lib/cni).
+			for _, d := range []string{"proc", "sys", "dev", "run", "tmp", "root", "etc", "sbin", "usr/bin", "usr/sbin", "var/lib", "var/tmp", "opt"} {
 				if err := c.Dir(d, 0o755); err != nil {
 					return err
 				}
