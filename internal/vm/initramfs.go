@@ -81,6 +81,7 @@ func InitScript(img Image) string {
 	w("/bin/busybox --install -s")
 	w("export PATH=%s:/usr/sbin:/usr/bin:/sbin:/bin", vmToolsDir)
 	w("mount -t proc proc /proc")
+	w("read booted _ < /proc/uptime")
 	w("mount -t sysfs sysfs /sys")
 	w("mount -t devtmpfs devtmpfs /dev")
 	w("mkdir -p /dev/shm /dev/pts")
@@ -107,7 +108,7 @@ func InitScript(img Image) string {
 	}
 	w("ip link set lo up")
 	w("export %s=1 %s=%s HOME=/root TMPDIR=/tmp LD_LIBRARY_PATH=%s", lab.VMEnv, lab.PrebuiltEnv, vmBin, strings.Join(LibDirs, ":"))
-	w("echo \"berth-vm: kernel $(uname -r), $(nproc) CPUs, modules loaded in $(cut -d' ' -f1 /proc/uptime) s since boot\"")
+	w("echo \"berth-vm: kernel $(uname -r), $(nproc) CPUs: init started $booted s after boot, the modules were loaded at $(cut -d' ' -f1 /proc/uptime) s\"")
 	if img.Shell != "" {
 		w("%s", img.Shell)
 	}
