@@ -10,7 +10,7 @@ PLUGINS  := bridge null portmap macvlan overlay
 UPSTREAM := ipam/host-local ipam/static ipam/dhcp main/loopback
 UPMOD    := github.com/containernetworking/plugins/plugins
 
-.PHONY: all build install demo test test-unit fuzz bench clean
+.PHONY: all build install demo test test-unit test-vm fuzz bench clean clean-vm
 
 all: build
 
@@ -30,12 +30,23 @@ install: build
 demo: build
 	$(GO) run ./cmd/berth-demo -bin $(BIN)
 
-# Every test, root ones included (run as root; CI does). BERTH_FUZZTIME bounds
-# each fuzz target's run.
+# Every test, root ones included (run as root; CI does), then the VM layer.
+# BERTH_FUZZTIME bounds each fuzz target's run.
 test: build
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	$(MAKE) fuzz
+	$(MAKE) test-vm
+
+# The tests whose body calls lab.RequireKernel (a kernel feature this
+# machine may lack), inside a VM booted from Debian's stock kernel under
+# qemu; the kernel and busybox-static are fetched with apt-get download into
+# .cache/vm. Needs qemu-system-x86, xz-utils and apt (README, Tests).
+# VMFLAGS narrows or tunes the run: -pkg plugins/bridge, -run TestVlan,
+# -list, -accel kvm, -sh '…' (see go run ./internal/vm/testvm -h).
+VMFLAGS ?=
+test-vm: build
+	$(GO) run ./internal/vm/testvm -go $(GO) -bin $(BIN) $(VMFLAGS)
 
 test-unit:
 	$(GO) test -count=1 ./pkg/...
@@ -64,3 +75,6 @@ bench: build
 
 clean:
 	rm -rf $(BIN)
+
+clean-vm:
+	rm -rf .cache/vm

@@ -68,12 +68,37 @@ func BerthPlugins(root string) ([]string, error) {
 	return pkgs, nil
 }
 
+// PrebuiltEnv names a directory of binaries built beforehand (bin/ of
+// `make build`, and cnitool): where it is set, Build and BuildCNITool link
+// them instead of building. The VM layer sets it, having no Go toolchain
+// inside the VM.
+const PrebuiltEnv = "BERTH_BIN"
+
+// Prebuilt returns the path of the binary name in $BERTH_BIN, if that is
+// set and holds it.
+func Prebuilt(name string) (string, bool) {
+	dir := os.Getenv(PrebuiltEnv)
+	if dir == "" {
+		return "", false
+	}
+	p := filepath.Join(dir, name)
+	return p, fileExists(p)
+}
+
 // Build builds berth's plugins, BerthCommands and the upstream IPAM/meta plugins into dir
 // (without -race, CGO off, as the Makefile does). A package that fails to
-// build is recorded in Errs; the others are still built.
+// build is recorded in Errs; the others are still built. With $BERTH_BIN
+// set, dir gets a symbolic link to each of its files instead (see
+// linkPrebuilt).
 //
 // Equivalent: go build -o $dir ./plugins/... && go build -o $dir $UpstreamPlugins
 func Build(ctx context.Context, root, dir string) (*Binaries, error) {
+	if src := os.Getenv(PrebuiltEnv); src != "" {
+		if err := linkPrebuilt(src, dir); err != nil {
+			return nil, err
+		}
+		return &Binaries{Dir: dir, Errs: map[string]error{}}, nil
+	}
 	pkgs, err := BerthPlugins(root)
 	if err != nil {
 		return nil, err
@@ -101,12 +126,52 @@ func Build(ctx context.Context, root, dir string) (*Binaries, error) {
 	return b, nil
 }
 
-// BuildCNITool builds cnitool into dir and returns its path.
+// BuildCNITool builds cnitool into dir and returns its path; with
+// $BERTH_BIN set it links the cnitool there instead.
 func BuildCNITool(ctx context.Context, root, dir string) (string, error) {
+	if src := os.Getenv(PrebuiltEnv); src != "" {
+		p, ok := Prebuilt("cnitool")
+		if !ok {
+			return "", fmt.Errorf("cnitool: not in $%s (%s)", PrebuiltEnv, src)
+		}
+		dst := filepath.Join(dir, "cnitool")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", err
+		}
+		return dst, os.Symlink(p, dst)
+	}
 	if err := goBuild(ctx, root, dir, CNIToolPkg); err != nil {
 		return "", err
 	}
 	return filepath.Join(dir, "cnitool"), nil
+}
+
+// linkPrebuilt makes dir (created if missing) hold a symbolic link to each
+// regular file in src, so that callers who remove dir afterwards remove
+// only the links.
+//
+// Equivalent: mkdir -p $dir && ln -s $src/* $dir/
+func linkPrebuilt(src, dir string) error {
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return fmt.Errorf("$%s: %w", PrebuiltEnv, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		abs, err := filepath.Abs(filepath.Join(src, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.Symlink(abs, filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func goBuild(ctx context.Context, root, dir string, pkgs ...string) error {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +18,23 @@ func TestRefusesMachineNamespace(t *testing.T) {
 	if len(machineNS) == 0 {
 		t.Fatal("machine namespace unknown")
 	}
-	self := &NS{Name: "machine", Path: "/proc/self/ns/net", id: machineNS[0]}
+	// A thread of ours still in the machine's namespace, not /proc/self:
+	// that is the main thread, and a goroutine that Do locked to it and
+	// that ended there leaves it parked in that namespace (the runtime
+	// cannot end the main thread), so after other tests (the kernel
+	// probes) it need not be the machine's. PID 1's may not be openable.
+	path := ""
+	tasks, _ := filepath.Glob("/proc/self/task/*/ns/net")
+	for _, p := range tasks {
+		if id, err := statNS(p); err == nil && slices.Contains(machineNS, id) {
+			path = p
+			break
+		}
+	}
+	if path == "" {
+		t.Fatalf("no thread of this process in the machine's namespace %v", machineNS)
+	}
+	self := &NS{Name: "machine", Path: path, id: machineNS[0]}
 	err := self.Do(func() error { return nil })
 	if !errors.Is(err, ErrMachineNamespace) {
 		t.Fatalf("Do in the machine's namespace: got %v, want ErrMachineNamespace", err)
@@ -109,6 +128,51 @@ func TestPingDF(t *testing.T) {
 		err := w.Host.PingWith(ctx, dst, PingOptions{Size: 1501, DF: true})
 		if !errors.Is(err, ErrMsgSize) {
 			t.Errorf("1501-byte DF ping of %s = %v, want EMSGSIZE", dst, err)
+		}
+	}
+}
+
+// With $BERTH_BIN set, Build links the binaries there into its directory
+// (building nothing), and removing that directory leaves them.
+func TestBuildPrebuilt(t *testing.T) {
+	src, dir := t.TempDir(), filepath.Join(t.TempDir(), "bin")
+	for _, name := range []string{"bridge", "host-local", "cnitool"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv(PrebuiltEnv, src)
+	b, err := Build(context.Background(), "/nonexistent", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Need("bridge", "host-local"); err != nil {
+		t.Error(err)
+	}
+	if err := b.Need("macvlan"); err == nil {
+		t.Error("Need(macvlan) passed with no macvlan in $BERTH_BIN")
+	}
+	tool, err := BuildCNITool(context.Background(), "/nonexistent", filepath.Join(dir, "tools"))
+	if err != nil || filepath.Base(tool) != "cnitool" {
+		t.Errorf("BuildCNITool = %q, %v", tool, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(src, "bridge")); err != nil {
+		t.Errorf("removing Build's directory removed $BERTH_BIN's file: %v", err)
+	}
+}
+
+func TestSysctlPath(t *testing.T) {
+	for key, want := range map[string]string{
+		"net.ipv4.ip_forward":               "/proc/sys/net/ipv4/ip_forward",
+		"net/ipv4/ip_forward":               "/proc/sys/net/ipv4/ip_forward",
+		"net/ipv6/conf/eth0.101/accept_dad": "/proc/sys/net/ipv6/conf/eth0.101/accept_dad",
+		"net/ipv6/conf/all/forwarding":      "/proc/sys/net/ipv6/conf/all/forwarding",
+	} {
+		if got := sysctlPath(key); got != want {
+			t.Errorf("sysctlPath(%q) = %q, want %q", key, got, want)
 		}
 	}
 }

@@ -150,6 +150,40 @@ func Veth(a, b VethEnd) error {
 	return nil
 }
 
+// AddVlan adds the 802.1q sub-interface name of parent with VLAN id, adds
+// the addresses (IPv6 without duplicate address detection) and sets it up.
+// It needs a kernel with 802.1q (RequireKernel(t, Kernel8021Q)).
+//
+// Equivalent: ip -n $ns link add link $parent name $name type vlan id $id; ip addr add …; ip link set $name up
+func (n *NS) AddVlan(parent, name string, id int, addrs ...netip.Prefix) error {
+	err := n.withHandle(func(h *netlink.Handle) error {
+		p, err := h.LinkByName(parent)
+		if err != nil {
+			return fmt.Errorf("link %s in %s: %w", parent, n.Name, err)
+		}
+		v := &netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: p.Attrs().Index}, VlanId: id}
+		if err := h.LinkAdd(v); err != nil {
+			return fmt.Errorf("add vlan %s (id %d on %s) in %s: %w", name, id, parent, n.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := n.WriteSysctl("net/ipv6/conf/"+name+"/accept_dad", "0"); err != nil {
+		return err
+	}
+	if err := n.LinkUp(name); err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if err := n.AddAddr(name, a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Link is a summary of a network interface.
 type Link struct {
 	Name  string

@@ -220,12 +220,14 @@ func (n *NS) forget(p *os.Process) {
 }
 
 // WriteSysctl writes value to /proc/sys/<key> (key in dotted or slashed
-// form) from a thread in this namespace: /proc/sys/net is per namespace of
-// the thread that opens it.
+// form; in slashed form, as with sysctl(8), dots stay dots, so that
+// "net/ipv6/conf/eth0.101/accept_dad" names a VLAN sub-interface) from a
+// thread in this namespace: /proc/sys/net is per namespace of the thread
+// that opens it.
 //
 // Equivalent: ip netns exec $ns sysctl -w $key=$value
 func (n *NS) WriteSysctl(key, value string) error {
-	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	path := sysctlPath(key)
 	if !strings.HasPrefix(path, "/proc/sys/net/") {
 		return fmt.Errorf("sysctl %s is not per network namespace", key)
 	}
@@ -239,7 +241,7 @@ func (n *NS) WriteSysctl(key, value string) error {
 
 // ReadSysctl reads /proc/sys/<key> from a thread in this namespace.
 func (n *NS) ReadSysctl(key string) (string, error) {
-	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	path := sysctlPath(key)
 	var v string
 	err := n.Do(func() error {
 		b, err := os.ReadFile(path)
@@ -247,6 +249,14 @@ func (n *NS) ReadSysctl(key string) (string, error) {
 		return err
 	})
 	return v, err
+}
+
+// sysctlPath is the /proc/sys file of a key in dotted or slashed form.
+func sysctlPath(key string) string {
+	if !strings.Contains(key, "/") {
+		key = strings.ReplaceAll(key, ".", "/")
+	}
+	return filepath.Join("/proc/sys", key)
 }
 
 // EnableForwarding turns on IPv4 and IPv6 forwarding in this namespace.

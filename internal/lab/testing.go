@@ -136,3 +136,42 @@ func memDir(tb testing.TB, prefix string) string {
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// RequireKernel skips tb unless this kernel has every feature in fs,
+// probed once per process in a throwaway namespace (so it needs root, as
+// RequireRoot). A test that calls it in its body runs in the VM layer too
+// (make test-vm finds such tests by reading the sources), whose kernel has
+// them all; there, where BERTH_VM=1, a missing feature fails the test
+// rather than skipping it. A probe that cannot tell fails tb.
+func RequireKernel(tb testing.TB, fs ...KernelFeature) {
+	tb.Helper()
+	RequireRoot(tb)
+	for _, f := range fs {
+		present, why, err := HasKernelFeature(context.Background(), f)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if present {
+			continue
+		}
+		if InVM() {
+			tb.Fatalf("needs %v, which this kernel lacks (%s): in the VM layer that is a failure; does the VM's init load its module?", f, why)
+		}
+		tb.Logf("kernel: %s", why)
+		tb.Skipf("needs %v, which this kernel lacks: runs in the VM layer (make test-vm)", f)
+	}
+}
+
+// HasKernel reports whether this kernel has f (probed as in RequireKernel;
+// root only). It is for tests of how berth behaves where f is absent: they
+// run where the kernel lacks f and assert the present case, or skip naming
+// the test that covers it, where it has f.
+func HasKernel(tb testing.TB, f KernelFeature) bool {
+	tb.Helper()
+	RequireRoot(tb)
+	present, _, err := HasKernelFeature(context.Background(), f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return present
+}
