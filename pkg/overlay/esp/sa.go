@@ -95,7 +95,9 @@ func ListSAs(ns *netns.NS, spec Spec) ([]espplan.SA, error) {
 		}
 		sa := espplan.SA{Src: src.Unmap(), Dst: dst.Unmap(), SPI: uint32(st.Spi)}
 		sa.Out = sa.Src == spec.VTEP
-		if st.Aead != nil && st.Aead.Name == AEAD && st.Aead.ICVLen == espplan.ICVBits && st.ESN {
+		// vishvananda/netlink does not read the ESN flag back; the
+		// algorithm, the ICV and the key must be berth's.
+		if st.Aead != nil && st.Aead.Name == AEAD && st.Aead.ICVLen == espplan.ICVBits {
 			sa.Key = st.Aead.Key
 		} // else no key: never the same as a planned SA, so it is replaced
 		out = append(out, sa)
