@@ -122,7 +122,7 @@ func (w *watcher) run(ctx context.Context) {
 // until a gap; true when it sent a change after the snapshot.
 func (w *watcher) once(ctx context.Context) bool {
 	leases := filepath.Join(w.d, "leases")
-	if err := os.MkdirAll(leases, 0o755); err != nil {
+	if err := os.MkdirAll(leases, dirMode); err != nil {
 		return false
 	}
 	var in *inotify
