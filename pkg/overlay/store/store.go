@@ -169,6 +169,22 @@ type Store interface {
 	// Leases lists the live leases of network, sorted by subnet.
 	Leases(ctx context.Context, network string) ([]Lease, error)
 
+	// Shared reads network's shared record (the zero Shared when none was written).
+	Shared(ctx context.Context, network string) (Shared, error)
+	// UpdateShared sets network's shared record to fn's result, fn being
+	// given the stored attributes; the write is a compare-and-swap on the
+	// record's revision, and fn is called again on the newer record when
+	// another host wrote in between, so no update is lost. When fn returns
+	// its argument unchanged nothing is written. A result over MaxAttrsSize
+	// fails with ErrAttrsTooLarge. The network must exist (EnsureNetwork).
+	//
+	// It returns the record as written, or as last read when nothing was
+	// written; an error of fn is returned as it is. fn changes only what
+	// its feature owns (Attribute.Set, Delete), so that the others stay,
+	// and may be called several times: it acts on nothing but its
+	// argument.
+	UpdateShared(ctx context.Context, network string, fn func(Attrs) (Attrs, error)) (Shared, error)
+
 	// Watch streams the changes of network's leases and of its shared
 	// record as they happen: first a snapshot (Event.Reset, every live
 	// lease and the shared record), then one event per change (a lease

@@ -1,11 +1,11 @@
 // Package file is the store.Store backend on a directory shared by
 // several hosts on one machine (network namespaces, processes): a file per
-// network config and per subnet lease, changed under flock(2), expiry by
-// the wall clock, a revision counter per network; watched by inotify(7)
-// where the directory is local, else polled. It touches only files under
-// the directory it is given, which are to hold secrets (the encrypted
-// overlay's key ring): it creates its directories 0700 and its files
-// 0600.
+// network config, per subnet lease and per network shared record, changed
+// under flock(2), expiry by the wall clock, a revision counter per
+// network; watched by inotify(7) where the directory is local, else
+// polled. It touches only files under the directory it is given, which
+// hold secrets (the shared record holds the encrypted overlay's key
+// ring): it creates its directories 0700 and its files 0600.
 package file
 
 import (
@@ -37,6 +37,7 @@ import (
 //
 //	<network>/network.json              the store.Network
 //	<network>/leases/<a.b.c.d_len>.json one fileLease per subnet ever leased: a lease or its tombstone
+//	<network>/shared.json               the network's shared record and its revision (shared.go)
 //	<network>/rev                       the network's revision counter, decimal (rev.go)
 //	<network>/lock                      flock(2) held around every read-modify-write
 //

@@ -42,8 +42,8 @@ func checkModes(t *testing.T, root string) (dirs, files int) {
 	return dirs, files
 }
 
-// The store's files are to hold secrets (the encrypted overlay's key
-// ring): every directory it makes is 0700, every file it
+// The store's files hold secrets (the shared record: the encrypted
+// overlay's key ring): every directory it makes is 0700, every file it
 // writes 0600, whatever the umask lets through.
 func TestFileModes(t *testing.T) {
 	t.Parallel()
@@ -57,6 +57,7 @@ func TestFileModes(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	storetest.UpdateShared(t, s, n.Name, setEpoch(1))
 	if err := h.Release(ctx); err != nil { // a tombstone
 		t.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func TestFileModes(t *testing.T) {
 	storetest.StartWatch(t, s, "watched-only")
 	dirs, files := checkModes(t, root)
 	t.Logf("%d directories, %d files", dirs, files)
-	for _, p := range []string{"network.json", "lock", "rev", "leases/10.244.1.0_24.json"} {
+	for _, p := range []string{"network.json", "lock", "rev", "shared.json", "leases/10.244.1.0_24.json"} {
 		if _, err := os.Stat(filepath.Join(root, n.Name, p)); err != nil {
 			t.Errorf("the workload wrote no %s: %v", p, err)
 		}
