@@ -102,10 +102,11 @@ func (s *fileStore) UpdateShared(ctx context.Context, network string, fn func(st
 		return store.Shared{}, err
 	}
 	what := fmt.Sprintf("update the shared record of overlay network %q", network)
-	if _, ok, err := readNetwork(d); err != nil || !ok {
-		if err == nil {
-			err = errors.New("no config stored (EnsureNetwork first)")
-		}
+	_, ok, err := readNetwork(d)
+	if err == nil && !ok {
+		err = errors.New("no config stored (EnsureNetwork first)")
+	}
+	if err != nil {
 		return store.Shared{}, fmt.Errorf("%s: %w", what, err)
 	}
 	cur, _, err := readShared(d)
@@ -120,7 +121,7 @@ func (s *fileStore) UpdateShared(ctx context.Context, network string, fn func(st
 		if attrs == cur.Attrs {
 			return cur, nil
 		}
-		if _, err := store.EncodeShared(attrs); err != nil { // the bound, before a revision is taken
+		if _, err = store.EncodeShared(attrs); err != nil { // the bound, before a revision is taken
 			return cur, fmt.Errorf("%s: %w", what, err)
 		}
 		type result struct {

@@ -99,7 +99,7 @@ func TestFileWatchSharedGaps(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Remove(path); err != nil {
+			if err = os.Remove(path); err != nil {
 				t.Fatal(err)
 			}
 			if ev := w.Next("the record removed"); !ev.Reset || *ev.Shared != (store.Shared{}) {
@@ -108,7 +108,7 @@ func TestFileWatchSharedGaps(t *testing.T) {
 			// Put back by hand, at the revision it had: read by the next
 			// snapshot (a file with a revision the watcher has passed
 			// is no write it can place).
-			if err := os.WriteFile(path, b, 0o600); err != nil {
+			if err = os.WriteFile(path, b, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			if ev := w.Next("the record put back"); !ev.Reset || *ev.Shared != sh {

@@ -263,7 +263,8 @@ func (w *watcher) followInotify(ctx context.Context, in *inotify) {
 		// counter's, the lock's and the config's.
 		var sh *sharedRead
 		if w.sharedPending || slices.Contains(names[1], sharedFile) {
-			if sh, err = w.readShared(); err != nil {
+			var serr error
+			if sh, serr = w.readShared(); serr != nil {
 				return
 			}
 		}
