@@ -136,6 +136,29 @@ peer removed: host h2 subnet 10.244.2.0/24`
 	}
 }
 
+// A change of the network's shared record carries no lease: apply takes
+// nothing of it into the leases (no zero lease), and the watch's revision
+// moves on (the leases are as of it).
+func TestApplySharedEvent(t *testing.T) {
+	t.Parallel()
+	l := store.Lease{Subnet: netip.MustParsePrefix("10.244.2.0/24"), Host: "h2", VTEP: netip.MustParseAddr("192.168.77.12"), MAC: "02:00:00:00:00:02", Rev: 3}
+	var ring store.Attrs
+	ring, err := ring.With("esp.ring", store.Attr{Version: 1, Data: []byte(`{"epoch":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{}
+	a.apply(store.Event{Shared: &store.Shared{Attrs: ring, Rev: 2}, Rev: 2}) // before a snapshot: nothing
+	if a.leases != nil || a.rev != 0 {
+		t.Fatalf("a shared event before the snapshot: leases %v, rev %d", a.leases, a.rev)
+	}
+	a.apply(store.Event{Reset: true, Leases: []store.Lease{l}, Shared: &store.Shared{Attrs: ring, Rev: 2}, Rev: 4})
+	a.apply(store.Event{Shared: &store.Shared{Attrs: ring.Without("esp.ring"), Rev: 5}, Rev: 5})
+	if len(a.leases) != 1 || a.leases[l.Subnet] != l || len(a.acks) != 1 || a.rev != 5 {
+		t.Fatalf("after a shared event: leases %v, acks %v, rev %d; want h2's lease alone, at revision 5", a.leases, a.acks, a.rev)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
 	ok := Config{

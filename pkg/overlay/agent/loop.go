@@ -109,6 +109,7 @@ func (a *Agent) apply(ev store.Event) {
 		}
 	case a.leases == nil:
 		return // a change before a snapshot: the snapshot will hold it
+	case ev.Shared != nil: // the network's shared record, no lease: no feature of the agent reads it yet
 	case ev.Deleted:
 		if l, ok := a.leases[ev.Lease.Subnet]; ok && l.Rev <= ev.Lease.Rev {
 			delete(a.leases, ev.Lease.Subnet)

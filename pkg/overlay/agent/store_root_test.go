@@ -54,6 +54,20 @@ func (f *flakyStore) Leases(ctx context.Context, network string) ([]store.Lease,
 	return f.Store.Leases(ctx, network)
 }
 
+func (f *flakyStore) Shared(ctx context.Context, network string) (store.Shared, error) {
+	if err := f.fail(); err != nil {
+		return store.Shared{}, err
+	}
+	return f.Store.Shared(ctx, network)
+}
+
+func (f *flakyStore) UpdateShared(ctx context.Context, network string, fn func(store.Attrs) (store.Attrs, error)) (store.Shared, error) {
+	if err := f.fail(); err != nil {
+		return store.Shared{}, err
+	}
+	return f.Store.UpdateShared(ctx, network, fn)
+}
+
 func (f *flakyStore) Acquire(ctx context.Context, network string, want store.Lease, ttl time.Duration) (store.Hold, error) {
 	if err := f.fail(); err != nil {
 		return nil, err
@@ -111,11 +125,15 @@ func (f *flakyStore) Watch(ctx context.Context, network string) <-chan store.Eve
 				if err != nil {
 					continue
 				}
-				rev := int64(0)
+				sh, err := f.Store.Shared(ctx, network)
+				if err != nil {
+					continue
+				}
+				rev := sh.Rev
 				for _, l := range leases {
 					rev = max(rev, l.Rev)
 				}
-				ev, gap = store.Event{Reset: true, Leases: leases, Rev: rev}, false
+				ev, gap = store.Event{Reset: true, Leases: leases, Shared: &sh, Rev: rev}, false
 			}
 			select {
 			case out <- ev:

@@ -12,8 +12,9 @@ import (
 // This file is a lease's attributes: what they may hold, how they are
 // encoded, and the typed access a feature defines for its own.
 
-// MaxAttrsSize bounds the encoded attributes of one lease (the JSON object
-// under "attrs", as stored): 64 KiB.
+// MaxAttrsSize bounds the encoded attributes of one lease, or of a
+// network's shared record (the JSON object under "attrs", as stored):
+// 64 KiB.
 const MaxAttrsSize = 64 << 10
 
 // MaxAttrName bounds an attribute's name.
@@ -22,9 +23,9 @@ const MaxAttrName = 63
 // MaxAttrVersion is the highest version of an attribute's encoding.
 const MaxAttrVersion = 1<<16 - 1
 
-// ErrAttrsTooLarge is wrapped when the attributes of a lease would encode
-// to more than MaxAttrsSize.
-var ErrAttrsTooLarge = errors.New("lease attributes too large")
+// ErrAttrsTooLarge is wrapped when the attributes of a lease, or of a
+// shared record, would encode to more than MaxAttrsSize.
+var ErrAttrsTooLarge = errors.New("attributes too large")
 
 // ErrAttrVersion is wrapped by Attribute.Get when the stored attribute has
 // another version than the one the reader knows.
@@ -100,7 +101,7 @@ func encodeAttrs(m map[string]wireAttr) (Attrs, error) {
 		return Attrs{}, fmt.Errorf("encode lease attributes: %w", err)
 	}
 	if len(b) > MaxAttrsSize {
-		return Attrs{}, fmt.Errorf("lease attributes %v: %d bytes encoded, more than the %d (64 KiB) a lease may carry: %w",
+		return Attrs{}, fmt.Errorf("attributes %v: %d bytes encoded, more than the %d (64 KiB) a lease or a shared record may carry: %w",
 			slices.Sorted(maps.Keys(m)), len(b), MaxAttrsSize, ErrAttrsTooLarge)
 	}
 	return Attrs{enc: string(b)}, nil
@@ -179,18 +180,18 @@ func (a Attrs) MarshalJSON() ([]byte, error) { return []byte(a.String()), nil }
 // are ignored.
 func (a *Attrs) UnmarshalJSON(b []byte) error {
 	if len(b) > MaxAttrsSize {
-		return fmt.Errorf("lease attributes: %d bytes, more than the %d (64 KiB) a lease may carry: %w", len(b), MaxAttrsSize, ErrAttrsTooLarge)
+		return fmt.Errorf("attributes: %d bytes, more than the %d (64 KiB) a lease or a shared record may carry: %w", len(b), MaxAttrsSize, ErrAttrsTooLarge)
 	}
 	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
 		*a = Attrs{}
 		return nil
 	}
 	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
-		return errors.New("lease attributes: not a JSON object")
+		return errors.New("attributes: not a JSON object")
 	}
 	var m map[string]wireAttr
 	if err := json.Unmarshal(b, &m); err != nil {
-		return fmt.Errorf("lease attributes: %w", err)
+		return fmt.Errorf("attributes: %w", err)
 	}
 	out, err := encodeAttrs(m)
 	if err != nil {

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -50,8 +52,9 @@ func DecodeNetwork(b []byte) (Network, error) {
 	return n, nil
 }
 
-// MaxRecordSize bounds a stored lease record: its attributes and room for
-// the rest. A backend refuses a longer one before decoding it.
+// MaxRecordSize bounds a stored lease record, or a shared record: its
+// attributes and room for the rest. A backend refuses a longer one before
+// decoding it.
 const MaxRecordSize = MaxAttrsSize + 4<<10
 
 // CheckRecordSize refuses a stored lease record of subnet longer than
@@ -98,6 +101,40 @@ func CheckStoredNetwork(stored, want Network) error {
 		return fmt.Errorf("overlay network %q: stored config %+v differs from %+v: %w", want.Name, stored, want, ErrConflict)
 	}
 	return nil
+}
+
+// sharedRecord is a shared record as stored: {"attrs":{…}}, or {} for a
+// record without attributes. A backend that stores more beside it (the
+// file store's revision) adds its own keys, which DecodeShared ignores.
+type sharedRecord struct {
+	Attrs Attrs `json:"attrs,omitzero"`
+}
+
+// EncodeShared is the stored form of a shared record holding a. More
+// than MaxAttrsSize of attributes wraps ErrAttrsTooLarge.
+func EncodeShared(a Attrs) ([]byte, error) {
+	if a.Size() > MaxAttrsSize { // not from With or a decoder: they refuse it
+		return nil, fmt.Errorf("shared record: attributes of %d bytes, more than the %d (64 KiB) a record may carry: %w", a.Size(), MaxAttrsSize, ErrAttrsTooLarge)
+	}
+	return json.Marshal(sharedRecord{Attrs: a})
+}
+
+// DecodeShared decodes and validates a stored shared record: a JSON
+// object of at most MaxRecordSize bytes whose "attrs", when present, are
+// attributes (Attrs.UnmarshalJSON). Other keys are ignored. It returns
+// the attributes; the record's Rev is the caller's to set.
+func DecodeShared(b []byte) (Attrs, error) {
+	if len(b) > MaxRecordSize {
+		return Attrs{}, fmt.Errorf("stored shared record: %d bytes, more than the %d such a record may take: %w", len(b), MaxRecordSize, ErrAttrsTooLarge)
+	}
+	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
+		return Attrs{}, errors.New("stored shared record: not a JSON object")
+	}
+	var r sharedRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Attrs{}, fmt.Errorf("decode shared record: %w", err)
+	}
+	return r.Attrs, nil
 }
 
 // MaxLastHolderSize bounds a stored last-holder record: a subnet and a

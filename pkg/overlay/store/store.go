@@ -47,6 +47,20 @@
 //     corrupt. A record without attributes (as written before they
 //     existed) decodes with none, and a lease with none is written
 //     without the "attrs" key, as before.
+//
+// # The shared record
+//
+// Besides the leases, each network has one Shared record: attributes of
+// the network as a whole, which every host reads and any host may write
+// (the encrypted overlay's key ring, "esp.ring"). Its attributes follow
+// the rules above, with the same MaxAttrsSize; UpdateShared changes them
+// with a compare-and-swap on the record's revision, calling the
+// feature's fn again on the newer record when another host wrote in
+// between, so that two hosts changing their own attributes at once both
+// stick. The record is never deleted and has no TTL. Its revisions are
+// the network's, taken in the same order as the leases' writes, and a
+// Watch carries it: in each snapshot, and as an event of its own when it
+// changes.
 package store
 
 import (
@@ -102,6 +116,15 @@ type LastHolder struct {
 	Rev int64 `json:"-"`
 }
 
+// Shared is a network's record that every host reads and any host may
+// update: attributes owned by features (the encrypted overlay's key
+// ring), with the same rules and limits as a lease's. Rev is the store's
+// revision of its last write; the zero Shared is a record never written.
+type Shared struct {
+	Attrs Attrs
+	Rev   int64
+}
+
 // ErrConflict is returned (wrapped) by EnsureNetwork when the stored config
 // differs from the one asked for, and by Acquire when the network has no
 // free subnet left.
@@ -146,18 +169,36 @@ type Store interface {
 	// Leases lists the live leases of network, sorted by subnet.
 	Leases(ctx context.Context, network string) ([]Lease, error)
 
-	// Watch streams the changes of network's leases as they happen: first
-	// a snapshot (Event.Reset, every live lease), then one event per
-	// change (a lease written, deleted or expired) in revision order,
-	// each carrying the lease, so the reader never lists the store again.
-	// After a gap it cannot fill (a reconnection after a compaction, a
-	// broken watch, a file event the kernel dropped) it sends a new
-	// snapshot. Revisions never go back within one watch: each change's
-	// Rev is above the one before it, a snapshot's is not below it. A
-	// renewal of a lease's TTL is no event. A reader that is slow delays
-	// the watch but loses nothing (a backend may fold a backlog into one
-	// snapshot). The channel is closed when ctx ends or the store is
-	// closed.
+	// Shared reads network's shared record (the zero Shared when none was written).
+	Shared(ctx context.Context, network string) (Shared, error)
+	// UpdateShared sets network's shared record to fn's result, fn being
+	// given the stored attributes; the write is a compare-and-swap on the
+	// record's revision, and fn is called again on the newer record when
+	// another host wrote in between, so no update is lost. When fn returns
+	// its argument unchanged nothing is written. A result over MaxAttrsSize
+	// fails with ErrAttrsTooLarge. The network must exist (EnsureNetwork).
+	//
+	// It returns the record as written, or as last read when nothing was
+	// written; an error of fn is returned as it is. fn changes only what
+	// its feature owns (Attribute.Set, Delete), so that the others stay,
+	// and may be called several times: it acts on nothing but its
+	// argument.
+	UpdateShared(ctx context.Context, network string, fn func(Attrs) (Attrs, error)) (Shared, error)
+
+	// Watch streams the changes of network's leases and of its shared
+	// record as they happen: first a snapshot (Event.Reset, every live
+	// lease and the shared record), then one event per change (a lease
+	// written, deleted or expired; the shared record written) in
+	// revision order, each carrying the lease or the record, so the
+	// reader never lists the store again. After a gap it cannot fill (a
+	// reconnection after a compaction, a broken watch, a file event the
+	// kernel dropped) it sends a new snapshot. Revisions never go back
+	// within one watch: each change's Rev is above the one before it,
+	// whether it is a lease's or the shared record's, and a snapshot's is
+	// not below it. A renewal of a lease's TTL is no event. A reader that
+	// is slow delays the watch but loses nothing (a backend may fold a
+	// backlog into one snapshot). The channel is closed when ctx ends or
+	// the store is closed.
 	Watch(ctx context.Context, network string) <-chan Event
 
 	// Close releases the connection; Holds stop being renewed (their
@@ -167,16 +208,21 @@ type Store interface {
 
 // Event is one step of a Watch.
 type Event struct {
-	// Reset: Leases is every live lease of the network, as of Rev; the
-	// reader replaces what it knows with them.
+	// Reset: Leases is every live lease of the network and Shared its
+	// shared record (the zero Shared when none was written), as of Rev;
+	// the reader replaces what it knows with them.
 	Reset  bool
 	Leases []Lease
 	// Otherwise one change: Lease as written, or (Deleted) as it was
-	// before it was deleted or expired.
+	// before it was deleted or expired; or, when Shared is not nil, the
+	// shared record as written (Lease is then the zero Lease and Deleted
+	// false; a record removed by hand is the zero Shared).
 	Lease   Lease
 	Deleted bool
+	Shared  *Shared
 	// Rev is the revision the event brings the reader to: after it the
-	// reader knows every lease of the network as of Rev.
+	// reader knows every lease of the network, and its shared record, as
+	// of Rev.
 	Rev int64
 }
 

@@ -35,10 +35,15 @@ import (
 //	<prefix>/<network>/config               the store.Network, JSON
 //	<prefix>/<network>/subnets/<a.b.c.d-len> a store.Lease, JSON, attached to an etcd lease with the TTL
 //	<prefix>/<network>/history/<a.b.c.d-len> a store.LastHolder, JSON, no TTL: one per subnet ever leased
+//	<prefix>/<network>/shared               the network's shared record, JSON {"attrs":{…}}, no TTL (shared.go)
 //
 // etcd deletes a subnet key when its lease expires, so Leases is a plain
-// prefix read, Watch a prefix read then a prefix watch from the revision
-// after it (watch.go). A lease's Rev is its key's ModRevision.
+// prefix read, Watch a range read then a range watch from the revision
+// after it (watch.go), of the shared key and the subnet keys: the range
+// from <network>/shared to the end of <network>/subnets/, which holds
+// no other key of berth's ("shared" sorts after "history/" and before
+// "subnets/"). A lease's Rev is its key's ModRevision, and so is the
+// shared record's.
 //
 // Every write of a subnet key (Acquire's claim, Hold.Update, and the
 // deletion by Release) puts its history key in the same transaction, so
@@ -47,7 +52,9 @@ import (
 // nothing: an expired lease is dated by its last write. Acquire reads the
 // history, at the revision of its read of the leases, only when the host
 // neither holds a lease nor asks for a free subnet (pick). The history is
-// not under subnets/, so Watch never sees it.
+// not in the watched range, so Watch never sees it; the shared key is
+// not under subnets/, so Leases, Acquire and a berth that predates it
+// never see that.
 
 // DefaultPrefix is where the overlay's keys live when Config.Prefix
 // is empty.
@@ -150,6 +157,13 @@ type netKeys struct {
 	config  string // the config key
 	subnets string // the prefix of the subnet keys
 	history string // the prefix of the history keys
+	shared  string // the shared record's key
+}
+
+// watched returns the range of keys a Watch reads and follows, [from,
+// end): the shared key, then the subnet keys.
+func (k netKeys) watched() (from, end string) {
+	return k.shared, clientv3.GetPrefixRangeEnd(k.subnets)
 }
 
 // keys returns the keys of network, after checking that the name cannot
@@ -159,7 +173,7 @@ func (s *etcdStore) keys(network string) (netKeys, error) {
 		return netKeys{}, fmt.Errorf("overlay network: %w", err)
 	}
 	base := s.prefix + "/" + network
-	return netKeys{config: base + "/config", subnets: base + "/subnets/", history: base + "/history/"}, nil
+	return netKeys{config: base + "/config", subnets: base + "/subnets/", history: base + "/history/", shared: base + "/shared"}, nil
 }
 
 // lastHolder returns the history key of l's subnet and its value, l's host.
@@ -249,9 +263,9 @@ type storedLease struct {
 }
 
 // decodeLeases decodes the subnet keys read under the prefix subnets.
-func decodeLeases(subnets string, resp *clientv3.GetResponse) ([]storedLease, error) {
-	out := make([]storedLease, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+func decodeLeases(subnets string, kvs []*mvccpb.KeyValue) ([]storedLease, error) {
+	out := make([]storedLease, 0, len(kvs))
+	for _, kv := range kvs {
 		l, err := decodeKV(subnets, kv)
 		if err != nil {
 			return nil, err
@@ -299,7 +313,7 @@ func (s *etcdStore) Leases(ctx context.Context, network string) ([]store.Lease, 
 	if err != nil {
 		return nil, fail(ctx, fmt.Sprintf("leases of overlay network %q", network), err)
 	}
-	sl, err := decodeLeases(k.subnets, resp)
+	sl, err := decodeLeases(k.subnets, resp.Kvs)
 	if err != nil {
 		return nil, fmt.Errorf("leases of overlay network %q: %w", network, err)
 	}
@@ -388,7 +402,7 @@ func (s *etcdStore) claim(ctx context.Context, k netKeys, want store.Lease, id c
 		if err != nil {
 			return store.Lease{}, fmt.Errorf("%s: %w", k.config, err)
 		}
-		live, err := decodeLeases(k.subnets, (*clientv3.GetResponse)(resp.Responses[1].GetResponseRange()))
+		live, err := decodeLeases(k.subnets, resp.Responses[1].GetResponseRange().GetKvs())
 		if err != nil {
 			return store.Lease{}, err
 		}

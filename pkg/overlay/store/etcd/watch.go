@@ -2,18 +2,23 @@ package etcd
 
 import (
 	"context"
+	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-cni/berth/pkg/overlay/store"
 )
 
-// A Watch is one range read of the network's subnet keys, the snapshot
-// (its header revision is the snapshot's Rev), then a watch of that
-// prefix from the next revision on, with the previous values, so that a
-// delete or an expiry (etcd deletes the key of an expired etcd lease)
-// carries the lease as it was. The client resumes a watch after a
+// A Watch is one range read of the network's shared key and subnet keys
+// (netKeys.watched), the snapshot (its header revision is the snapshot's
+// Rev), then a watch of that range from the next revision on, with the
+// previous values, so that a delete or an expiry (etcd deletes the key of
+// an expired etcd lease) carries the lease as it was. One watch of one
+// range is what orders the shared record's changes among the leases': etcd
+// sends a watch's events in revision order. A key in the range that is
+// neither (none of berth's) is passed over. The client resumes a watch after a
 // reconnection from the revision after the last one it delivered, so a
 // restart of etcd loses nothing; when it cannot (the revision was
 // compacted meanwhile), or etcd cancels the watch (no leader), the
@@ -45,7 +50,7 @@ func (s *etcdStore) Watch(ctx context.Context, network string) <-chan store.Even
 		defer close(out)
 		defer stopOnClose()
 		defer cancel()
-		w := &watcher{s: s, subnets: k.subnets, out: out}
+		w := &watcher{s: s, keys: k, out: out}
 		w.run(wctx)
 	}()
 	return out
@@ -53,12 +58,13 @@ func (s *etcdStore) Watch(ctx context.Context, network string) <-chan store.Even
 
 // watcher is the state of one Watch.
 type watcher struct {
-	s       *etcdStore
-	subnets string // the key prefix of the network's leases
-	out     chan<- store.Event
+	s    *etcdStore
+	keys netKeys
+	out  chan<- store.Event
 
-	known map[string]store.Lease // by key: the leases as sent
-	rev   int64                  // the Rev of the last event sent
+	known  map[string]store.Lease // by key: the leases as sent
+	shared store.Shared           // the shared record as sent
+	rev    int64                  // the Rev of the last event sent
 }
 
 // run alternates snapshots and watches until ctx ends, backing off while
@@ -78,18 +84,32 @@ func (w *watcher) run(ctx context.Context) {
 	}
 }
 
-// snapshot reads every lease of the network at one revision and sends
-// them; false when the read failed or ctx ended.
+// snapshot reads every lease of the network and its shared record at one
+// revision and sends them; false when the read failed or ctx ended.
 //
-// Equivalent: etcdctl get --prefix $prefix/$network/subnets/
+// Equivalent: etcdctl get $prefix/$network/shared $prefix/$network/subnets0
 func (w *watcher) snapshot(ctx context.Context) bool {
+	from, end := w.keys.watched()
 	rctx, cancel := w.s.request(ctx)
-	resp, err := w.s.cli.Get(rctx, w.subnets, clientv3.WithPrefix())
+	resp, err := w.s.cli.Get(rctx, from, clientv3.WithRange(end))
 	cancel()
 	if err != nil {
 		return false
 	}
-	sl, err := decodeLeases(w.subnets, resp)
+	var subnets, shared []*mvccpb.KeyValue
+	for _, kv := range resp.Kvs {
+		switch key := string(kv.Key); {
+		case key == w.keys.shared:
+			shared = append(shared, kv)
+		case strings.HasPrefix(key, w.keys.subnets):
+			subnets = append(subnets, kv)
+		}
+	}
+	sl, err := decodeLeases(w.keys.subnets, subnets)
+	if err != nil {
+		return false
+	}
+	sh, err := decodeShared(w.keys.shared, shared)
 	if err != nil {
 		return false
 	}
@@ -97,7 +117,8 @@ func (w *watcher) snapshot(ctx context.Context) bool {
 	for _, l := range sl {
 		w.known[l.key] = l.Lease
 	}
-	return w.send(ctx, store.Event{Reset: true, Leases: plainLeases(sl), Rev: resp.Header.Revision})
+	w.shared = sh
+	return w.send(ctx, store.Event{Reset: true, Leases: plainLeases(sl), Shared: &sh, Rev: resp.Header.Revision})
 }
 
 // follow watches from the revision after the last one sent and sends
@@ -105,12 +126,13 @@ func (w *watcher) snapshot(ctx context.Context) bool {
 // gap that only a new snapshot fills (a compacted revision, a watch etcd
 // cancelled, a value that does not decode).
 //
-// Equivalent: etcdctl watch --prefix --prev-kv --rev=$((rev+1)) $prefix/$network/subnets/
+// Equivalent: etcdctl watch --prev-kv --rev=$((rev+1)) $prefix/$network/shared $prefix/$network/subnets0
 func (w *watcher) follow(ctx context.Context) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(w.rev + 1), clientv3.WithPrevKV()}
-	for wr := range w.s.cli.Watch(wctx, w.subnets, opts...) {
+	from, end := w.keys.watched()
+	opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithRev(w.rev + 1), clientv3.WithPrevKV()}
+	for wr := range w.s.cli.Watch(wctx, from, opts...) {
 		if wr.Canceled || wr.CompactRevision != 0 || wr.Err() != nil {
 			return
 		}
@@ -142,10 +164,28 @@ func (w *watcher) apply(ctx context.Context, evs []*clientv3.Event) bool {
 	changed := 0
 	for _, ev := range evs {
 		key := string(ev.Kv.Key)
+		if key == w.keys.shared {
+			sh := store.Shared{} // deleted by hand: as never written
+			if ev.Type != clientv3.EventTypeDelete {
+				var err error
+				if sh, err = decodeShared(key, []*mvccpb.KeyValue{ev.Kv}); err != nil {
+					return false
+				}
+			} else if w.shared == (store.Shared{}) {
+				continue // never sent: nothing to take back
+			}
+			w.shared = sh
+			one = store.Event{Shared: &sh, Rev: rev}
+			changed++
+			continue
+		}
+		if !strings.HasPrefix(key, w.keys.subnets) {
+			continue // in the range, but none of berth's
+		}
 		if ev.Type == clientv3.EventTypeDelete {
 			was, ok := w.known[key]
 			if ev.PrevKv != nil {
-				if l, err := decodeKV(w.subnets, ev.PrevKv); err == nil {
+				if l, err := decodeKV(w.keys.subnets, ev.PrevKv); err == nil {
 					was, ok = l, true
 				}
 			}
@@ -156,7 +196,7 @@ func (w *watcher) apply(ctx context.Context, evs []*clientv3.Event) bool {
 			}
 			continue
 		}
-		l, err := decodeKV(w.subnets, ev.Kv)
+		l, err := decodeKV(w.keys.subnets, ev.Kv)
 		if err != nil {
 			return false
 		}
@@ -174,7 +214,8 @@ func (w *watcher) apply(ctx context.Context, evs []*clientv3.Event) bool {
 			ls = append(ls, l)
 		}
 		store.SortLeases(ls)
-		one = store.Event{Reset: true, Leases: ls, Rev: rev}
+		sh := w.shared
+		one = store.Event{Reset: true, Leases: ls, Shared: &sh, Rev: rev}
 	}
 	return w.send(ctx, one)
 }

@@ -1,9 +1,11 @@
 // Package file is the store.Store backend on a directory shared by
 // several hosts on one machine (network namespaces, processes): a file per
-// network config and per subnet lease, changed under flock(2), expiry by
-// the wall clock, a revision counter per network; watched by inotify(7)
-// where the directory is local, else polled. It touches only files under
-// the directory it is given.
+// network config, per subnet lease and per network shared record, changed
+// under flock(2), expiry by the wall clock, a revision counter per
+// network; watched by inotify(7) where the directory is local, else
+// polled. It touches only files under the directory it is given, which
+// hold secrets (the shared record holds the encrypted overlay's key
+// ring): it creates its directories 0700 and its files 0600.
 package file
 
 import (
@@ -35,8 +37,17 @@ import (
 //
 //	<network>/network.json              the store.Network
 //	<network>/leases/<a.b.c.d_len>.json one fileLease per subnet ever leased: a lease or its tombstone
+//	<network>/shared.json               the network's shared record and its revision (shared.go)
 //	<network>/rev                       the network's revision counter, decimal (rev.go)
 //	<network>/lock                      flock(2) held around every read-modify-write
+//
+// Modes: every directory the store makes is 0700 (dirMode), and
+// EnsureNetwork takes group and other access away from a network's
+// directories made wider by an older berth; every file is 0600: written
+// by state.WriteAtomic, whose temp file os.CreateTemp makes 0600 before
+// it is renamed into place, and the lock opened 0600 by pkg/lock. The
+// directory given to New is the caller's: made 0700 when missing, left
+// as it is otherwise.
 //
 // Every write is a temp file renamed over the old one, so readers that do
 // not lock (Watch) see whole files. Expiry times are wall-clock unix
@@ -60,6 +71,8 @@ import (
 // expired, so that their revisions keep it.
 
 const (
+	// dirMode is the mode of the directories the store makes.
+	dirMode = 0o700
 	// filePoll is how often a polling Watch rereads the leases.
 	filePoll = 200 * time.Millisecond
 	// fileLockWait bounds the wait for the lock when ctx has no deadline.
@@ -129,7 +142,7 @@ func NewWithOptions(dir string, o Options) (store.Store, error) {
 	if dir == "" {
 		return nil, errors.New("file store: a directory is required")
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("file store: %w", err)
 	}
 	return &fileStore{dir: dir, opts: o, t: tracker.New()}, nil
@@ -176,7 +189,7 @@ func (s *fileStore) EnsureNetwork(ctx context.Context, n store.Network) (store.N
 	if err != nil {
 		return store.Network{}, err
 	}
-	if err = os.MkdirAll(filepath.Join(d, "leases"), 0o755); err != nil {
+	if err = makeNetDir(d); err != nil {
 		return store.Network{}, fmt.Errorf("overlay network %q: %w", n.Name, err)
 	}
 	stored, err := locked(ctx, d, func() (store.Network, error) { return storeNetwork(d, n) })
@@ -184,6 +197,30 @@ func (s *fileStore) EnsureNetwork(ctx context.Context, n store.Network) (store.N
 		return store.Network{}, err
 	}
 	return stored, store.CheckStoredNetwork(stored, n)
+}
+
+// makeNetDir makes the network directory d and its leases directory,
+// 0700, and takes group and other access away from them where an older
+// berth made them 0755.
+//
+// Equivalent: mkdir -p -m 0700 $dir/$network/leases && chmod go= $dir/$network $dir/$network/leases
+func makeNetDir(d string) error {
+	leases := filepath.Join(d, "leases")
+	if err := os.MkdirAll(leases, dirMode); err != nil {
+		return err
+	}
+	for _, p := range []string{d, leases} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if perm := fi.Mode().Perm(); perm&^dirMode != 0 {
+			if err := os.Chmod(p, perm&dirMode); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // storeNetwork writes n to <d>/network.json unless a config is there, and

@@ -6,61 +6,84 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// inotify is an inotify(7) instance watching one leases directory. The
-// backend's writes rename a temp file over a lease file (IN_MOVED_TO);
-// IN_CLOSE_WRITE, IN_DELETE and IN_MOVED_FROM catch files written in
-// place, removed or moved away by hand.
+// inotify is an inotify(7) instance watching a few directories (a
+// network's leases directory and the network directory, where its shared
+// record is), in one queue, so that their events come in the order they
+// happened. The backend's writes rename a temp file over a lease file or
+// the shared record (IN_MOVED_TO); IN_CLOSE_WRITE, IN_DELETE and
+// IN_MOVED_FROM catch files written in place, removed or moved away by
+// hand.
 type inotify struct {
 	f         *os.File // non-blocking, in the runtime's poller
+	wds       []int32  // the watch descriptor of each directory, in openInotify's order
 	buf       []byte
 	closeOnce sync.Once
+}
+
+// inotifyName is one event's watch descriptor and file name.
+type inotifyName struct {
+	wd   int32
+	name string
 }
 
 const inotifyMask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_DELETE | unix.IN_MOVED_FROM |
 	unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
 
-// openInotify watches dir.
+// openInotify watches dirs.
 //
-// Equivalent: inotifywait -m -e close_write,moved_to,delete,moved_from,delete_self,move_self $dir
-func openInotify(dir string) (*inotify, error) {
+// Equivalent: inotifywait -m -e close_write,moved_to,delete,moved_from,delete_self,move_self $dirs
+func openInotify(dirs ...string) (*inotify, error) {
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("inotify_init1: %w", err)
 	}
-	if _, err := unix.InotifyAddWatch(fd, dir, inotifyMask); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("inotify_add_watch %s: %w", dir, err)
+	wds := make([]int32, len(dirs))
+	for i, dir := range dirs {
+		wd, err := unix.InotifyAddWatch(fd, dir, inotifyMask)
+		if err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("inotify_add_watch %s: %w", dir, err)
+		}
+		wds[i] = int32(wd)
 	}
 	// A non-blocking descriptor: os.NewFile puts it in the runtime's
 	// poller, so a read waits without a thread and honours deadlines,
 	// and Close ends a read in progress.
-	return &inotify{f: os.NewFile(uintptr(fd), "inotify "+dir), buf: make([]byte, 64<<10)}, nil
+	return &inotify{f: os.NewFile(uintptr(fd), fmt.Sprint("inotify ", dirs)), wds: wds, buf: make([]byte, 64<<10)}, nil
 }
 
 // close closes the instance, ending a read in progress; twice is a no-op.
 func (in *inotify) close() { in.closeOnce.Do(func() { in.f.Close() }) }
 
-// read returns the names of the files events were queued for. With wait
-// it first waits for an event, or for deadline when it is not zero
-// (os.ErrDeadlineExceeded); then it calls mark, and then takes every
-// event queued by then without waiting. lost is true when the kernel
-// dropped events (its queue overflowed) or the directory's watch ended
-// (removed, moved away, unmounted).
-func (in *inotify) read(deadline time.Time, wait bool, mark func()) (names []string, lost bool, err error) {
+// read returns the names of the files events were queued for, by
+// directory: names[i] are those in the i-th directory given to
+// openInotify. With wait it first waits for an event, or for deadline
+// when it is not zero (os.ErrDeadlineExceeded); then it calls mark, and
+// then takes every event queued by then without waiting. lost is true
+// when the kernel dropped events (its queue overflowed) or a directory's
+// watch ended (removed, moved away, unmounted).
+func (in *inotify) read(deadline time.Time, wait bool, mark func()) (names [][]string, lost bool, err error) {
 	rc, err := in.f.SyscallConn()
 	if err != nil {
 		return nil, false, err
 	}
+	names = make([][]string, len(in.wds))
 	var rerr error
 	take := func(n int) {
-		ns, l, perr := parseInotify(in.buf[:n])
-		names, lost, rerr = append(names, ns...), lost || l, errors.Join(rerr, perr)
+		evs, l, perr := parseInotify(in.buf[:n])
+		for _, ev := range evs {
+			if i := slices.Index(in.wds, ev.wd); i >= 0 {
+				names[i] = append(names[i], ev.name)
+			}
+		}
+		lost, rerr = lost || l, errors.Join(rerr, perr)
 	}
 	if wait {
 		if err = in.f.SetReadDeadline(deadline); err != nil {
@@ -109,14 +132,15 @@ func (in *inotify) read(deadline time.Time, wait bool, mark func()) (names []str
 }
 
 // parseInotify decodes the events read from an inotify descriptor: the
-// names of the files they are about, and lost when one of them says that
-// events were dropped or that the watch ended. The kernel writes whole
-// events; a short one is an error.
-func parseInotify(b []byte) (names []string, lost bool, err error) {
+// watch descriptors and names of the files they are about, and lost when
+// one of them says that events were dropped or that a watch ended. The
+// kernel writes whole events; a short one is an error.
+func parseInotify(b []byte) (names []inotifyName, lost bool, err error) {
 	for len(b) > 0 {
 		if len(b) < unix.SizeofInotifyEvent {
 			return names, lost, fmt.Errorf("inotify: %d bytes left, short of an event", len(b))
 		}
+		wd := int32(binary.NativeEndian.Uint32(b[0:4]))
 		mask := binary.NativeEndian.Uint32(b[4:8])
 		n := int(binary.NativeEndian.Uint32(b[12:16]))
 		if n > len(b)-unix.SizeofInotifyEvent {
@@ -131,7 +155,7 @@ func parseInotify(b []byte) (names []string, lost bool, err error) {
 		case mask&(unix.IN_Q_OVERFLOW|unix.IN_IGNORED|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_UNMOUNT) != 0:
 			lost = true
 		case len(name) > 0:
-			names = append(names, string(name))
+			names = append(names, inotifyName{wd: wd, name: string(name)})
 		}
 	}
 	return names, lost, nil

@@ -15,11 +15,11 @@ import (
 // The revision counter of a network is <network>/rev: the revision of the
 // network's last write, in decimal and a newline. A writer holding the
 // lock takes the next revision by writing the counter first and its lease
-// file second, so a reader that reads the counter as R knows that every
-// write up to R-1 is in the lease files and the write of R is, or is
-// about to be (watch.go relies on it). A network without a counter (new,
-// or written before revisions) starts after the highest revision of its
-// lease files.
+// file (or the shared record) second, so a reader that reads the counter
+// as R knows that every write up to R-1 is in the files and the write of
+// R is, or is about to be (watch.go relies on it). A network without a
+// counter (new, or written before revisions) starts after the highest
+// revision of its lease files and its shared record.
 
 const (
 	revFile = "rev"
@@ -72,7 +72,8 @@ func readRev(d string) (rev int64, ok bool, err error) {
 }
 
 // bumpRev writes the next revision to the counter of d and returns it.
-// The caller holds the lock and writes its lease file next.
+// The caller holds the lock and writes its lease file (or the shared
+// record) next.
 //
 // Equivalent: echo $(( $(cat $dir/$network/rev) + 1 )) > $dir/$network/rev
 func bumpRev(d string) (int64, error) {
@@ -88,6 +89,11 @@ func bumpRev(d string) (int64, error) {
 		for _, f := range recs {
 			rev = max(rev, f.rev())
 		}
+		sh, _, err := readShared(d)
+		if err != nil {
+			return 0, err
+		}
+		rev = max(rev, sh.Rev)
 	}
 	if rev == math.MaxInt64 {
 		return 0, fmt.Errorf("%s: revision counter at its maximum", filepath.Join(d, revFile))

@@ -13,14 +13,18 @@ import (
 	"github.com/berth-cni/berth/pkg/overlay/store"
 )
 
-// A Watch sends a snapshot read under the lock (the live leases and the
-// counter, after a sweep), then follows the changes of the leases
-// directory: by inotify where the directory is on a local file system,
-// reading only the files the events name; else by rereading every lease
-// file every 200 ms. Either way it compares what it reads with what it
-// has sent, by revision: a file with a new revision is a write (a lease)
-// or a deletion (a tombstone), a file with the revision already sent is
-// at most a renewal (no event).
+// A Watch sends a snapshot read under the lock (the live leases, the
+// shared record and the counter, after a sweep), then follows the changes
+// of the leases directory and of the shared record: by inotify where the
+// directory is on a local file system (one instance watching the leases
+// directory and the network directory), reading only the files the
+// events name; else by rereading every lease file and the shared record
+// every 200 ms. Either way it compares what it reads with what it has
+// sent, by revision: a file with a new revision is a write (a lease, the
+// shared record) or a deletion (a tombstone), a file with the revision
+// already sent is at most a renewal (no event). The shared record's
+// revisions come from the same counter as the leases', so its writes
+// take their place among the leases' by the rule below.
 //
 // Order. A watcher reads the counter, R, before it takes the events
 // queued by then (or lists the directory). Writers take revisions under
@@ -37,10 +41,11 @@ import (
 // revision of its own), so that every watcher reads the expiry like a
 // release, once. A lease renewed meanwhile is not swept.
 //
-// A change the watcher cannot place (a lease file gone without a
-// tombstone, removed by hand; one written without a revision, by an
-// older berth; inotify events dropped; the directory's watch ended; a
-// file that does not decode) is a gap: it sends a new snapshot.
+// A change the watcher cannot place (a lease file or the shared record
+// gone without a tombstone, removed by hand; one written without a
+// revision, by an older berth or by hand; inotify events dropped; a
+// directory's watch ended; a file that does not decode) is a gap: it
+// sends a new snapshot.
 
 const (
 	// watchRetryMin and watchRetryMax bound the backoff between attempts
@@ -87,11 +92,13 @@ type watcher struct {
 	d   string // the network's directory
 	out chan<- store.Event
 
-	known   map[netip.Prefix]entry
-	pending map[netip.Prefix]bool // read past the counter: to read again
-	rev     int64                 // the Rev of the last event sent
-	changes int                   // change events sent, for run's backoff
-	counter int64                 // the counter as last read
+	known         map[netip.Prefix]entry
+	pending       map[netip.Prefix]bool // read past the counter: to read again
+	shared        store.Shared          // the shared record as sent
+	sharedPending bool                  // the shared record read past the counter
+	rev           int64                 // the Rev of the last event sent
+	changes       int                   // change events sent, for run's backoff
+	counter       int64                 // the counter as last read
 
 	noSweep  time.Time     // no sweep before
 	sweepGap time.Duration // grows while sweeps fail
@@ -102,6 +109,13 @@ type fileRead struct {
 	subnet netip.Prefix
 	f      fileLease
 	found  bool
+}
+
+// sharedRead is the shared record file as read; found is false when
+// there is none.
+type sharedRead struct {
+	sh    store.Shared
+	found bool
 }
 
 // run sends snapshots and follows the changes after them until ctx ends,
@@ -122,12 +136,12 @@ func (w *watcher) run(ctx context.Context) {
 // until a gap; true when it sent a change after the snapshot.
 func (w *watcher) once(ctx context.Context) bool {
 	leases := filepath.Join(w.d, "leases")
-	if err := os.MkdirAll(leases, 0o755); err != nil {
+	if err := os.MkdirAll(leases, dirMode); err != nil {
 		return false
 	}
 	var in *inotify
 	if _, shared := sharedFS(leases); !w.s.opts.Poll && !shared {
-		in, _ = openInotify(leases) // nil (and a poll) where inotify fails, e.g. out of instances
+		in, _ = openInotify(leases, w.d) // nil (and a poll) where inotify fails, e.g. out of instances
 	}
 	if in != nil {
 		defer in.close()
@@ -150,12 +164,14 @@ func (w *watcher) once(ctx context.Context) bool {
 }
 
 // snapshot reads, under the lock, the lease files (sweeping the expired
-// first) and the counter, and sends the live leases as of the counter.
+// first), the shared record and the counter, and sends the live leases
+// and the record as of the counter.
 //
-// Equivalent: flock $dir/$network/lock sh -c 'cat $dir/$network/rev $dir/$network/leases/*.json'
+// Equivalent: flock $dir/$network/lock sh -c 'cat $dir/$network/rev $dir/$network/shared.json $dir/$network/leases/*.json'
 func (w *watcher) snapshot(ctx context.Context) bool {
 	type snap struct {
 		recs   []fileLease
+		shared store.Shared
 		rev    int64
 		hasRev bool
 	}
@@ -165,16 +181,27 @@ func (w *watcher) snapshot(ctx context.Context) bool {
 		if err != nil {
 			return snap{}, err
 		}
+		sh, _, err := readShared(w.d)
+		if err != nil {
+			return snap{}, err
+		}
 		rev, ok, err := readRev(w.d)
-		return snap{recs: recs, rev: rev, hasRev: ok}, err
+		return snap{recs: recs, shared: sh, rev: rev, hasRev: ok}, err
 	})
 	cancel()
 	w.s.stats.scans.Add(1)
 	if err != nil {
 		return false
 	}
+	switch {
+	case !sn.hasRev:
+		sn.rev = max(sn.rev, sn.shared.Rev)
+	case sn.shared.Rev > sn.rev:
+		return false
+	}
 	w.known = make(map[netip.Prefix]entry, len(sn.recs))
 	w.pending = map[netip.Prefix]bool{}
+	w.shared, w.sharedPending = sn.shared, false
 	live := []store.Lease{}
 	for _, f := range sn.recs {
 		switch {
@@ -190,7 +217,8 @@ func (w *watcher) snapshot(ctx context.Context) bool {
 	}
 	store.SortLeases(live)
 	w.counter = sn.rev
-	return w.send(ctx, store.Event{Reset: true, Leases: live, Rev: sn.rev})
+	sh := sn.shared
+	return w.send(ctx, store.Event{Reset: true, Leases: live, Shared: &sh, Rev: sn.rev})
 }
 
 // followInotify reads the files that inotify events name until a gap or
@@ -213,7 +241,7 @@ func (w *watcher) followInotify(ctx context.Context, in *inotify) {
 		for s := range w.pending {
 			todo[s] = true
 		}
-		for _, name := range names {
+		for _, name := range names[0] { // the leases directory's
 			s, ok, err := leaseFileName(w.d, name)
 			if err != nil {
 				return
@@ -231,10 +259,19 @@ func (w *watcher) followInotify(ctx context.Context, in *inotify) {
 			}
 			reads = append(reads, fileRead{subnet: s, f: f, found: found})
 		}
-		if !w.apply(ctx, counter, reads) {
+		// The network directory's: the shared record's among the
+		// counter's, the lock's and the config's.
+		var sh *sharedRead
+		if w.sharedPending || slices.Contains(names[1], sharedFile) {
+			var serr error
+			if sh, serr = w.readShared(); serr != nil {
+				return
+			}
+		}
+		if !w.apply(ctx, counter, reads, sh) {
 			return
 		}
-		again = len(w.pending) > 0 && !again
+		again = (len(w.pending) > 0 || w.sharedPending) && !again
 	}
 }
 
@@ -253,10 +290,14 @@ func (w *watcher) followPoll(ctx context.Context) {
 			return
 		}
 		reads, err := w.readAll()
-		if err != nil || !w.apply(ctx, counter, reads) {
+		if err != nil {
 			return
 		}
-		again = len(w.pending) > 0 && !again
+		sh, err := w.readShared()
+		if err != nil || !w.apply(ctx, counter, reads, sh) {
+			return
+		}
+		again = (len(w.pending) > 0 || w.sharedPending) && !again
 	}
 }
 
@@ -303,6 +344,18 @@ func (w *watcher) readAll() ([]fileRead, error) {
 	return reads, nil
 }
 
+// readShared reads the shared record file.
+//
+// Equivalent: cat $dir/$network/shared.json
+func (w *watcher) readShared() (*sharedRead, error) {
+	w.s.stats.reads.Add(1)
+	sh, found, err := readShared(w.d)
+	if err != nil {
+		return nil, err
+	}
+	return &sharedRead{sh: sh, found: found}, nil
+}
+
 // readCounter reads the counter; a network without one is at 0.
 func (w *watcher) readCounter() (int64, error) {
 	rev, _, err := readRev(w.d)
@@ -310,14 +363,24 @@ func (w *watcher) readCounter() (int64, error) {
 }
 
 // apply compares the files read after the counter was read as counter
-// with what the reader has, and sends the changes in revision order.
-// false on a gap, or when ctx ended.
-func (w *watcher) apply(ctx context.Context, counter int64, reads []fileRead) bool {
+// (the lease files reads, and the shared record when sh is not nil) with
+// what the reader has, and sends the changes in revision order. false on
+// a gap, or when ctx ended.
+func (w *watcher) apply(ctx context.Context, counter int64, reads []fileRead, sh *sharedRead) bool {
 	if counter < w.counter { // the counter went back: rewritten by hand
 		return false
 	}
 	w.counter = counter
 	var evs []store.Event
+	if sh != nil {
+		ev, ok := w.applyShared(counter, *sh)
+		if !ok {
+			return false
+		}
+		if ev != nil {
+			evs = append(evs, *ev)
+		}
+	}
 	for _, r := range reads {
 		e, had := w.known[r.subnet]
 		if !r.found {
@@ -362,6 +425,30 @@ func (w *watcher) apply(ctx context.Context, counter int64, reads []fileRead) bo
 		w.changes++
 	}
 	return true
+}
+
+// applyShared compares the shared record read after the counter was read
+// as counter with the one the reader has: its change as an event, nil
+// when there is none (or it waits for the next round); false on a gap.
+func (w *watcher) applyShared(counter int64, r sharedRead) (*store.Event, bool) {
+	switch {
+	case !r.found:
+		w.sharedPending = false
+		return nil, w.shared.Rev == 0 // gone, removed by hand: a gap
+	case r.sh.Rev > counter:
+		w.sharedPending = true
+		return nil, true
+	}
+	w.sharedPending = false
+	switch {
+	case r.sh.Rev == w.shared.Rev:
+		return nil, r.sh.Attrs == w.shared.Attrs // else rewritten without a revision
+	case r.sh.Rev < w.shared.Rev:
+		return nil, false // gone back
+	}
+	w.shared = r.sh
+	sh := r.sh
+	return &store.Event{Shared: &sh, Rev: sh.Rev}, true
 }
 
 // deadline is when the earliest lease the reader has expires (not before

@@ -206,13 +206,13 @@ func TestFileWatchOverflow(t *testing.T) {
 	}
 }
 
-func inotifyEvent(mask uint32, name string) []byte {
+func inotifyEvent(wd int32, mask uint32, name string) []byte {
 	n := (len(name) + 16) &^ 15 // the kernel pads names with NULs
 	if name == "" {
 		n = 0
 	}
 	b := make([]byte, unix.SizeofInotifyEvent+n)
-	binary.NativeEndian.PutUint32(b[0:], 1)
+	binary.NativeEndian.PutUint32(b[0:], uint32(wd))
 	binary.NativeEndian.PutUint32(b[4:], mask)
 	binary.NativeEndian.PutUint32(b[12:], uint32(n))
 	copy(b[unix.SizeofInotifyEvent:], name)
@@ -224,21 +224,23 @@ func TestParseInotify(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		in    []byte
-		names []string
+		names []inotifyName
 		lost  bool
 		err   bool
 	}{
 		{"none", nil, nil, false, false},
-		{"renamed in and deleted", slices.Concat(inotifyEvent(unix.IN_MOVED_TO, "10.244.0.0_24.json"), inotifyEvent(unix.IN_DELETE, ".tmp-1")),
-			[]string{"10.244.0.0_24.json", ".tmp-1"}, false, false},
-		{"overflow", slices.Concat(inotifyEvent(unix.IN_MOVED_TO, "a.json"), inotifyEvent(unix.IN_Q_OVERFLOW, "")), []string{"a.json"}, true, false},
-		{"directory removed", slices.Concat(inotifyEvent(unix.IN_DELETE_SELF, ""), inotifyEvent(unix.IN_IGNORED, "")), nil, true, false},
-		{"short header", inotifyEvent(unix.IN_MOVED_TO, "a.json")[:10], nil, false, true},
-		{"short name", inotifyEvent(unix.IN_MOVED_TO, "a.json")[:20], nil, false, true},
+		{"renamed in and deleted", slices.Concat(inotifyEvent(1, unix.IN_MOVED_TO, "10.244.0.0_24.json"), inotifyEvent(1, unix.IN_DELETE, ".tmp-1")),
+			[]inotifyName{{1, "10.244.0.0_24.json"}, {1, ".tmp-1"}}, false, false},
+		{"two directories", slices.Concat(inotifyEvent(1, unix.IN_MOVED_TO, "10.244.0.0_24.json"), inotifyEvent(2, unix.IN_MOVED_TO, "shared.json"), inotifyEvent(2, unix.IN_CLOSE_WRITE, "lock")),
+			[]inotifyName{{1, "10.244.0.0_24.json"}, {2, "shared.json"}, {2, "lock"}}, false, false},
+		{"overflow", slices.Concat(inotifyEvent(1, unix.IN_MOVED_TO, "a.json"), inotifyEvent(-1, unix.IN_Q_OVERFLOW, "")), []inotifyName{{1, "a.json"}}, true, false},
+		{"directory removed", slices.Concat(inotifyEvent(2, unix.IN_DELETE_SELF, ""), inotifyEvent(2, unix.IN_IGNORED, "")), nil, true, false},
+		{"short header", inotifyEvent(1, unix.IN_MOVED_TO, "a.json")[:10], nil, false, true},
+		{"short name", inotifyEvent(1, unix.IN_MOVED_TO, "a.json")[:20], nil, false, true},
 	} {
 		names, lost, err := parseInotify(tc.in)
 		if !slices.Equal(names, tc.names) || lost != tc.lost || (err != nil) != tc.err {
-			t.Errorf("%s: %q, lost %v, err %v; want %q, lost %v, err %v", tc.name, names, lost, err, tc.names, tc.lost, tc.err)
+			t.Errorf("%s: %v, lost %v, err %v; want %v, lost %v, err %v", tc.name, names, lost, err, tc.names, tc.lost, tc.err)
 		}
 	}
 }

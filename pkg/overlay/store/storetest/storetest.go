@@ -212,6 +212,7 @@ func Run(t *testing.T, ttl time.Duration, newStore func(t *testing.T) store.Stor
 
 	runSticky(t, ttl, newStore)
 	runAttrs(t, ttl, newStore)
+	runShared(t, ttl, newStore)
 	runWatch(t, ttl, newStore)
 
 	t.Run("BadInput", func(t *testing.T) {

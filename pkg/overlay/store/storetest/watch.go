@@ -17,17 +17,20 @@ import (
 // second or two.
 const Quiet = 2 * time.Second
 
-// Watcher reads a Watch the way a caller does, keeping the leases its
-// events add up to, and checks each event against the contract as it
-// comes: a snapshot first; a change's revision above the last event's,
-// a snapshot's not below it; a written lease's Rev that of its event, a
-// deleted one's before it, and deleted only once; snapshot leases sorted
-// and no newer than the snapshot.
+// Watcher reads a Watch the way a caller does, keeping the leases and
+// the shared record its events add up to, and checks each event against
+// the contract as it comes: a snapshot first; a change's revision above
+// the last event's, a snapshot's not below it; a written lease's Rev that
+// of its event, a deleted one's before it, and deleted only once;
+// snapshot leases sorted and no newer than the snapshot; a snapshot's
+// shared record there and no newer than it; a change of the shared record
+// carrying no lease, its Rev that of its event.
 type Watcher struct {
 	t      testing.TB
 	ch     <-chan store.Event
 	rev    int64
 	state  map[netip.Prefix]store.Lease
+	shared store.Shared
 	Events []store.Event // every event read, the snapshot first
 }
 
@@ -71,6 +74,13 @@ func (w *Watcher) check(what string, ev store.Event) {
 		if ev.Rev < w.rev {
 			w.t.Fatalf("%s: snapshot at revision %d after an event at %d", what, ev.Rev, w.rev)
 		}
+		if ev.Shared == nil {
+			w.t.Fatalf("%s: snapshot at revision %d without the shared record", what, ev.Rev)
+		}
+		if ev.Shared.Rev > ev.Rev || ev.Shared.Rev < 0 || ev.Shared.Rev == 0 && !ev.Shared.Attrs.IsZero() {
+			w.t.Fatalf("%s: snapshot at revision %d holds the shared record %+v", what, ev.Rev, *ev.Shared)
+		}
+		w.shared = *ev.Shared
 		w.state = map[netip.Prefix]store.Lease{}
 		for i, l := range ev.Leases {
 			if i > 0 && ev.Leases[i-1].Subnet.Compare(l.Subnet) >= 0 {
@@ -86,6 +96,18 @@ func (w *Watcher) check(what string, ev store.Event) {
 	}
 	if ev.Rev <= w.rev {
 		w.t.Fatalf("%s: event %+v at revision %d, not after the last event's %d", what, ev, ev.Rev, w.rev)
+	}
+	if ev.Shared != nil {
+		if ev.Lease != (store.Lease{}) || ev.Deleted || ev.Leases != nil {
+			w.t.Fatalf("%s: a change of the shared record that carries a lease too: %+v", what, ev)
+		}
+		// Written at the event's revision, or removed (by hand).
+		if ev.Shared.Rev != ev.Rev && *ev.Shared != (store.Shared{}) {
+			w.t.Fatalf("%s: shared record written at revision %d in an event at %d", what, ev.Shared.Rev, ev.Rev)
+		}
+		w.shared = *ev.Shared
+		w.rev = ev.Rev
+		return
 	}
 	if err := ev.Lease.Validate(); err != nil {
 		w.t.Fatalf("%s: event with an invalid lease: %v", what, err)
@@ -120,8 +142,17 @@ func (w *Watcher) Change(what string) store.Event {
 // Put reads one event and fails the test unless it is the write of want.
 func (w *Watcher) Put(what string, want store.Lease) {
 	w.t.Helper()
-	if ev := w.Change(what); ev.Deleted || ev.Lease != want {
+	if ev := w.Change(what); ev.Deleted || ev.Shared != nil || ev.Lease != want {
 		w.t.Fatalf("%s: event %+v; want the write of %+v", what, ev, want)
+	}
+}
+
+// PutShared reads one event and fails the test unless it is the write of
+// the shared record want.
+func (w *Watcher) PutShared(what string, want store.Shared) {
+	w.t.Helper()
+	if ev := w.Change(what); ev.Shared == nil || *ev.Shared != want {
+		w.t.Fatalf("%s: event %+v; want the write of the shared record %+v", what, ev, want)
 	}
 }
 
@@ -129,7 +160,7 @@ func (w *Watcher) Put(what string, want store.Lease) {
 // of was, as it was.
 func (w *Watcher) Deleted(what string, was store.Lease) {
 	w.t.Helper()
-	if ev := w.Change(what); !ev.Deleted || ev.Lease != was {
+	if ev := w.Change(what); !ev.Deleted || ev.Shared != nil || ev.Lease != was {
 		w.t.Fatalf("%s: event %+v; want the deletion of %+v", what, ev, was)
 	}
 }
@@ -169,6 +200,18 @@ func (w *Watcher) State() []store.Lease {
 	}
 	store.SortLeases(ls)
 	return ls
+}
+
+// Shared is the shared record the events read add up to.
+func (w *Watcher) Shared() store.Shared { return w.shared }
+
+// WaitShared reads events until the shared record they add up to
+// satisfies ok.
+func (w *Watcher) WaitShared(what string, ok func(store.Shared) bool) {
+	w.t.Helper()
+	for !ok(w.shared) {
+		w.Next(what)
+	}
 }
 
 // WaitState reads events until the leases they add up to satisfy ok.
@@ -501,7 +544,8 @@ func churn(ctx context.Context, t *testing.T, s store.Store, network string, wan
 
 func eventsEqual(a, b []store.Event) bool {
 	return slices.EqualFunc(a, b, func(x, y store.Event) bool {
-		return x.Reset == y.Reset && x.Deleted == y.Deleted && x.Lease == y.Lease && x.Rev == y.Rev && slices.Equal(x.Leases, y.Leases)
+		return x.Reset == y.Reset && x.Deleted == y.Deleted && x.Lease == y.Lease && x.Rev == y.Rev && slices.Equal(x.Leases, y.Leases) &&
+			(x.Shared == nil) == (y.Shared == nil) && (x.Shared == nil || *x.Shared == *y.Shared)
 	})
 }
 
@@ -511,6 +555,8 @@ func formatEvents(evs []store.Event) string {
 		switch {
 		case ev.Reset:
 			b = fmt.Appendf(b, "  %d snapshot of %d\n", ev.Rev, len(ev.Leases))
+		case ev.Shared != nil:
+			b = fmt.Appendf(b, "  %d shared record %v\n", ev.Rev, ev.Shared.Attrs)
 		case ev.Deleted:
 			b = fmt.Appendf(b, "  %d deleted %s (written at %d)\n", ev.Rev, ev.Lease.Subnet, ev.Lease.Rev)
 		default:
