@@ -36,6 +36,13 @@ import (
 	"github.com/berth-cni/berth/pkg/overlay/store/file"
 )
 
+// set reports whether flag name was given on the command line.
+func set(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -74,6 +81,8 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 	ttl := fs.Duration("lease-ttl", 30*time.Second, "subnet lease TTL: a host gone this long leaves the overlay")
 	release := fs.Bool("release-on-exit", false, "delete the lease on exit (the subnet is then free: containers lose their addresses)")
 	ackBound := fs.Duration("ack-bound", ack.DefaultBound, "how long to wait for a peer to acknowledge this host's lease before reporting it and being ready without it")
+	encrypt := fs.Bool("encrypt", false, "encrypt the hosts' VXLAN with ESP (AES-GCM, per host pair keys); every host of the network must agree")
+	rotation := fs.Duration("key-rotation", 12*time.Hour, "with -encrypt: how often the network's key ring gets a new key")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
@@ -108,6 +117,14 @@ func parseFlags(args []string, stderr io.Writer, hostname func() (string, error)
 		return options{}, fmt.Errorf("-port %d: must be between 1 and 65535", *port)
 	}
 	c.Network.Port = uint16(*port)
+	if *encrypt {
+		if *rotation < store.MinKeyRotation {
+			return options{}, fmt.Errorf("-key-rotation %v: must be at least %v", *rotation, store.MinKeyRotation)
+		}
+		c.Network.Encryption, c.Network.KeyRotation = store.EncryptESP, *rotation
+	} else if set(fs, "key-rotation") {
+		return options{}, fmt.Errorf("-key-rotation %v: only with -encrypt", *rotation)
+	}
 	if err = c.Network.Validate(); err != nil {
 		return options{}, err
 	}

@@ -48,13 +48,15 @@ func TestParseFlagsAll(t *testing.T) {
 		"-store", "etcd", "-etcd-endpoints", " http://10.0.0.1:2379, http://10.0.0.2:2379,", "-etcd-prefix", "/x",
 		"-node", "n1", "-underlay", "eth1", "-vtep", "10.0.0.5", "-mtu", "1400", "-state-dir", "/tmp/s",
 		"-listen", "", "-lease-ttl", "10s", "-release-on-exit", "-ack-bound", "2s",
+		"-encrypt", "-key-rotation", "1h",
 	}, io.Discard, hostname)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := options{
 		agent: agent.Config{
-			Network:  store.Network{Name: "ov", CIDR: netip.MustParsePrefix("10.50.0.0/16"), SubnetLen: 26, VNI: 4242, Port: 8472},
+			Network: store.Network{Name: "ov", CIDR: netip.MustParsePrefix("10.50.0.0/16"), SubnetLen: 26, VNI: 4242, Port: 8472,
+				Encryption: store.EncryptESP, KeyRotation: time.Hour},
 			Node:     "n1",
 			Underlay: "eth1", VTEP: netip.MustParseAddr("10.0.0.5"), MTU: 1400, StateDir: "/tmp/s",
 			LeaseTTL: 10 * time.Second, ReleaseOnExit: true, AckBound: 2 * time.Second,
@@ -96,6 +98,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-store-dir", ""}, "-store-dir"},
 		{[]string{"-store", "etcd"}, "-etcd-endpoints"},
 		{[]string{"-store", "etcd", "-etcd-endpoints", " , "}, "-etcd-endpoints"},
+		{[]string{"-key-rotation", "1h"}, "-key-rotation 1h0m0s: only with -encrypt"},
+		{[]string{"-encrypt", "-key-rotation", "5s"}, "-key-rotation 5s: must be at least 10s"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 		{[]string{"-nope"}, "flag provided but not defined"},
 	} {

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-cni/berth/pkg/netns"
 	"github.com/berth-cni/berth/pkg/overlay"
 	"github.com/berth-cni/berth/pkg/overlay/ack"
+	"github.com/berth-cni/berth/pkg/overlay/espplan"
 	"github.com/berth-cni/berth/pkg/overlay/peerplan"
 	"github.com/berth-cni/berth/pkg/overlay/store"
 	"github.com/berth-cni/berth/pkg/overlay/vxlan"
@@ -126,6 +127,9 @@ type Agent struct {
 	published int64                        // the ack.Sync this host last published
 	wait      *ack.Wait                    // this host's wait for acknowledgements, if any
 	late      []string                     // the peers the last wait gave up on
+	acquired  int64                        // the revision of this host's last Acquire: what a peer has synced when it acknowledges it
+
+	esp *espState // the encrypted overlay's state; nil for a plain network
 }
 
 // New checks cfg and returns an agent ready to Run.
@@ -215,11 +219,15 @@ func (a *Agent) start(ctx context.Context) error {
 			return fmt.Errorf("underlay %s has no global IPv4 address to use as VTEP (set one)", u.Name)
 		}
 	}
+	overhead := vxlan.Overhead
+	if n.Encrypted() {
+		overhead = u.MTU - espplan.InnerMTU(u.MTU)
+	}
 	mtu := a.cfg.MTU
 	if mtu == 0 {
-		mtu = u.MTU - vxlan.Overhead
-	} else if mtu > u.MTU-vxlan.Overhead {
-		a.log.Printf("warning: mtu %d is above what underlay %s carries (%d − %d): large packets will be dropped", mtu, u.Name, u.MTU, vxlan.Overhead)
+		mtu = u.MTU - overhead
+	} else if mtu > u.MTU-overhead {
+		a.log.Printf("warning: mtu %d is above what underlay %s carries (%d − %d): large packets will be dropped", mtu, u.Name, u.MTU, overhead)
 	}
 	a.spec = vxlan.DeviceSpec{
 		Name: vxlan.DeviceName(n.Name), Alias: vxlan.AliasFor(n.Name),
@@ -237,6 +245,15 @@ func (a *Agent) start(ctx context.Context) error {
 
 	if err := a.retry(ctx, "store the network config", a.ensureNetwork); err != nil {
 		return err
+	}
+	// The guard before the device: no packet of the network ever leaves
+	// in the clear. A plain network loses what an encrypted past left.
+	if n.Encrypted() {
+		if err := a.startESP(ctx, vtep); err != nil {
+			return err
+		}
+	} else {
+		a.removeESP(vtep)
 	}
 	if err := a.ensureDevice(); err != nil { // before the lease: the lease carries the device's MAC
 		return err
@@ -258,10 +275,19 @@ func (a *Agent) ensureNetwork(ctx context.Context) error {
 	n := a.cfg.Network
 	stored, err := a.cfg.Store.EnsureNetwork(ctx, n)
 	if errors.Is(err, store.ErrConflict) {
-		return fatal{fmt.Errorf("overlay network %q is stored with cidr %s, subnet-len %d, vni %d, port %d; this agent has cidr %s, subnet-len %d, vni %d, port %d: refusing to run (fix the flags, or remove the network from the store if no host uses it): %w",
-			n.Name, stored.CIDR, stored.SubnetLen, stored.VNI, stored.Port, n.CIDR, n.SubnetLen, n.VNI, n.Port, err)}
+		return fatal{fmt.Errorf("overlay network %q is stored with %s; this agent has %s: refusing to run (fix the flags, or remove the network from the store if no host uses it): %w",
+			n.Name, describe(stored), describe(n), err)}
 	}
 	return err
+}
+
+// describe is a network's config as its flags name it.
+func describe(n store.Network) string {
+	enc := "no -encrypt"
+	if n.Encrypted() {
+		enc = fmt.Sprintf("-encrypt -key-rotation %v", n.KeyRotation)
+	}
+	return fmt.Sprintf("cidr %s, subnet-len %d, vni %d, port %d, %s", n.CIDR, n.SubnetLen, n.VNI, n.Port, enc)
 }
 
 // ensureDevice makes the device match a.spec. When it had to be created
@@ -287,6 +313,14 @@ func (a *Agent) ensureDevice() error {
 // wait for the peers' acknowledgements of the lease.
 func (a *Agent) acquire(ctx context.Context, want netip.Prefix) error {
 	lease := store.Lease{Subnet: want, Host: a.cfg.Node, VTEP: a.spec.Local, MAC: a.dev.MAC.String()}
+	if a.esp != nil {
+		// A new generation goes in the Acquire itself: a peer that
+		// acknowledges it has seen it (and made its receive SAs again).
+		var err error
+		if lease.Attrs, err = a.espGeneration(); err != nil {
+			return err
+		}
+	}
 	err := a.retry(ctx, "acquire a subnet lease", func(ctx context.Context) error {
 		if err := a.ensureNetwork(ctx); err != nil {
 			return err

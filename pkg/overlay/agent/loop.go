@@ -37,7 +37,10 @@ func (a *Agent) loop(ctx context.Context) error {
 	resync := time.NewTicker(every)
 	defer resync.Stop()
 	var again, deadline <-chan time.Time // the retry after a failure; the wait's bound
-	full := false                        // the next sync reads the kernel back
+	rotation := time.NewTimer(time.Hour) // the key ring's next change (encrypted networks' rotator)
+	rotation.Stop()
+	defer rotation.Stop()
+	full := false // the next sync reads the kernel back
 	for {
 		select {
 		case <-ctx.Done():
@@ -74,6 +77,7 @@ func (a *Agent) loop(ctx context.Context) error {
 			full = true
 		case <-deadline:
 			deadline = nil
+		case <-rotation.C:
 		case <-a.hold.Lost():
 			if err := a.reacquire(ctx); err != nil {
 				if ctx.Err() != nil {
@@ -95,11 +99,17 @@ func (a *Agent) loop(ctx context.Context) error {
 		if a.wait != nil && deadline == nil {
 			deadline = time.After(time.Until(a.wait.Deadline()))
 		}
+		if next := a.nextRotation(); !next.IsZero() {
+			rotation.Reset(max(time.Until(next), 10*time.Millisecond))
+		}
 	}
 }
 
 // apply takes one watch event into the agent's view of the store.
 func (a *Agent) apply(ev store.Event) {
+	if ev.Shared != nil {
+		a.applyShared(*ev.Shared) // a snapshot's, or a change of it
+	}
 	switch {
 	case ev.Reset:
 		a.leases = make(map[netip.Prefix]store.Lease, len(ev.Leases))
@@ -109,7 +119,7 @@ func (a *Agent) apply(ev store.Event) {
 		}
 	case a.leases == nil:
 		return // a change before a snapshot: the snapshot will hold it
-	case ev.Shared != nil: // the network's shared record, no lease: no feature of the agent reads it yet
+	case ev.Shared != nil: // a change of the network's shared record, no lease
 	case ev.Deleted:
 		if l, ok := a.leases[ev.Lease.Subnet]; ok && l.Rev <= ev.Lease.Rev {
 			delete(a.leases, ev.Lease.Subnet)
@@ -170,6 +180,20 @@ func (a *Agent) sync(ctx context.Context, full bool) bool {
 		a.peers, a.kernelOK = peers, true
 		a.st.update(func(s *status) { s.syncs++; s.peers = len(peers) })
 	}
+	if a.esp != nil {
+		// The receive SAs of every peer the kernel holds are in before
+		// this host acknowledges them.
+		if err := a.syncESP(ctx, full); err != nil {
+			if a.esp.err == nil || a.esp.err.Error() != err.Error() {
+				a.log.Printf("encryption: %v", err)
+			}
+			a.esp.err = err
+			a.st.update(func(s *status) { s.syncErrors++ })
+			a.setReady(false, "encryption: "+err.Error())
+			return false
+		}
+		a.esp.err = nil
+	}
 	a.synced = a.rev
 	a.acknowledge(ctx)
 	a.settle(time.Now())
@@ -217,6 +241,7 @@ func (a *Agent) await(ctx context.Context) error {
 		bound = ack.DefaultBound
 	}
 	a.wait = &ack.Wait{Rev: l.Rev, Since: time.Now(), Bound: bound}
+	a.acquired = l.Rev
 	a.published = ack.Of(l).Sync // an earlier run's, taken over with the lease
 	_, err := a.hold.Update(ctx, func(at store.Attrs) (store.Attrs, error) {
 		return ack.AwaitAttr.Set(at, ack.Await{Rev: l.Rev})
@@ -256,10 +281,14 @@ func (a *Agent) settle(now time.Time) {
 		}
 	})
 	a.wait = nil
-	if _, err := a.hold.Update(context.Background(), func(at store.Attrs) (store.Attrs, error) {
-		return ack.AwaitAttr.Delete(at), nil
-	}); err != nil {
-		a.log.Printf("store: clear the wait for acknowledgements: %v", err)
+	// An encrypted network keeps the Await: a peer that was late
+	// acknowledges it when it catches up, and only then is sent to.
+	if a.esp == nil {
+		if _, err := a.hold.Update(context.Background(), func(at store.Attrs) (store.Attrs, error) {
+			return ack.AwaitAttr.Delete(at), nil
+		}); err != nil {
+			a.log.Printf("store: clear the wait for acknowledgements: %v", err)
+		}
 	}
 	a.setReady(true, "")
 }

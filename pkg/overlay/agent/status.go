@@ -3,12 +3,15 @@ package agent
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/berth-cni/berth/pkg/overlay/esp"
 )
 
 // status is what the agent reports over HTTP. The agent's loop writes it;
@@ -30,6 +33,15 @@ type status struct {
 	ackLate     []string      // peers the last wait gave up on
 	ackWait     time.Duration // how long the last wait took
 	ackTimeouts uint64        // waits that gave up on a peer
+
+	esp           bool // the network is encrypted
+	espIn, espOut int  // SAs installed
+	espEpoch      uint32
+	espKeyCreated time.Time
+	espRotations  uint64
+	// espCounters reads the guard's drops and the kernel's xfrm error
+	// counters when /metrics is asked for.
+	espCounters func() (esp.Counters, map[string]uint64, error)
 }
 
 // snapshot is a copy of status without the lock.
@@ -49,6 +61,13 @@ type snapshot struct {
 	AckLate     []string
 	AckWait     time.Duration
 	AckTimeouts uint64
+
+	ESP           bool
+	ESPIn, ESPOut int
+	ESPEpoch      uint32
+	ESPKeyCreated time.Time
+	ESPRotations  uint64
+	ESPCounters   func() (esp.Counters, map[string]uint64, error)
 }
 
 func (s *status) snapshot() snapshot {
@@ -59,6 +78,8 @@ func (s *status) snapshot() snapshot {
 		Syncs: s.syncs, SyncErrors: s.syncErrors, StoreErrors: s.storeErrors, LeaseLost: s.leaseLost,
 		Acks: s.acks, AckPending: slices.Clone(s.ackPending), AckLate: slices.Clone(s.ackLate),
 		AckWait: s.ackWait, AckTimeouts: s.ackTimeouts,
+		ESP: s.esp, ESPIn: s.espIn, ESPOut: s.espOut, ESPEpoch: s.espEpoch, ESPKeyCreated: s.espKeyCreated,
+		ESPRotations: s.espRotations, ESPCounters: s.espCounters,
 	}
 }
 
@@ -122,6 +143,9 @@ func writeMetrics(w io.Writer, snap snapshot) {
 	for _, p := range snap.AckLate[:min(len(snap.AckLate), maxLateSeries)] {
 		fmt.Fprintf(w, "berth_overlay_ack_late{%s,peer=\"%s\"} 1\n", net, escapeLabel(p))
 	}
+	if snap.ESP {
+		writeESPMetrics(w, net, snap, time.Now())
+	}
 	subnet := ""
 	if snap.Subnet.IsValid() {
 		subnet = snap.Subnet.String()
@@ -138,4 +162,30 @@ const maxLateSeries = 100
 // escapeLabel escapes a label value: backslash, double quote and newline.
 func escapeLabel(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
+
+// writeESPMetrics renders the encrypted overlay's series.
+func writeESPMetrics(w io.Writer, net string, snap snapshot, now time.Time) {
+	fmt.Fprintf(w, "# HELP berth_overlay_esp_sas ESP security associations installed, by direction.\n# TYPE berth_overlay_esp_sas gauge\n")
+	fmt.Fprintf(w, "berth_overlay_esp_sas{%s,dir=\"in\"} %d\nberth_overlay_esp_sas{%s,dir=\"out\"} %d\n", net, snap.ESPIn, net, snap.ESPOut)
+	fmt.Fprintf(w, "# HELP berth_overlay_esp_key_epoch The newest key of the network's ring.\n# TYPE berth_overlay_esp_key_epoch gauge\nberth_overlay_esp_key_epoch{%s} %d\n", net, snap.ESPEpoch)
+	age := 0.0
+	if !snap.ESPKeyCreated.IsZero() {
+		age = now.Sub(snap.ESPKeyCreated).Seconds()
+	}
+	fmt.Fprintf(w, "# HELP berth_overlay_esp_key_age_seconds Age of the ring's newest key.\n# TYPE berth_overlay_esp_key_age_seconds gauge\nberth_overlay_esp_key_age_seconds{%s} %.0f\n", net, age)
+	fmt.Fprintf(w, "# HELP berth_overlay_esp_rotations_total Key ring changes this host stored (as the rotator).\n# TYPE berth_overlay_esp_rotations_total counter\nberth_overlay_esp_rotations_total{%s} %d\n", net, snap.ESPRotations)
+	if snap.ESPCounters == nil {
+		return
+	}
+	drops, xfrm, err := snap.ESPCounters()
+	if err != nil {
+		fmt.Fprintf(w, "# berth_overlay_esp counters: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	}
+	fmt.Fprintf(w, "# HELP berth_overlay_esp_plaintext_dropped_total Packets of the network's VXLAN the guard dropped because they would have crossed in the clear.\n# TYPE berth_overlay_esp_plaintext_dropped_total counter\n")
+	fmt.Fprintf(w, "berth_overlay_esp_plaintext_dropped_total{%s,dir=\"in\"} %d\nberth_overlay_esp_plaintext_dropped_total{%s,dir=\"out\"} %d\n", net, drops.In, net, drops.Out)
+	fmt.Fprintf(w, "# HELP berth_overlay_xfrm_errors_total The kernel's xfrm error counters (/proc/net/xfrm_stat of the agent's namespace).\n# TYPE berth_overlay_xfrm_errors_total counter\n")
+	for _, k := range slices.Sorted(maps.Keys(xfrm)) {
+		fmt.Fprintf(w, "berth_overlay_xfrm_errors_total{%s,counter=\"%s\"} %d\n", net, escapeLabel(k), xfrm[k])
+	}
 }

@@ -218,26 +218,30 @@ func CheckGuard(ns *netns.NS, s Spec) (Counters, error) {
 }
 
 // DeleteGuard removes the guard from ns (the network no longer encrypts):
-// the policy and the table; what is gone already is no error.
+// the policy and the table; what is gone already is no error. It reports
+// whether there was anything to remove.
 //
 // Equivalent: ip xfrm policy del dir out src $vtep/32 dst 0.0.0.0/0 proto udp dport $port; nft delete table inet berth-esp-…
-func DeleteGuard(ns *netns.NS, s Spec) error {
+func DeleteGuard(ns *netns.NS, s Spec) (removed bool, err error) {
 	var errs []error
 	if x, err := ns.Xfrm(); err != nil {
 		errs = append(errs, err)
-	} else if err := x.XfrmPolicyDel(s.policy()); err != nil && !errors.Is(err, unix.ENOENT) {
+	} else if err := x.XfrmPolicyDel(s.policy()); err == nil {
+		removed = true
+	} else if !errors.Is(err, unix.ENOENT) {
 		errs = append(errs, fmt.Errorf("delete the xfrm policy of %s: %w", s.Network, err))
 	}
-	err := ns.WithNFT(func(c *nftables.Conn) error {
+	err = ns.WithNFT(func(c *nftables.Conn) error {
 		g, err := readGuard(c, s)
 		if err != nil || !g.table {
 			return err
 		}
+		removed = true
 		c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(s.Network)})
 		return c.Flush()
 	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("delete nftables table %s of %s: %w", TableName(s.Network), s.Network, err))
 	}
-	return errors.Join(errs...)
+	return removed, errors.Join(errs...)
 }

@@ -240,11 +240,11 @@ func TestGuardFailsClosed(t *testing.T) {
 
 	// Off: the network is plain again, and the capture sees it (so its
 	// zero above was no blind spot).
-	if err := DeleteGuard(p.ns[1], p.spec[1]); err != nil {
-		t.Fatal(err)
+	if removed, err := DeleteGuard(p.ns[1], p.spec[1]); err != nil || !removed {
+		t.Fatalf("DeleteGuard = %v, %v", removed, err)
 	}
-	if err := DeleteGuard(p.ns[1], p.spec[1]); err != nil {
-		t.Fatalf("DeleteGuard again: %v", err)
+	if removed, err := DeleteGuard(p.ns[1], p.spec[1]); err != nil || removed {
+		t.Fatalf("DeleteGuard again = %v, %v; want nothing removed and no error", removed, err)
 	}
 	if err := p.ping(1, 2); err != nil {
 		t.Fatalf("after DeleteGuard: %v", err)

@@ -396,3 +396,44 @@ func FuzzRingAttr(f *testing.F) {
 		}
 	})
 }
+
+func TestDue(t *testing.T) {
+	rot := Rotation{Every: time.Hour, Grace: time.Minute}
+	r := Ring{Keys: []Key{{Epoch: 1, Secret: secret(1), Created: t0}}}
+	for _, tc := range []struct {
+		what  string
+		r     Ring
+		now   time.Time
+		minTx uint32
+		want  bool
+	}{
+		{"empty ring", Ring{}, t0, 0, true},
+		{"young key", r, t0.Add(59 * time.Minute), 1, false},
+		{"old key", r, t0.Add(time.Hour), 1, true},
+		{"a key to drop", ringOf(1, 2, 3), t0.Add(3*time.Hour + 30*time.Minute), 3, true},
+		{"a key still sent with", ringOf(1, 2, 3), t0.Add(3*time.Hour + 30*time.Minute), 1, false},
+	} {
+		if got := Due(tc.r, tc.now, rot, tc.minTx); got != tc.want {
+			t.Errorf("%s: Due = %v; want %v", tc.what, got, tc.want)
+		}
+	}
+}
+
+func TestResetFrom(t *testing.T) {
+	self := h("h1", "192.168.77.11", 1)
+	p, err := PlanSAs("ov", self, []Peer{
+		{Host: h("h2", "192.168.77.12", 2), State: State{Rx: 2}, Synced: true},
+		{Host: h("h3", "192.168.77.13", 3), State: State{Rx: 2}, Synced: true},
+	}, ringOf(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ResetFrom(p.SAs, netip.MustParseAddr("192.168.77.12")).String()
+	want := "- in src 192.168.77.12 dst 192.168.77.11 spi 0xb1000002 epoch 1\n" +
+		"+ in src 192.168.77.12 dst 192.168.77.11 spi 0xb1000002 epoch 1\n" +
+		"- in src 192.168.77.12 dst 192.168.77.11 spi 0xb2000002 epoch 2\n" +
+		"+ in src 192.168.77.12 dst 192.168.77.11 spi 0xb2000002 epoch 2\n"
+	if got != want {
+		t.Fatalf("ResetFrom h2:\n%swant:\n%s", got, want)
+	}
+}

@@ -136,6 +136,20 @@ func checkUnique(sas []SA) error {
 	return nil
 }
 
+// ResetFrom is the changes that make every receive SA from vtep again
+// (deleted and added, so the kernel starts a fresh replay window): what a
+// host does when that peer published a new State.Gen.
+func ResetFrom(sas []SA, vtep netip.Addr) Changes {
+	var c Changes
+	for _, s := range sas {
+		if !s.Out && s.Src == vtep {
+			c.Delete = append(c.Delete, s)
+			c.Add = append(c.Add, s)
+		}
+	}
+	return c
+}
+
 // Changes is what turns the kernel's SAs into a plan's.
 type Changes struct {
 	Add, Delete []SA

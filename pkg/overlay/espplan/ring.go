@@ -159,6 +159,13 @@ func NextRing(r Ring, now time.Time, rot Rotation, minTx uint32, newSecret func(
 	return Ring{Keys: keys}, changed, nil
 }
 
+// Due reports whether NextRing would change r at now (a key to make or to
+// drop), without making a secret.
+func Due(r Ring, now time.Time, rot Rotation, minTx uint32) bool {
+	_, changed, err := NextRing(r, now, rot, minTx, func() ([]byte, error) { return make([]byte, KeySize), nil })
+	return changed || err != nil
+}
+
 // State is what a host publishes in its lease of the encrypted overlay.
 type State struct {
 	// Rx: the host has receive SAs, from every peer its kernel holds,
@@ -168,6 +175,12 @@ type State struct {
 	// Tx is the oldest epoch it transmits with to any peer (0: it
 	// transmits to none): the rotator keeps that key.
 	Tx uint32 `json:"tx"`
+	// Gen changes whenever the host's transmit SAs were made afresh (its
+	// agent found none in the kernel, after a reboot say, or had to put
+	// one back): their sequence numbers start again, which a peer's
+	// receive SA, its replay window far ahead, refuses. A peer that sees
+	// a new Gen makes its receive SAs from the host again (ResetFrom).
+	Gen uint32 `json:"gen,omitempty"`
 }
 
 // StateAttr holds a host's State in its lease.

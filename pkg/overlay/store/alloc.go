@@ -45,6 +45,12 @@ func (n Network) Validate() error {
 		return fmt.Errorf("overlay network %q: vni %d: must be between 1 and %d", n.Name, n.VNI, MaxVNI)
 	case n.Port == 0:
 		return fmt.Errorf("overlay network %q: port 0: a UDP port is required", n.Name)
+	case n.Encryption != "" && n.Encryption != EncryptESP:
+		return fmt.Errorf("overlay network %q: encryption %q: must be %q or none", n.Name, n.Encryption, EncryptESP)
+	case n.Encrypted() && n.KeyRotation < MinKeyRotation:
+		return fmt.Errorf("overlay network %q: keyRotation %v: an encrypted network rotates its key at most every %v", n.Name, n.KeyRotation, MinKeyRotation)
+	case !n.Encrypted() && n.KeyRotation != 0:
+		return fmt.Errorf("overlay network %q: keyRotation %v: only an encrypted network rotates keys", n.Name, n.KeyRotation)
 	}
 	return nil
 }

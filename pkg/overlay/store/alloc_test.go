@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestNetworkValidate(t *testing.T) {
@@ -31,6 +32,10 @@ func TestNetworkValidate(t *testing.T) {
 		{"vni 0", func(n *Network) { n.VNI = 0 }, []string{"vni", "0"}},
 		{"vni too big", func(n *Network) { n.VNI = 1 << 24 }, []string{"vni", "16777216"}},
 		{"port 0", func(n *Network) { n.Port = 0 }, []string{"port", "0"}},
+		{"unknown encryption", func(n *Network) { n.Encryption = "wireguard" }, []string{"encryption", "wireguard"}},
+		{"esp without rotation", func(n *Network) { n.Encryption = EncryptESP }, []string{"keyRotation", "0s"}},
+		{"esp rotating too fast", func(n *Network) { n.Encryption, n.KeyRotation = EncryptESP, time.Second }, []string{"keyRotation", "1s"}},
+		{"rotation in the clear", func(n *Network) { n.KeyRotation = time.Hour }, []string{"keyRotation", "1h0m0s"}},
 	} {
 		n := good
 		tc.change(&n)
@@ -44,6 +49,11 @@ func TestNetworkValidate(t *testing.T) {
 				t.Errorf("%s: error %q does not name %q", tc.name, err, s)
 			}
 		}
+	}
+	enc := good
+	enc.Encryption, enc.KeyRotation = EncryptESP, 12*time.Hour
+	if err := enc.Validate(); err != nil || !enc.Encrypted() || good.Encrypted() {
+		t.Errorf("esp every 12h: %v (encrypted %v)", err, enc.Encrypted())
 	}
 	edge := good
 	edge.SubnetLen, edge.VNI = 30, MaxVNI

@@ -79,7 +79,25 @@ type Network struct {
 	SubnetLen int          `json:"subnetLen"` // per-host subnet length, e.g. 24
 	VNI       uint32       `json:"vni"`
 	Port      uint16       `json:"port"` // VXLAN UDP destination port, 4789 by default
+	// Encryption is how the hosts' VXLAN crosses the underlay: "" in the
+	// clear, EncryptESP in ESP (package espplan). Every host must agree,
+	// so it is part of the stored config.
+	Encryption string `json:"encryption,omitempty"`
+	// KeyRotation is how often an encrypted network's key ring gets a
+	// new key (0 when not encrypted).
+	KeyRotation time.Duration `json:"keyRotation,omitempty"`
 }
+
+// EncryptESP is Network.Encryption for ESP, AES-GCM with per host pair
+// keys (espplan).
+const EncryptESP = "esp"
+
+// MinKeyRotation is the shortest KeyRotation: a rotation must leave the
+// hosts time to acknowledge the new key before the next.
+const MinKeyRotation = 10 * time.Second
+
+// Encrypted reports whether n's VXLAN is encrypted.
+func (n Network) Encrypted() bool { return n.Encryption == EncryptESP }
 
 // Lease is one host's record in a network: its claim on one subnet,
 // where its VTEP is, and the attributes its features publish. Leases are
